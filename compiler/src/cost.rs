@@ -1,0 +1,99 @@
+//! The cost model: time of each kind of work per stage, p2p time and semantics, and the
+//! memory each unit of work leaves behind.
+
+use crate::ir::UnitKind;
+use serde::{Deserialize, Serialize};
+
+/// How COMM batches interact with compute.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CommMode {
+    /// Each batch is waited for where it stands in the program (DualPipe's reference).
+    #[default]
+    Blocking,
+    /// Batches run in order on a communication stream per rank; only the compute op that
+    /// consumes a received value waits for its batch.
+    Async,
+}
+
+/// Time of one stage's work on one microbatch, per stage, plus communication.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct CostModel {
+    /// `forward[s]`: F of stage s.
+    pub forward: Vec<f64>,
+    /// `backward[s]`: full B of stage s (input and weight gradients).
+    pub backward: Vec<f64>,
+    /// `weight[s]`: the W part of B; I = B − W.
+    pub weight: Vec<f64>,
+    /// `overlapped[s]`: an FB pair. An FB of stages a (forward) and b (backward) costs
+    /// `max(overlapped[a], overlapped[b])`.
+    pub overlapped: Vec<f64>,
+    /// One COMM batch's transfer time.
+    pub p2p: f64,
+    /// Blocking or asynchronous communication.
+    pub comm: CommMode,
+}
+
+impl CostModel {
+    /// The same costs on every one of `stages` stages.
+    pub fn uniform(stages: u32, f: f64, b: f64, w: f64, fb: f64, p2p: f64) -> Self {
+        let n = stages as usize;
+        CostModel {
+            forward: vec![f; n],
+            backward: vec![b; n],
+            weight: vec![w; n],
+            overlapped: vec![fb; n],
+            p2p,
+            comm: CommMode::Blocking,
+        }
+    }
+
+    /// Number of stages the model covers.
+    pub fn stages(&self) -> usize {
+        self.forward.len()
+    }
+
+    /// Duration of one unit of `kind` on `stage`.
+    pub fn unit(&self, kind: UnitKind, stage: u32) -> f64 {
+        let s = stage as usize;
+        match kind {
+            UnitKind::F => self.forward[s],
+            UnitKind::B => self.backward[s],
+            UnitKind::I => self.backward[s] - self.weight[s],
+            UnitKind::W => self.weight[s],
+        }
+    }
+
+    /// Duration of an FB pair: forward on stage `f`, backward on stage `b`.
+    pub fn overlapped(&self, f: u32, b: u32) -> f64 {
+        self.overlapped[f as usize].max(self.overlapped[b as usize])
+    }
+}
+
+/// Bytes that work leaves live on a rank.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct MemoryModel {
+    /// `activation[s]`: bytes one microbatch's F leaves live on stage s until its B (or W).
+    pub activation: Vec<u64>,
+    /// `weight_grad_part[s]`: the part of it still needed between I and W.
+    pub weight_grad_part: Vec<u64>,
+    /// `parameters[s]`: resident bytes of stage s (weights, gradients, optimizer state).
+    pub parameters: Vec<u64>,
+    /// Per-rank limit.
+    pub budget: u64,
+}
+
+impl MemoryModel {
+    /// Bytes allocated when `kind` starts on `stage` (positive) or freed when it ends.
+    pub fn delta(&self, kind: UnitKind, stage: u32) -> i64 {
+        let s = stage as usize;
+        let act = self.activation[s] as i64;
+        let keep = self.weight_grad_part[s] as i64;
+        match kind {
+            UnitKind::F => act,
+            UnitKind::B => -act,
+            UnitKind::I => -(act - keep),
+            UnitKind::W => -keep,
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Discrete-event simulation of a program set: the reference for makespan, idle time per
+//! rank ("bubble"), in-flight microbatches and the memory timeline.
+//!
+//! Every node of the [`PlanDag`] starts when all its predecessors have ended and lasts its
+//! duration, so the simulation is a longest-path pass in topological order (Kahn's
+//! algorithm, linear in the DAG). Nodes the pass never reaches wait on a cycle: the
+//! program set deadlocks, and the first such event of each rank is where it hangs.
+//!
+//! Under `comm = "blocking"` this is exactly the semantics of the DualPipe fixtures: a COMM
+//! batch completes `p2p` after its rank and every peer batch holding a matched op have
+//! arrived, and the rank waits for it.
+
+use crate::cost::MemoryModel;
+use crate::dag::{NodeKind, PlanDag, PlanError, UnitKey};
+use crate::ir::{ProgramSet, UnitKind};
+use petgraph::graph::NodeIndex;
+use petgraph::Direction;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// When one event ran: for a COMM batch, from reaching it to its completion.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+pub struct Span {
+    pub start: f64,
+    pub end: f64,
+}
+
+/// Per-rank results.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct RankStats {
+    pub rank: u32,
+    /// Time spent computing.
+    pub busy: f64,
+    /// Makespan minus busy time: the rank's bubble.
+    pub idle: f64,
+    /// Most microbatches whose forward has started here and whose weight gradient (B or W)
+    /// has not finished, counted per module.
+    pub peak_in_flight: u32,
+    /// Peak bytes of live activations; `None` without a memory model.
+    pub peak_activation_bytes: Option<u64>,
+    /// Peak activations plus resident parameters; `None` without a memory model.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// The result of a simulation.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Simulation {
+    /// When the last rank finishes.
+    pub makespan: f64,
+    /// `timeline[rank][event]`.
+    pub timeline: Vec<Vec<Span>>,
+    /// Per-rank statistics.
+    pub ranks: Vec<RankStats>,
+    /// `memory[rank]`: (time, live activation bytes from then on), when memory is modelled.
+    pub memory: Vec<Vec<(f64, u64)>>,
+}
+
+/// Runs the program set whose DAG is `dag`.
+pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -> Result<Simulation, PlanError> {
+    let g = &dag.graph;
+    let n = g.node_count();
+    let mut indegree: Vec<u32> = (0..n).map(|i| g.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count() as u32).collect();
+    let mut ready_at = vec![0.0f64; n];
+    let mut end = vec![f64::NAN; n];
+    let mut queue: Vec<NodeIndex> = (0..n).filter(|&i| indegree[i] == 0).map(NodeIndex::new).collect();
+    let mut done = 0usize;
+    while let Some(v) = queue.pop() {
+        done += 1;
+        let finish = ready_at[v.index()] + g[v].duration;
+        end[v.index()] = finish;
+        for w in g.neighbors_directed(v, Direction::Outgoing) {
+            let wi = w.index();
+            ready_at[wi] = ready_at[wi].max(finish);
+            indegree[wi] -= 1;
+            if indegree[wi] == 0 {
+                queue.push(w);
+            }
+        }
+    }
+    if done < n {
+        // The earliest event of any rank that never ran is where that rank hangs.
+        let stuck = (0..n)
+            .filter(|&i| end[i].is_nan())
+            .map(NodeIndex::new)
+            .min_by_key(|&v| (g[v].event, g[v].rank))
+            .expect("some node did not run");
+        let (rank, event, text) = dag.describe(set, stuck);
+        return Err(PlanError::Deadlock { rank, event, text });
+    }
+
+    let makespan = end.iter().copied().fold(0.0, f64::max);
+    let mut timeline = Vec::with_capacity(set.programs.len());
+    let mut ranks = Vec::with_capacity(set.programs.len());
+    let mut mem_timelines = Vec::with_capacity(set.programs.len());
+    for (r, nodes) in dag.nodes.iter().enumerate() {
+        let spans: Vec<Span> = nodes
+            .iter()
+            .map(|en| Span { start: end[en.ready.index()] - g[en.ready].duration, end: end[en.last.index()] })
+            .collect();
+        let busy: f64 = nodes.iter().filter(|en| g[en.first].kind == NodeKind::Compute).map(|en| g[en.first].duration).sum();
+        let peak_in_flight = peak_in_flight(&dag.units[r]);
+        let (peak_act, peak_mem, timeline_r) = match memory {
+            Some(m) => {
+                let (peak, t) = activation_timeline(&dag.units[r], &spans, m);
+                let params: u64 = dag.layout.modules[r].iter().map(|s| m.parameters[s.stage as usize]).sum();
+                (Some(peak), Some(peak + params), t)
+            }
+            None => (None, None, Vec::new()),
+        };
+        ranks.push(RankStats {
+            rank: r as u32,
+            busy,
+            idle: makespan - busy,
+            peak_in_flight,
+            peak_activation_bytes: peak_act,
+            peak_memory_bytes: peak_mem,
+        });
+        timeline.push(spans);
+        mem_timelines.push(timeline_r);
+    }
+    Ok(Simulation { makespan, timeline, ranks, memory: mem_timelines })
+}
+
+/// Peak in-flight microbatches from program order (an FB counts its forward first).
+fn peak_in_flight(units: &[Vec<UnitKey>]) -> u32 {
+    let mut live: HashSet<(u32, u32, u32)> = HashSet::new();
+    let mut peak = 0;
+    for u in units.iter().flatten() {
+        let id = (u.pipe, u.stage, u.mb);
+        match u.kind {
+            UnitKind::F => {
+                live.insert(id);
+                peak = peak.max(live.len() as u32);
+            }
+            UnitKind::B | UnitKind::W => {
+                live.remove(&id);
+            }
+            UnitKind::I => {}
+        }
+    }
+    peak
+}
+
+/// Live activation bytes over time: allocated when a forward starts, freed when the
+/// backward (or I, then W) that releases them ends. At equal times frees come first: on
+/// one stream the next op starts only after the previous one ended.
+fn activation_timeline(units: &[Vec<UnitKey>], spans: &[Span], m: &MemoryModel) -> (u64, Vec<(f64, u64)>) {
+    let mut changes: Vec<(f64, i64)> = Vec::new();
+    for (keys, span) in units.iter().zip(spans) {
+        for u in keys {
+            let d = m.delta(u.kind, u.stage);
+            if d > 0 {
+                changes.push((span.start, d));
+            } else if d < 0 {
+                changes.push((span.end, d));
+            }
+        }
+    }
+    changes.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut live: i64 = 0;
+    let mut peak: i64 = 0;
+    let mut out: Vec<(f64, u64)> = vec![(0.0, 0)];
+    for (t, d) in changes {
+        live += d;
+        peak = peak.max(live);
+        match out.last_mut() {
+            Some(last) if last.0 == t => last.1 = live.max(0) as u64,
+            _ => out.push((t, live.max(0) as u64)),
+        }
+    }
+    (peak.max(0) as u64, out)
+}

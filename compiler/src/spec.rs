@@ -1,0 +1,270 @@
+//! Schedule specs: the TOML a user writes, parsed and checked with every error pointing at
+//! `file:line:col`.
+//!
+//! ```toml
+//! [pipeline]
+//! schedule = "dualpipev"   # gpipe | 1f1b | interleaved-1f1b | zb-h1 | zb-v | dualpipe | dualpipev
+//! ranks = 4
+//! microbatches = 10
+//! chunks_per_rank = 2      # interleaved-1f1b only
+//!
+//! [costs]                  # a number, or a list with one entry per stage
+//! forward = 1.0
+//! backward = 2.0
+//! weight = 1.0
+//! overlapped = 2.5
+//! p2p = 0.0
+//! comm = "blocking"        # or "async"
+//!
+//! [memory]                 # optional, bytes
+//! activation = 1_000_000
+//! weight_grad_part = 400_000
+//! parameters = 0
+//! budget = 8_000_000_000
+//! ```
+
+use crate::cost::{CommMode, CostModel, MemoryModel};
+use crate::diag::SourceError;
+use crate::families::Family;
+use serde::Deserialize;
+use std::ops::Range;
+use toml::Spanned;
+
+/// A checked spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// The schedule family.
+    pub family: Family,
+    /// Number of ranks (GPUs) in the pipeline.
+    pub ranks: u32,
+    /// Total number of microbatches per step (DualPipe: both directions together).
+    pub microbatches: u32,
+    /// Stages per rank for interleaved-1f1b (1 otherwise, 2 for V shapes and DualPipe).
+    pub chunks_per_rank: u32,
+    /// Per-stage costs.
+    pub costs: CostModel,
+    /// Per-stage memory, when the spec has `[memory]`.
+    pub memory: Option<MemoryModel>,
+}
+
+impl Spec {
+    /// Number of stages of one pipe.
+    pub fn stages(&self) -> u32 {
+        self.family.stages(self.ranks, self.chunks_per_rank)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    pipeline: RawPipeline,
+    costs: Option<RawCosts>,
+    memory: Option<RawMemory>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    schedule: Spanned<String>,
+    ranks: Spanned<i64>,
+    microbatches: Spanned<i64>,
+    chunks_per_rank: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum PerStage<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCosts {
+    forward: Option<Spanned<PerStage<f64>>>,
+    backward: Option<Spanned<PerStage<f64>>>,
+    weight: Option<Spanned<PerStage<f64>>>,
+    overlapped: Option<Spanned<PerStage<f64>>>,
+    p2p: Option<Spanned<f64>>,
+    comm: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemory {
+    activation: Spanned<PerStage<i64>>,
+    weight_grad_part: Option<Spanned<PerStage<i64>>>,
+    parameters: Option<Spanned<PerStage<i64>>>,
+    budget: Spanned<i64>,
+}
+
+/// Parses and checks the spec in `source`, read from `file`.
+pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
+    let err = |span: Range<usize>, msg: String| SourceError::new(file, source, Some(span), msg);
+    let raw: RawSpec = toml::from_str(source).map_err(|e| {
+        let msg = e.message().trim().to_owned();
+        let help = if msg.contains("unknown field") {
+            "see README.md, section \"Spec\", for every key"
+        } else if msg.contains("missing field") {
+            "add the key; README.md, section \"Spec\", lists what each section needs"
+        } else {
+            "the spec must be valid TOML with the keys README.md documents"
+        };
+        SourceError::new(file, source, e.span(), msg).with_help(help)
+    })?;
+
+    let p = &raw.pipeline;
+    let family = Family::from_name(p.schedule.get_ref()).ok_or_else(|| {
+        err(p.schedule.span(), format!("unknown schedule \"{}\"", p.schedule.get_ref()))
+            .with_help(format!("use one of: {}", Family::NAMES.join(", ")))
+    })?;
+    let ranks = positive(p.ranks.get_ref(), 1 << 16).ok_or_else(|| {
+        err(p.ranks.span(), format!("ranks must be a positive integer, got {}", p.ranks.get_ref()))
+    })?;
+    let microbatches = positive(p.microbatches.get_ref(), 1 << 24).ok_or_else(|| {
+        err(
+            p.microbatches.span(),
+            format!("microbatches must be a positive integer, got {}", p.microbatches.get_ref()),
+        )
+    })?;
+    let chunks_per_rank = match (&p.chunks_per_rank, family) {
+        (Some(c), Family::Interleaved1F1B) => positive(c.get_ref(), 1 << 10)
+            .filter(|&v| v >= 2)
+            .ok_or_else(|| {
+                err(c.span(), format!("chunks_per_rank must be at least 2, got {}", c.get_ref()))
+                    .with_help("with one chunk per rank, use schedule = \"1f1b\"")
+            })?,
+        (Some(c), _) => {
+            return Err(err(
+                c.span(),
+                format!("chunks_per_rank applies to interleaved-1f1b only, not {}", family.name()),
+            )
+            .with_help("remove the key: this family fixes the stages per rank"))
+        }
+        (None, Family::Interleaved1F1B) => 2,
+        (None, f) => f.modules_per_rank(),
+    };
+    if let Err(problem) = family.check_size(ranks, microbatches, chunks_per_rank) {
+        let span = if problem.about_ranks { p.ranks.span() } else { p.microbatches.span() };
+        return Err(err(span, problem.message).with_help(problem.help));
+    }
+    let stages = family.stages(ranks, chunks_per_rank);
+
+    let costs = costs(file, source, raw.costs.as_ref(), stages)?;
+    let memory = match &raw.memory {
+        Some(m) => Some(memory(file, source, m, stages)?),
+        None => None,
+    };
+    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory })
+}
+
+fn positive(v: &i64, max: i64) -> Option<u32> {
+    (*v >= 1 && *v <= max).then_some(*v as u32)
+}
+
+/// Expands a scalar or per-stage list to one value per stage, checking the list's length.
+fn per_stage<T: Copy + std::fmt::Display>(
+    file: &str,
+    source: &str,
+    key: &str,
+    value: &Spanned<PerStage<T>>,
+    stages: u32,
+) -> Result<Vec<T>, SourceError> {
+    match value.get_ref() {
+        PerStage::One(v) => Ok(vec![*v; stages as usize]),
+        PerStage::Many(list) if list.len() == stages as usize => Ok(list.clone()),
+        PerStage::Many(list) => Err(SourceError::new(
+            file,
+            source,
+            Some(value.span()),
+            format!("{key} lists {} values, but this pipeline has {stages} stages", list.len()),
+        )
+        .with_help(format!("give one value per stage ({stages}), or a single number for all"))),
+    }
+}
+
+fn costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) -> Result<CostModel, SourceError> {
+    let n = stages as usize;
+    let get = |key: &str, v: Option<&Spanned<PerStage<f64>>>| -> Result<Option<Vec<f64>>, SourceError> {
+        let Some(v) = v else { return Ok(None) };
+        let list = per_stage(file, source, key, v, stages)?;
+        if let Some(bad) = list.iter().find(|x| !x.is_finite() || **x < 0.0) {
+            return Err(SourceError::new(file, source, Some(v.span()), format!("{key} must be ≥ 0, got {bad}"))
+                .with_help("costs are durations: give non-negative numbers"));
+        }
+        Ok(Some(list))
+    };
+    let forward = get("forward", raw.and_then(|r| r.forward.as_ref()))?.unwrap_or_else(|| vec![1.0; n]);
+    let backward = get("backward", raw.and_then(|r| r.backward.as_ref()))?
+        .unwrap_or_else(|| forward.iter().map(|f| 2.0 * f).collect());
+    let weight = get("weight", raw.and_then(|r| r.weight.as_ref()))?
+        .unwrap_or_else(|| backward.iter().map(|b| b / 2.0).collect());
+    if let Some(s) = (0..n).find(|&s| weight[s] > backward[s]) {
+        let span = raw.and_then(|r| r.weight.as_ref().or(r.backward.as_ref())).map(|v| v.span());
+        return Err(SourceError::new(
+            file,
+            source,
+            span,
+            format!("weight ({}) exceeds backward ({}) on stage {s}", weight[s], backward[s]),
+        )
+        .with_help("weight is the weight-gradient part of backward, so weight ≤ backward"));
+    }
+    let overlapped = get("overlapped", raw.and_then(|r| r.overlapped.as_ref()))?
+        .unwrap_or_else(|| (0..n).map(|s| forward[s] + backward[s]).collect());
+    let p2p = match raw.and_then(|r| r.p2p.as_ref()) {
+        Some(v) if !v.get_ref().is_finite() || *v.get_ref() < 0.0 => {
+            return Err(SourceError::new(file, source, Some(v.span()), format!("p2p must be ≥ 0, got {}", v.get_ref()))
+                .with_help("p2p is the time of one transfer"))
+        }
+        Some(v) => *v.get_ref(),
+        None => 0.0,
+    };
+    let comm = match raw.and_then(|r| r.comm.as_ref()) {
+        None => CommMode::Blocking,
+        Some(v) => match v.get_ref().as_str() {
+            "blocking" => CommMode::Blocking,
+            "async" => CommMode::Async,
+            other => {
+                return Err(SourceError::new(file, source, Some(v.span()), format!("unknown comm mode \"{other}\""))
+                    .with_help("use \"blocking\" or \"async\""))
+            }
+        },
+    };
+    Ok(CostModel { forward, backward, weight, overlapped, p2p, comm })
+}
+
+fn memory(file: &str, source: &str, raw: &RawMemory, stages: u32) -> Result<MemoryModel, SourceError> {
+    let bytes = |key: &str, v: &Spanned<PerStage<i64>>| -> Result<Vec<u64>, SourceError> {
+        let list = per_stage(file, source, key, v, stages)?;
+        if let Some(bad) = list.iter().find(|x| **x < 0) {
+            return Err(SourceError::new(file, source, Some(v.span()), format!("{key} must be ≥ 0 bytes, got {bad}")));
+        }
+        Ok(list.into_iter().map(|x| x as u64).collect())
+    };
+    let activation = bytes("activation", &raw.activation)?;
+    let weight_grad_part = match &raw.weight_grad_part {
+        Some(v) => {
+            let list = bytes("weight_grad_part", v)?;
+            if let Some(s) = (0..list.len()).find(|&s| list[s] > activation[s]) {
+                return Err(SourceError::new(
+                    file,
+                    source,
+                    Some(v.span()),
+                    format!("weight_grad_part ({}) exceeds activation ({}) on stage {s}", list[s], activation[s]),
+                )
+                .with_help("it is the part of the activations kept from I until W"));
+            }
+            list
+        }
+        None => vec![0; stages as usize],
+    };
+    let parameters = match &raw.parameters {
+        Some(v) => bytes("parameters", v)?,
+        None => vec![0; stages as usize],
+    };
+    let budget = *raw.budget.get_ref();
+    if budget <= 0 {
+        return Err(SourceError::new(file, source, Some(raw.budget.span()), format!("budget must be > 0 bytes, got {budget}")));
+    }
+    Ok(MemoryModel { activation, weight_grad_part, parameters, budget: budget as u64 })
+}
