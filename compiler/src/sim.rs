@@ -58,33 +58,9 @@ pub struct Simulation {
 /// Runs the program set whose DAG is `dag`.
 pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -> Result<Simulation, PlanError> {
     let g = &dag.graph;
-    let n = g.node_count();
-    let mut indegree: Vec<u32> = (0..n).map(|i| g.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count() as u32).collect();
-    let mut ready_at = vec![0.0f64; n];
-    let mut end = vec![f64::NAN; n];
-    let mut queue: Vec<NodeIndex> = (0..n).filter(|&i| indegree[i] == 0).map(NodeIndex::new).collect();
-    let mut done = 0usize;
-    while let Some(v) = queue.pop() {
-        done += 1;
-        let finish = ready_at[v.index()] + g[v].duration;
-        end[v.index()] = finish;
-        for w in g.neighbors_directed(v, Direction::Outgoing) {
-            let wi = w.index();
-            ready_at[wi] = ready_at[wi].max(finish);
-            indegree[wi] -= 1;
-            if indegree[wi] == 0 {
-                queue.push(w);
-            }
-        }
-    }
-    if done < n {
-        // The earliest event of any rank that never ran is where that rank hangs.
-        let stuck = (0..n)
-            .filter(|&i| end[i].is_nan())
-            .map(NodeIndex::new)
-            .min_by_key(|&v| (g[v].event, g[v].rank))
-            .expect("some node did not run");
-        let (rank, event, text) = dag.describe(set, stuck);
+    let end = finish_times(dag);
+    if let Some(&(rank, event)) = stuck_events(dag, &end).first() {
+        let text = set.programs[rank as usize][event as usize].to_string();
         return Err(PlanError::Deadlock { rank, event, text });
     }
 
@@ -119,6 +95,46 @@ pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -
         mem_timelines.push(timeline_r);
     }
     Ok(Simulation { makespan, timeline, ranks, memory: mem_timelines })
+}
+
+/// Finish time of every node: a longest-path pass in topological order (Kahn's
+/// algorithm). Nodes on or behind a cycle never become ready and stay NaN.
+pub fn finish_times(dag: &PlanDag) -> Vec<f64> {
+    let g = &dag.graph;
+    let n = g.node_count();
+    let mut indegree: Vec<u32> =
+        (0..n).map(|i| g.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count() as u32).collect();
+    let mut ready_at = vec![0.0f64; n];
+    let mut end = vec![f64::NAN; n];
+    let mut queue: Vec<NodeIndex> = (0..n).filter(|&i| indegree[i] == 0).map(NodeIndex::new).collect();
+    while let Some(v) = queue.pop() {
+        let finish = ready_at[v.index()] + g[v].duration;
+        end[v.index()] = finish;
+        for w in g.neighbors_directed(v, Direction::Outgoing) {
+            let wi = w.index();
+            ready_at[wi] = ready_at[wi].max(finish);
+            indegree[wi] -= 1;
+            if indegree[wi] == 0 {
+                queue.push(w);
+            }
+        }
+    }
+    end
+}
+
+/// For every rank that never finishes, the first event it cannot complete, ordered by
+/// event index (the earliest hang first).
+pub fn stuck_events(dag: &PlanDag, end: &[f64]) -> Vec<(u32, u32)> {
+    let mut stuck: Vec<(u32, u32)> = dag
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(r, events)| {
+            events.iter().position(|en| end[en.last.index()].is_nan()).map(|e| (r as u32, e as u32))
+        })
+        .collect();
+    stuck.sort_by_key(|&(r, e)| (e, r));
+    stuck
 }
 
 /// Peak in-flight microbatches from program order (an FB counts its forward first).

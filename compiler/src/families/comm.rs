@@ -1,13 +1,36 @@
 //! Places p2p batches into compute-only programs, with the reference's blocking discipline.
 //!
-//! Before each compute op, the receives it needs join the pending sends, and all of them
-//! are issued as one batch and waited for; after the op, its outputs' sends become
-//! pending. So a send rides with the next op's receive, as in Megatron's
-//! `send_forward_recv_backward` and DualPipe's `_commit_and_wait_comm`: two neighbours
-//! that exchange in opposite directions post one batch each and never wait on each other
-//! in a cycle. A transfer whose two ends are on the same rank needs no communication.
+//! - A send becomes pending right after the op that produced its value, and is issued with
+//!   the next batch, as in DualPipe's `_commit_and_wait_comm` and Megatron's combined
+//!   `send_forward_recv_backward`.
+//! - Sends from rank a to rank b and receives on b from a match in FIFO order (one NCCL
+//!   communicator, no tags). So b posts its receives from a **in the order a sends**, each
+//!   no later than the op that consumes it: when a value sent later is consumed first, the
+//!   earlier one is received early too. This is what keeps V-shaped and interleaved
+//!   schedules, where one rank pair carries both activations and gradients, from pairing a
+//!   send with the wrong receive.
+//! - Before each compute op, the pending sends and the receives due there are issued as one
+//!   batch and waited for.
+//!
+//! A transfer whose two ends are on the same rank needs no communication.
+//!
+//! Issuing sends as early as that can deadlock under rendezvous: in V-shaped and interleaved
+//! schedules a rank may post a send its peer will only receive after the peer's own send
+//! to it, which waits in turn ([`repair`]). The repair runs the Plan DAG and, wherever a
+//! rank is stuck at a batch, issues that batch's waiting sends later (with the next receive
+//! from the same peer when there is one), until the program set runs; the DAG, not this
+//! heuristic, is what decides.
+//!
+//! When the repair cannot untangle a plan, [`lockstep`] places communication in a way that
+//! cannot deadlock: it walks one global order of the compute ops that respects every data
+//! dependency, and posts each transfer's send and receive at the same point of that order.
+//! Every wait-for edge then points forward in the order, so the Plan DAG is acyclic.
 
-use crate::ir::{Chunk, CommKind, CommOp, Event, Layout, UnitKind};
+use crate::cost::CostModel;
+use crate::dag::PlanDag;
+use crate::ir::{Chunk, CommKind, CommOp, Event, Layout, ProgramSet, UnitKind};
+use crate::sim::{finish_times, stuck_events};
+use std::collections::HashMap;
 
 /// The p2p op that brings the input of `unit` to `rank`, if one is needed.
 pub fn recv_for(layout: &Layout, rank: u32, kind: UnitKind, c: Chunk) -> Option<CommOp> {
@@ -33,23 +56,105 @@ pub fn send_for(layout: &Layout, rank: u32, kind: UnitKind, c: Chunk) -> Option<
     (peer != rank).then_some(CommOp { kind: comm, peer, dir: c.dir, mb: c.mb })
 }
 
+/// The value a p2p op carries: (pipe, stage of the producing module, mb, is gradient).
+fn value(layout: &Layout, rank: u32, op: &CommOp) -> Option<(u32, u32, u32, bool)> {
+    let m = layout.module(rank, op.dir)?;
+    Some(match op.kind {
+        CommKind::SendF => (m.pipe, m.stage, op.mb, false),
+        CommKind::RecvF => (m.pipe, m.stage.checked_sub(1)?, op.mb, false),
+        CommKind::SendB => (m.pipe, m.stage, op.mb, true),
+        CommKind::RecvB => (m.pipe, m.stage + 1, op.mb, true),
+    })
+}
+
 /// Adds COMM batches to compute-only programs (`order[rank]`).
 pub fn insert(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
+    let ranks = order.len();
+    // Sends of each rank, in program order, with the position after which they are pending.
+    let sends: Vec<Vec<(usize, CommOp)>> = order
+        .iter()
+        .enumerate()
+        .map(|(r, ops)| {
+            ops.iter()
+                .enumerate()
+                .flat_map(|(i, op)| {
+                    op.units().into_iter().filter_map(move |(k, c)| send_for(layout, r as u32, k, c).map(|s| (i, s)))
+                })
+                .collect()
+        })
+        .collect();
+    // Receives of each rank, each with the position of the op that consumes it.
+    let mut due: Vec<HashMap<(u32, (u32, u32, u32, bool)), (usize, CommOp)>> = vec![HashMap::new(); ranks];
+    for (r, ops) in order.iter().enumerate() {
+        for (i, op) in ops.iter().enumerate() {
+            for (k, c) in op.units() {
+                if let Some(recv) = recv_for(layout, r as u32, k, c) {
+                    if let Some(v) = value(layout, r as u32, &recv) {
+                        due[r].insert((recv.peer, v), (i, recv));
+                    }
+                }
+            }
+        }
+    }
+    // Post position of each receive: the sender's order, each no later than its consumer.
+    let mut posts: Vec<Vec<Vec<CommOp>>> = order.iter().map(|ops| vec![Vec::new(); ops.len()]).collect();
+    let mut unmatched: Vec<Vec<(usize, CommOp)>> = vec![Vec::new(); ranks];
+    for (a, list) in sends.iter().enumerate() {
+        for b in 0..ranks {
+            let channel: Vec<(usize, CommOp)> = list
+                .iter()
+                .filter(|(_, s)| s.peer as usize == b)
+                .filter_map(|(_, s)| {
+                    let v = value(layout, a as u32, s)?;
+                    due[b].remove(&(a as u32, v))
+                })
+                .collect();
+            let mut latest = usize::MAX;
+            let mut placed: Vec<(usize, CommOp)> = channel
+                .iter()
+                .rev()
+                .map(|&(at, op)| {
+                    latest = latest.min(at);
+                    (latest, op)
+                })
+                .collect();
+            placed.reverse();
+            for (at, op) in placed {
+                posts[b][at].push(op);
+            }
+        }
+    }
+    // Receives nobody sends stay before their consumer; the Plan DAG reports them.
+    for (b, rest) in due.into_iter().enumerate() {
+        unmatched[b].extend(rest.into_values());
+    }
+    for (b, rest) in unmatched.iter_mut().enumerate() {
+        rest.sort_by_key(|&(at, op)| (at, op.peer, op.mb));
+        for &(at, op) in rest.iter() {
+            posts[b][at].push(op);
+        }
+    }
+
     order
         .iter()
         .enumerate()
         .map(|(r, ops)| {
-            let rank = r as u32;
             let mut out = Vec::with_capacity(ops.len() * 2);
             let mut pending: Vec<CommOp> = Vec::new();
-            for op in ops {
-                let units = op.units();
-                pending.extend(units.iter().filter_map(|&(k, c)| recv_for(layout, rank, k, c)));
+            let mut next_send = sends[r].iter().peekable();
+            for (i, op) in ops.iter().enumerate() {
+                pending.append(&mut posts[r][i]);
                 if !pending.is_empty() {
                     out.push(Event::Comm { ops: std::mem::take(&mut pending) });
                 }
                 out.push(op.clone());
-                pending.extend(units.iter().filter_map(|&(k, c)| send_for(layout, rank, k, c)));
+                while let Some(&&(at, s)) = next_send.peek() {
+                    if at != i {
+                        break;
+                    }
+                    pending.push(s);
+                    next_send.next();
+                }
             }
             if !pending.is_empty() {
                 out.push(Event::Comm { ops: pending });
@@ -57,4 +162,146 @@ pub fn insert(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
             out
         })
         .collect()
+}
+
+/// Delays sends until `set` runs without deadlock (see the module doc). Returns how many
+/// rounds it took, or `None` when a stuck rank has no send left to delay.
+pub fn repair(set: &mut ProgramSet) -> Option<usize> {
+    let layout = set.resolved_layout()?;
+    let costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
+    for round in 0.. {
+        let dag = PlanDag::build(set, &costs).ok()?;
+        let end = finish_times(&dag);
+        let stuck = stuck_events(&dag, &end);
+        if stuck.is_empty() {
+            return Some(round);
+        }
+        // A send waits if its partner receive has not been posted.
+        let waiting: std::collections::HashSet<(u32, u32, u32)> = dag
+            .matches
+            .iter()
+            .filter(|m| end[dag.at(m.recv.0, m.recv.1).ready.index()].is_nan())
+            .map(|m| m.send)
+            .collect();
+        let mut moved = false;
+        for (rank, event) in stuck {
+            let Event::Comm { ops } = &set.programs[rank as usize][event as usize] else { continue };
+            let delay: Vec<bool> = (0..ops.len() as u32).map(|j| waiting.contains(&(rank, event, j))).collect();
+            moved |= delay_sends(&mut set.programs[rank as usize], event as usize, &delay);
+        }
+        if !moved {
+            return None;
+        }
+    }
+    None
+}
+
+/// Moves the sends marked in `delay` of the batch at `at` to a later batch: the rank's next batch that
+/// receives from the same peer (so the crossing pair completes as one group, like
+/// Megatron's `send_backward_recv_backward`), else the commit point after the next compute
+/// op. Returns whether anything moved.
+fn delay_sends(program: &mut Vec<Event>, at: usize, delay: &[bool]) -> bool {
+    let Some(Event::Comm { ops }) = program.get_mut(at) else { return false };
+    let sends: Vec<CommOp> = ops.iter().zip(delay).filter(|(_, &d)| d).map(|(o, _)| *o).collect();
+    if sends.is_empty() {
+        return false;
+    }
+    let mut keep = delay.iter().map(|d| !d);
+    ops.retain(|_| keep.next().unwrap_or(true));
+    let emptied = ops.is_empty();
+    let peers: Vec<u32> = sends.iter().map(|s| s.peer).collect();
+    let meets_peer = (at + 1..program.len()).find(|&i| match &program[i] {
+        Event::Comm { ops } => ops.iter().any(|o| !o.kind.is_send() && peers.contains(&o.peer)),
+        _ => false,
+    });
+    let next_compute = (at + 1..program.len()).find(|&i| !program[i].is_comm());
+    let target = meets_peer.unwrap_or_else(|| next_compute.map_or(program.len(), |i| i + 1));
+    match program.get_mut(target) {
+        Some(Event::Comm { ops }) => {
+            // Earlier sends go first: FIFO order on each channel is kept.
+            let mut merged = sends;
+            merged.append(ops);
+            *ops = merged;
+        }
+        _ => program.insert(target, Event::Comm { ops: sends }),
+    }
+    if emptied {
+        program.remove(at);
+    }
+    true
+}
+
+/// Places p2p ops along one global order of the compute ops (see the module doc): after
+/// each op, one batch per transfer of its outputs, on the sender and on the receiver at
+/// once.
+pub fn lockstep(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
+    let ranks = order.len();
+    let mut out: Vec<Vec<Event>> = order.iter().map(|o| Vec::with_capacity(o.len() * 3)).collect();
+    let mut next = vec![0usize; ranks];
+    let mut free_at = vec![0.0f64; ranks];
+    // Time each produced value (by pipe, stage, mb, is-gradient) is available.
+    let mut produced: HashMap<(u32, u32, u32, bool), f64> = HashMap::new();
+    let key = |rank: u32, k: UnitKind, c: Chunk| -> Option<((u32, u32, u32, bool), Option<(u32, u32, u32, bool)>)> {
+        let m = layout.module(rank, c.dir)?;
+        Some(match k {
+            UnitKind::F => ((m.pipe, m.stage, c.mb, false), m.stage.checked_sub(1).map(|s| (m.pipe, s, c.mb, false))),
+            UnitKind::B | UnitKind::I => (
+                (m.pipe, m.stage, c.mb, true),
+                (m.stage + 1 < layout.stages).then_some((m.pipe, m.stage + 1, c.mb, true)),
+            ),
+            UnitKind::W => ((m.pipe, m.stage, c.mb, true), None),
+        })
+    };
+    loop {
+        // The rank whose next op can start earliest runs it (list scheduling, unit costs).
+        let mut best: Option<(f64, usize)> = None;
+        for r in 0..ranks {
+            let Some(op) = order[r].get(next[r]) else { continue };
+            let mut ready = Some(free_at[r]);
+            for (k, c) in op.units() {
+                let input = key(r as u32, k, c).and_then(|(_, i)| i);
+                if let Some(i) = input {
+                    ready = match (ready, produced.get(&i)) {
+                        (Some(t), Some(&p)) => Some(t.max(p)),
+                        _ => None,
+                    };
+                }
+            }
+            if let Some(t) = ready {
+                if best.is_none_or(|(bt, _)| t < bt) {
+                    best = Some((t, r));
+                }
+            }
+        }
+        let Some((start, r)) = best else { break };
+        let op = &order[r][next[r]];
+        next[r] += 1;
+        let dur: f64 = op.units().iter().map(|(k, _)| if *k == UnitKind::B { 2.0 } else { 1.0 }).sum();
+        free_at[r] = start + dur;
+        out[r].push(op.clone());
+        for (k, c) in op.units() {
+            if let Some((v, _)) = key(r as u32, k, c) {
+                if k != UnitKind::W {
+                    produced.insert(v, free_at[r]);
+                }
+            }
+            if let Some(send) = send_for(layout, r as u32, k, c) {
+                let peer_stage = match k {
+                    UnitKind::F => layout.module(r as u32, c.dir).map(|m| (m.pipe, m.stage + 1)),
+                    _ => layout.module(r as u32, c.dir).map(|m| (m.pipe, m.stage - 1)),
+                };
+                let Some((peer, peer_dir)) = peer_stage.and_then(|(p, s)| layout.locate(p, s)) else { continue };
+                let recv_kind = send.kind.partner();
+                out[r].push(Event::Comm { ops: vec![send] });
+                out[peer as usize].push(Event::Comm {
+                    ops: vec![CommOp { kind: recv_kind, peer: r as u32, dir: peer_dir, mb: c.mb }],
+                });
+            }
+        }
+    }
+    // Ops that never became ready (an infeasible order) keep their place; the DAG reports.
+    for r in 0..ranks {
+        out[r].extend(order[r][next[r]..].iter().cloned());
+    }
+    out
 }

@@ -139,7 +139,18 @@ impl Family {
                         _ => zb_v::order(ranks, r, m),
                     })
                     .collect();
-                comm::insert(&layout, &order)
+                let mut set = ProgramSet {
+                    schedule: self.name().to_owned(),
+                    ranks,
+                    chunks: m,
+                    layout: Some(layout.clone()),
+                    programs: comm::insert(&layout, &order),
+                };
+                // Batched placement when it runs (after repair), lock-step otherwise.
+                if comm::repair(&mut set).is_some() {
+                    return set;
+                }
+                comm::lockstep(&layout, &order)
             }
         };
         ProgramSet { schedule: self.name().to_owned(), ranks, chunks: m, layout: Some(layout), programs }

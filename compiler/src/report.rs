@@ -1,0 +1,111 @@
+//! `report.json`: what a compiled plan costs, per rank and overall.
+
+use crate::cost::CommMode;
+use crate::ir::ProgramSet;
+use crate::sim::{RankStats, Simulation};
+use serde::{Deserialize, Serialize};
+
+/// Memory summary, when the spec models memory.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct MemorySummary {
+    /// Per-rank budget in bytes.
+    pub budget: u64,
+    /// Largest per-rank peak (activations and parameters) in the simulated order.
+    pub peak_bytes: u64,
+    /// Rank with that peak.
+    pub peak_rank: u32,
+    /// Whether the simulated order stays within the budget. (The verifier proves the
+    /// bound over every permitted order.)
+    pub within_budget: bool,
+}
+
+/// The report of one compiled or simulated program set.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Report {
+    pub schedule: String,
+    pub world_size: u32,
+    pub microbatches: u32,
+    pub stages: u32,
+    pub comm: CommMode,
+    /// When the last rank finishes, in cost units.
+    pub makespan: f64,
+    /// Idle time over all ranks divided by ranks × makespan.
+    pub bubble_fraction: f64,
+    pub ranks: Vec<RankStats>,
+    pub memory: Option<MemorySummary>,
+}
+
+impl Report {
+    /// Summarises a simulation.
+    pub fn new(set: &ProgramSet, stages: u32, comm: CommMode, sim: &Simulation, budget: Option<u64>) -> Report {
+        let idle: f64 = sim.ranks.iter().map(|r| r.idle).sum();
+        let denom = sim.makespan * sim.ranks.len() as f64;
+        let memory = budget.and_then(|budget| {
+            let (rank, peak) = sim
+                .ranks
+                .iter()
+                .filter_map(|r| r.peak_memory_bytes.map(|p| (r.rank, p)))
+                .max_by_key(|&(r, p)| (p, std::cmp::Reverse(r)))?;
+            Some(MemorySummary { budget, peak_bytes: peak, peak_rank: rank, within_budget: peak <= budget })
+        });
+        Report {
+            schedule: set.schedule.clone(),
+            world_size: set.ranks,
+            microbatches: set.chunks,
+            stages,
+            comm,
+            makespan: sim.makespan,
+            bubble_fraction: if denom > 0.0 { idle / denom } else { 0.0 },
+            ranks: sim.ranks.clone(),
+            memory,
+        }
+    }
+
+    /// A short human summary.
+    pub fn summary(&self) -> String {
+        let comm = match self.comm {
+            CommMode::Blocking => "blocking",
+            CommMode::Async => "async",
+        };
+        let mut s = format!(
+            "{}: {} ranks, {} stages, {} microbatches, {comm} p2p\nmakespan {:.3}, bubble {:.1}%\n",
+            self.schedule,
+            self.world_size,
+            self.stages,
+            self.microbatches,
+            self.makespan,
+            100.0 * self.bubble_fraction
+        );
+        s.push_str("rank       busy       idle  in-flight  peak activation\n");
+        for r in &self.ranks {
+            let act = r.peak_activation_bytes.map_or_else(|| "-".to_owned(), human_bytes);
+            s.push_str(&format!("{:>4} {:>10.3} {:>10.3} {:>10} {:>16}\n", r.rank, r.busy, r.idle, r.peak_in_flight, act));
+        }
+        if let Some(m) = &self.memory {
+            s.push_str(&format!(
+                "memory: peak {} on rank {} of budget {} ({} in the simulated order)\n",
+                human_bytes(m.peak_bytes),
+                m.peak_rank,
+                human_bytes(m.budget),
+                if m.within_budget { "within" } else { "OVER" }
+            ));
+        }
+        s
+    }
+}
+
+/// Bytes with a binary unit, e.g. `1.5 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
