@@ -101,8 +101,8 @@ pub enum PlanError {
     Unmatched { from: u32, to: u32, sends: usize, recvs: usize },
     #[error("send {send} (rank {from}, event {send_event}) is matched with receive {recv} (rank {to}, event {recv_event}): payloads differ")]
     PayloadMismatch { from: u32, send_event: u32, send: String, to: u32, recv_event: u32, recv: String },
-    #[error("deadlock: rank {rank} waits forever at event {event} ({text})")]
-    Deadlock { rank: u32, event: u32, text: String },
+    #[error("deadlock: rank {rank} waits forever at event {event} ({text}){}", others.iter().map(|o| format!("; {o}")).collect::<String>())]
+    Deadlock { rank: u32, event: u32, text: String, others: Vec<String> },
     #[error("the cost model covers {costs} stages but the layout has {layout}")]
     CostStages { costs: usize, layout: u32 },
 }

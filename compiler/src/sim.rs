@@ -59,9 +59,14 @@ pub struct Simulation {
 pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -> Result<Simulation, PlanError> {
     let g = &dag.graph;
     let end = finish_times(dag);
-    if let Some(&(rank, event)) = stuck_events(dag, &end).first() {
+    let stuck = stuck_events(dag, &end);
+    if let Some(&(rank, event)) = stuck.first() {
         let text = set.programs[rank as usize][event as usize].to_string();
-        return Err(PlanError::Deadlock { rank, event, text });
+        let others = stuck[1..]
+            .iter()
+            .map(|&(r, e)| format!("rank {r} at event {e} ({})", set.programs[r as usize][e as usize]))
+            .collect();
+        return Err(PlanError::Deadlock { rank, event, text, others });
     }
 
     let makespan = end.iter().copied().fold(0.0, f64::max);

@@ -12,7 +12,8 @@
 //! | module of phase p | p XOR (r ≥ N/2) | p |
 //!
 //! Constraints: DualPipe needs N even, M even and M ≥ 2N; DualPipeV needs M ≥ 2N.
-//! Bubble (P'/2−1)(FB+B−3W) with P' the number of stages of one pipe, exact when I = F.
+//! Largest bubble (P'/2−1)(FB+B−3W), P' the stages of one pipe: exact when F = I = W and
+//! FB ≥ B (measured; facts.md states it for I = F, which is not enough when W ≠ F).
 //! Peak in flight: P'+1 microbatches of one stage; parameters of two stages per rank.
 //!
 //! p2p ops that an end of the pipe does not need, or whose partner module is on the same

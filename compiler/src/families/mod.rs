@@ -7,7 +7,7 @@
 //! | interleaved-1f1b | v·PP | m ≥ PP, m % PP = 0, v ≥ 2 | (PP−1)(F+B)/v |
 //! | zb-h1 | PP | m ≥ PP | (PP−1)(F+B−2W) |
 //! | zb-v | 2·PP | m ≥ 2·PP−1 | 0 when F = I = W |
-//! | dualpipe | PP (two pipes) | PP even, m even, m ≥ 2·PP | (PP/2−1)(FB+B−3W), exact when I = F |
+//! | dualpipe | PP (two pipes) | PP even, m even, m ≥ 2·PP | max (PP/2−1)(FB+B−3W), exact when F = I = W, FB ≥ B |
 //! | dualpipev | 2·PP | m ≥ 2·PP | as DualPipe with PP = 2·ranks |
 //!
 //! DualPipe and DualPipeV follow DeepSeek's reference order exactly ([`dualpipe`]); the
