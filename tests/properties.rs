@@ -1,0 +1,153 @@
+//! Property tests over random (family, ranks, microbatches, costs, comm mode):
+//! - every required unit of work appears exactly once, on the rank that owns its stage;
+//! - every dependency holds in the simulated timeline (checked from the programs and the
+//!   timeline alone, independently of the Plan DAG's edges);
+//! - the makespan is at least every rank's total work.
+
+use pipewright_compiler::cost::{CommMode, CostModel};
+use pipewright_compiler::families::Family;
+use pipewright_compiler::ir::{Event, ProgramSet, UnitKind};
+use pipewright_compiler::lower_and_simulate;
+use pipewright_compiler::sim::Simulation;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+type Unit = (UnitKind, u32, u32, u32); // kind, pipe, stage, mb
+
+fn case() -> impl Strategy<Value = (Family, u32, u32)> {
+    (0usize..7, 1u32..=6, 0u32..10).prop_map(|(f, r, extra)| {
+        let family = Family::ALL[f];
+        let ranks = if family == Family::DualPipe { 2 * r.div_ceil(2) } else { r };
+        let m = match family {
+            Family::GPipe => 1 + extra,
+            Family::OneFOneB | Family::ZbH1 => ranks + extra,
+            Family::Interleaved1F1B => ranks * (1 + extra % 3),
+            Family::ZbV => 2 * ranks - 1 + extra,
+            Family::DualPipe => 2 * ranks + 2 * (extra / 2),
+            Family::DualPipeV => 2 * ranks + extra,
+        };
+        (family, ranks, m)
+    })
+}
+
+fn costs() -> impl Strategy<Value = (f64, f64, f64, f64, f64, bool)> {
+    (0.5f64..3.0, 0.5f64..4.0, 0.0f64..1.0, 0.5f64..1.5, 0.0f64..1.5, any::<bool>())
+        .prop_map(|(f, b, wfrac, fbfrac, p2p, async_comm)| (f, b, b * wfrac, (f + b) * fbfrac, p2p, async_comm))
+}
+
+/// Where each unit runs and when: (rank, start, end).
+fn unit_times(set: &ProgramSet, sim: &Simulation) -> HashMap<Unit, Vec<(u32, f64, f64)>> {
+    let layout = set.layout.as_ref().unwrap();
+    let mut at: HashMap<Unit, Vec<(u32, f64, f64)>> = HashMap::new();
+    for (r, program) in set.programs.iter().enumerate() {
+        for (e, span) in program.iter().zip(&sim.timeline[r]) {
+            for (k, c) in e.units() {
+                let m = layout.modules[r][c.dir as usize];
+                at.entry((k, m.pipe, m.stage, c.mb)).or_default().push((r as u32, span.start, span.end));
+            }
+        }
+    }
+    at
+}
+
+fn check(family: Family, ranks: u32, m: u32, c: (f64, f64, f64, f64, f64, bool)) -> Result<(), TestCaseError> {
+    let set = family.generate(ranks, m, 2);
+    let layout = set.layout.clone().unwrap();
+    let mut costs = CostModel::uniform(layout.stages, c.0, c.1, c.2, c.3, c.4);
+    costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
+    let (_, sim, _) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    let at = unit_times(&set, &sim);
+
+    // Exactly once, on the owning rank: F, and B or (I and W).
+    let mut expected = 0;
+    for pipe in 0..layout.pipes {
+        for stage in 0..layout.stages {
+            let (owner, _) = layout.locate(pipe, stage).unwrap();
+            for mb in 0..layout.microbatches {
+                let count = |k| at.get(&(k, pipe, stage, mb)).map_or(0, |v| v.len());
+                prop_assert_eq!(count(UnitKind::F), 1, "F pipe {} stage {} mb {}", pipe, stage, mb);
+                let split = (count(UnitKind::I), count(UnitKind::W));
+                prop_assert!(
+                    (count(UnitKind::B) == 1 && split == (0, 0)) || (count(UnitKind::B) == 0 && split == (1, 1)),
+                    "backward of pipe {} stage {} mb {}: B {} I/W {:?}", pipe, stage, mb, count(UnitKind::B), split
+                );
+                for k in [UnitKind::F, UnitKind::B, UnitKind::I, UnitKind::W] {
+                    for &(r, _, _) in at.get(&(k, pipe, stage, mb)).into_iter().flatten() {
+                        prop_assert_eq!(r, owner);
+                    }
+                }
+                expected += if count(UnitKind::B) == 1 { 2 } else { 3 };
+            }
+        }
+    }
+    let total: usize = at.values().map(|v| v.len()).sum();
+    prop_assert_eq!(total, expected, "extra units beyond the required ones");
+
+    // Dependencies in the timeline.
+    let end_of = |u: Unit| at.get(&u).and_then(|v| v.first()).map(|&(_, _, e)| e);
+    let eps = 1e-9;
+    for (&(k, pipe, stage, mb), places) in &at {
+        let (_, start, _) = places[0];
+        let mut inputs = Vec::new();
+        match k {
+            UnitKind::F if stage > 0 => inputs.push((UnitKind::F, stage - 1)),
+            UnitKind::F => {}
+            UnitKind::B | UnitKind::I => {
+                inputs.push((UnitKind::F, stage));
+                if stage + 1 < layout.stages {
+                    let next = if end_of((UnitKind::B, pipe, stage + 1, mb)).is_some() { UnitKind::B } else { UnitKind::I };
+                    inputs.push((next, stage + 1));
+                }
+            }
+            UnitKind::W => inputs.push((UnitKind::I, stage)),
+        }
+        for (ik, is) in inputs {
+            let done = end_of((ik, pipe, is, mb)).expect("input exists");
+            prop_assert!(start + eps >= done, "{:?} pipe {} stage {} mb {} starts at {} before its input {:?} stage {} ends at {}", k, pipe, stage, mb, start, ik, is, done);
+        }
+    }
+
+    // The makespan covers every rank's work.
+    for r in &sim.ranks {
+        prop_assert!(sim.makespan + eps >= r.busy);
+        prop_assert!(r.idle >= -eps);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn families_are_complete_ordered_and_bounded((family, ranks, m) in case(), c in costs()) {
+        check(family, ranks, m, c)?;
+    }
+
+    #[test]
+    fn generated_programs_roundtrip_through_json((family, ranks, m) in case()) {
+        let set = family.generate(ranks, m, 2);
+        let text = serde_json::to_string(&set).unwrap();
+        let back: ProgramSet = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(back, set);
+    }
+}
+
+#[test]
+fn every_family_at_every_small_size_runs() {
+    for family in Family::ALL {
+        for ranks in 1..=8u32 {
+            if family == Family::DualPipe && ranks % 2 == 1 {
+                continue;
+            }
+            for m in 1..=3 * ranks + 2 {
+                if family.check_size(ranks, m, 2).is_err() {
+                    continue;
+                }
+                let c = (1.0, 2.0, 1.0, 2.5, 0.1, m % 2 == 0);
+                check(family, ranks, m, c).unwrap_or_else(|e| panic!("{} r={ranks} m={m}: {e}", family.name()));
+            }
+        }
+    }
+    // Events round-trip through their text form used by the snapshots.
+    assert_eq!(Event::F { dir: 1, mb: 3 }.to_string(), "F1.3");
+}
