@@ -86,7 +86,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compile { spec, output, json, text } => run_compile(&spec, &output, json, text),
-        Command::Simulate { programs, spec, output, json } => run_simulate(&programs, spec.as_deref(), output.as_deref(), json),
+        Command::Simulate { programs, spec, output, json } => {
+            run_simulate(&programs, spec.as_deref(), output.as_deref(), json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +139,9 @@ fn run_simulate(programs: &Path, spec_path: Option<&Path>, out: Option<&Path>, j
             e.column()
         ),
     })?;
-    let layout = set.resolved_layout().ok_or_else(|| plan_failure(&programs.display().to_string(), PlanError::NoLayout(set.schedule.clone())))?;
+    let layout = set
+        .resolved_layout()
+        .ok_or_else(|| plan_failure(&programs.display().to_string(), PlanError::NoLayout(set.schedule.clone())))?;
     let (costs, memory) = match spec_path {
         Some(p) => {
             let spec = read_spec(p)?;
@@ -169,8 +173,8 @@ fn run_simulate(programs: &Path, spec_path: Option<&Path>, out: Option<&Path>, j
         }
         None => (CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0), None),
     };
-    let (_, sim, report): (_, Simulation, Report) =
-        lower_and_simulate(&set, &costs, memory.as_ref()).map_err(|e| plan_failure(&programs.display().to_string(), e))?;
+    let (_, sim, report): (_, Simulation, Report) = lower_and_simulate(&set, &costs, memory.as_ref())
+        .map_err(|e| plan_failure(&programs.display().to_string(), e))?;
     if let Some(out) = out {
         let title = format!("{} ({})", set.schedule, programs.display());
         write_all(

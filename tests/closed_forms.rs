@@ -5,7 +5,8 @@ use pipewright_compiler::families::Family;
 use pipewright_compiler::lower_and_simulate;
 use pipewright_compiler::sim::Simulation;
 
-fn run(family: Family, ranks: u32, m: u32, f: f64, b: f64, w: f64, fb: f64, comm: CommMode) -> Simulation {
+/// Costs as (F, B, W, FB).
+fn run(family: Family, ranks: u32, m: u32, (f, b, w, fb): (f64, f64, f64, f64), comm: CommMode) -> Simulation {
     let set = family.generate(ranks, m, 2);
     let stages = set.layout.as_ref().unwrap().stages;
     let mut costs = CostModel::uniform(stages, f, b, w, fb, 0.0);
@@ -15,7 +16,12 @@ fn run(family: Family, ranks: u32, m: u32, f: f64, b: f64, w: f64, fb: f64, comm
 
 fn assert_every_rank_idles(sim: &Simulation, want: f64, what: &str) {
     for r in &sim.ranks {
-        assert!((r.idle - want).abs() < 1e-9, "{what}: rank {} idles {} but the closed form says {want}", r.rank, r.idle);
+        assert!(
+            (r.idle - want).abs() < 1e-9,
+            "{what}: rank {} idles {} but the closed form says {want}",
+            r.rank,
+            r.idle
+        );
     }
 }
 
@@ -26,9 +32,9 @@ fn one_f_one_b_and_gpipe_bubble_is_pp_minus_one_f_plus_b() {
             for m in [pp, pp + 3, 2 * pp + 1] {
                 for (f, b) in [(1.0, 2.0), (1.0, 1.5), (2.0, 3.0)] {
                     let want = (pp - 1) as f64 * (f + b);
-                    let sim = run(Family::OneFOneB, pp, m, f, b, b / 2.0, f + b, comm);
+                    let sim = run(Family::OneFOneB, pp, m, (f, b, b / 2.0, f + b), comm);
                     assert_every_rank_idles(&sim, want, &format!("1f1b pp={pp} m={m} {comm:?}"));
-                    let sim = run(Family::GPipe, pp, m, f, b, b / 2.0, f + b, comm);
+                    let sim = run(Family::GPipe, pp, m, (f, b, b / 2.0, f + b), comm);
                     assert_every_rank_idles(&sim, want, &format!("gpipe pp={pp} m={m} {comm:?}"));
                 }
             }
@@ -43,7 +49,7 @@ fn zb_h1_bubble_is_pp_minus_one_f_plus_b_minus_2w_with_async_p2p() {
         for m in [pp, pp + 2, 3 * pp] {
             for (f, b, w) in [(1.0, 2.0, 1.0), (1.0, 2.0, 0.8), (1.0, 1.5, 0.5)] {
                 let want = (pp - 1) as f64 * (f + b - 2.0 * w);
-                let sim = run(Family::ZbH1, pp, m, f, b, w, f + b, CommMode::Async);
+                let sim = run(Family::ZbH1, pp, m, (f, b, w, f + b), CommMode::Async);
                 assert_every_rank_idles(&sim, want, &format!("zb-h1 pp={pp} m={m} F={f} B={b} W={w}"));
             }
         }
@@ -60,7 +66,7 @@ fn dualpipe_bubble_formula_is_the_largest_idle_when_i_equals_f() {
             for m in [2 * ranks, 2 * ranks + 4, 4 * ranks] {
                 let pp = ranks as f64;
                 let want = (pp / 2.0 - 1.0) * (fb + b - 3.0 * w);
-                let sim = run(Family::DualPipe, ranks, m, f, b, w, fb, CommMode::Blocking);
+                let sim = run(Family::DualPipe, ranks, m, (f, b, w, fb), CommMode::Blocking);
                 let worst = sim.ranks.iter().map(|r| r.idle).fold(0.0, f64::max);
                 assert!((worst - want).abs() < 1e-9, "dualpipe r={ranks} m={m}: max idle {worst}, formula {want}");
             }
@@ -69,7 +75,7 @@ fn dualpipe_bubble_formula_is_the_largest_idle_when_i_equals_f() {
             for m in [2 * ranks, 2 * ranks + 3, 4 * ranks] {
                 let pp = 2.0 * ranks as f64;
                 let want = (pp / 2.0 - 1.0) * (fb + b - 3.0 * w);
-                let sim = run(Family::DualPipeV, ranks, m, f, b, w, fb, CommMode::Blocking);
+                let sim = run(Family::DualPipeV, ranks, m, (f, b, w, fb), CommMode::Blocking);
                 let worst = sim.ranks.iter().map(|r| r.idle).fold(0.0, f64::max);
                 assert!((worst - want).abs() < 1e-9, "dualpipev r={ranks} m={m}: max idle {worst}, formula {want}");
             }

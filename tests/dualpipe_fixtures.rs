@@ -57,13 +57,22 @@ fn simulator_reproduces_every_expected_block() {
             let costs = CostModel::uniform(stages, g("F"), g("B"), g("W"), g("FB"), g("p2p"));
             let (_, sim, _) = lower_and_simulate(&set, &costs, None).unwrap();
             let close = |a: f64, b: &Value| (a - b.as_f64().unwrap()).abs() <= 1e-6;
-            assert!(close(sim.makespan, &exp["makespan"]), "{name} {c}: makespan {} vs {}", sim.makespan, exp["makespan"]);
+            assert!(
+                close(sim.makespan, &exp["makespan"]),
+                "{name} {c}: makespan {} vs {}",
+                sim.makespan,
+                exp["makespan"]
+            );
             let want_idle = exp["idle"].as_array().unwrap();
             let want_pif = exp["peak_in_flight"].as_array().unwrap();
             assert_eq!(sim.ranks.len(), want_idle.len(), "{name}");
             for (r, st) in sim.ranks.iter().enumerate() {
                 assert!(close(st.idle, &want_idle[r]), "{name} {c}: rank {r} idle {} vs {}", st.idle, want_idle[r]);
-                assert_eq!(u64::from(st.peak_in_flight), want_pif[r].as_u64().unwrap(), "{name} {c}: rank {r} in flight");
+                assert_eq!(
+                    u64::from(st.peak_in_flight),
+                    want_pif[r].as_u64().unwrap(),
+                    "{name} {c}: rank {r} in flight"
+                );
             }
             checked += 1;
         }

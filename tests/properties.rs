@@ -69,7 +69,12 @@ fn check(family: Family, ranks: u32, m: u32, c: (f64, f64, f64, f64, f64, bool))
                 let split = (count(UnitKind::I), count(UnitKind::W));
                 prop_assert!(
                     (count(UnitKind::B) == 1 && split == (0, 0)) || (count(UnitKind::B) == 0 && split == (1, 1)),
-                    "backward of pipe {} stage {} mb {}: B {} I/W {:?}", pipe, stage, mb, count(UnitKind::B), split
+                    "backward of pipe {} stage {} mb {}: B {} I/W {:?}",
+                    pipe,
+                    stage,
+                    mb,
+                    count(UnitKind::B),
+                    split
                 );
                 for k in [UnitKind::F, UnitKind::B, UnitKind::I, UnitKind::W] {
                     for &(r, _, _) in at.get(&(k, pipe, stage, mb)).into_iter().flatten() {
@@ -95,7 +100,8 @@ fn check(family: Family, ranks: u32, m: u32, c: (f64, f64, f64, f64, f64, bool))
             UnitKind::B | UnitKind::I => {
                 inputs.push((UnitKind::F, stage));
                 if stage + 1 < layout.stages {
-                    let next = if end_of((UnitKind::B, pipe, stage + 1, mb)).is_some() { UnitKind::B } else { UnitKind::I };
+                    let next =
+                        if end_of((UnitKind::B, pipe, stage + 1, mb)).is_some() { UnitKind::B } else { UnitKind::I };
                     inputs.push((next, stage + 1));
                 }
             }
@@ -103,7 +109,18 @@ fn check(family: Family, ranks: u32, m: u32, c: (f64, f64, f64, f64, f64, bool))
         }
         for (ik, is) in inputs {
             let done = end_of((ik, pipe, is, mb)).expect("input exists");
-            prop_assert!(start + eps >= done, "{:?} pipe {} stage {} mb {} starts at {} before its input {:?} stage {} ends at {}", k, pipe, stage, mb, start, ik, is, done);
+            prop_assert!(
+                start + eps >= done,
+                "{:?} pipe {} stage {} mb {} starts at {} before its input {:?} stage {} ends at {}",
+                k,
+                pipe,
+                stage,
+                mb,
+                start,
+                ik,
+                is,
+                done
+            );
         }
     }
 

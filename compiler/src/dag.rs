@@ -318,7 +318,10 @@ impl PlanDag {
                     for op in ops.iter().filter(|o| o.kind.is_send()) {
                         let value = payload(&self.layout, rank, op.kind, op.dir, op.mb);
                         let local = value.and_then(|v| {
-                            producer.get(&v).copied().or_else(|| producer.get(&UnitKey { kind: UnitKind::I, ..v }).copied())
+                            producer
+                                .get(&v)
+                                .copied()
+                                .or_else(|| producer.get(&UnitKey { kind: UnitKind::I, ..v }).copied())
                         });
                         match local {
                             Some((pr, pe)) if pr == rank => {

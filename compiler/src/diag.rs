@@ -25,13 +25,7 @@ pub struct SourceError {
 impl SourceError {
     /// A new error at `span` in `file`.
     pub fn new(file: &str, source: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
-        SourceError {
-            file: file.to_owned(),
-            source: source.to_owned(),
-            span,
-            message: message.into(),
-            help: None,
-        }
+        SourceError { file: file.to_owned(), source: source.to_owned(), span, message: message.into(), help: None }
     }
 
     /// Adds a hint on how to fix the error.

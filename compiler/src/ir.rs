@@ -218,9 +218,7 @@ impl Layout {
                     pipes: 1,
                     stages: n * v,
                     microbatches: chunks,
-                    modules: (0..n)
-                        .map(|r| (0..v).map(|c| StageRef { pipe: 0, stage: c * n + r }).collect())
-                        .collect(),
+                    modules: (0..n).map(|r| (0..v).map(|c| StageRef { pipe: 0, stage: c * n + r }).collect()).collect(),
                     mirrored_pipes: vec![],
                 }
             }
@@ -237,9 +235,10 @@ impl Layout {
     /// Where stage `stage` of `pipe` lives: `(rank, dir)`.
     pub fn locate(&self, pipe: u32, stage: u32) -> Option<(u32, u32)> {
         let want = StageRef { pipe, stage };
-        self.modules.iter().enumerate().find_map(|(r, mods)| {
-            mods.iter().position(|m| *m == want).map(|d| (r as u32, d as u32))
-        })
+        self.modules
+            .iter()
+            .enumerate()
+            .find_map(|(r, mods)| mods.iter().position(|m| *m == want).map(|d| (r as u32, d as u32)))
     }
 
     /// A dense index `pipe * stages + stage → (rank, dir)`, for hot loops.

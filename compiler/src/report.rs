@@ -79,7 +79,10 @@ impl Report {
         s.push_str("rank       busy       idle  in-flight  peak activation\n");
         for r in &self.ranks {
             let act = r.peak_activation_bytes.map_or_else(|| "-".to_owned(), human_bytes);
-            s.push_str(&format!("{:>4} {:>10.3} {:>10.3} {:>10} {:>16}\n", r.rank, r.busy, r.idle, r.peak_in_flight, act));
+            s.push_str(&format!(
+                "{:>4} {:>10.3} {:>10.3} {:>10} {:>16}\n",
+                r.rank, r.busy, r.idle, r.peak_in_flight, act
+            ));
         }
         if let Some(m) = &self.memory {
             s.push_str(&format!(

@@ -78,7 +78,8 @@ pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -
             .iter()
             .map(|en| Span { start: end[en.ready.index()] - g[en.ready].duration, end: end[en.last.index()] })
             .collect();
-        let busy: f64 = nodes.iter().filter(|en| g[en.first].kind == NodeKind::Compute).map(|en| g[en.first].duration).sum();
+        let busy: f64 =
+            nodes.iter().filter(|en| g[en.first].kind == NodeKind::Compute).map(|en| g[en.first].duration).sum();
         let peak_in_flight = peak_in_flight(&dag.units[r]);
         let (peak_act, peak_mem, timeline_r) = match memory {
             Some(m) => {

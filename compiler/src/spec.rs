@@ -118,22 +118,16 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         err(p.schedule.span(), format!("unknown schedule \"{}\"", p.schedule.get_ref()))
             .with_help(format!("use one of: {}", Family::NAMES.join(", ")))
     })?;
-    let ranks = positive(p.ranks.get_ref(), 1 << 16).ok_or_else(|| {
-        err(p.ranks.span(), format!("ranks must be a positive integer, got {}", p.ranks.get_ref()))
-    })?;
+    let ranks = positive(p.ranks.get_ref(), 1 << 16)
+        .ok_or_else(|| err(p.ranks.span(), format!("ranks must be a positive integer, got {}", p.ranks.get_ref())))?;
     let microbatches = positive(p.microbatches.get_ref(), 1 << 24).ok_or_else(|| {
-        err(
-            p.microbatches.span(),
-            format!("microbatches must be a positive integer, got {}", p.microbatches.get_ref()),
-        )
+        err(p.microbatches.span(), format!("microbatches must be a positive integer, got {}", p.microbatches.get_ref()))
     })?;
     let chunks_per_rank = match (&p.chunks_per_rank, family) {
-        (Some(c), Family::Interleaved1F1B) => positive(c.get_ref(), 1 << 10)
-            .filter(|&v| v >= 2)
-            .ok_or_else(|| {
-                err(c.span(), format!("chunks_per_rank must be at least 2, got {}", c.get_ref()))
-                    .with_help("with one chunk per rank, use schedule = \"1f1b\"")
-            })?,
+        (Some(c), Family::Interleaved1F1B) => positive(c.get_ref(), 1 << 10).filter(|&v| v >= 2).ok_or_else(|| {
+            err(c.span(), format!("chunks_per_rank must be at least 2, got {}", c.get_ref()))
+                .with_help("with one chunk per rank, use schedule = \"1f1b\"")
+        })?,
         (Some(c), _) => {
             return Err(err(
                 c.span(),
@@ -264,7 +258,12 @@ fn memory(file: &str, source: &str, raw: &RawMemory, stages: u32) -> Result<Memo
     };
     let budget = *raw.budget.get_ref();
     if budget <= 0 {
-        return Err(SourceError::new(file, source, Some(raw.budget.span()), format!("budget must be > 0 bytes, got {budget}")));
+        return Err(SourceError::new(
+            file,
+            source,
+            Some(raw.budget.span()),
+            format!("budget must be > 0 bytes, got {budget}"),
+        ));
     }
     Ok(MemoryModel { activation, weight_grad_part, parameters, budget: budget as u64 })
 }

@@ -32,6 +32,9 @@ use crate::ir::{Chunk, CommKind, CommOp, Event, Layout, ProgramSet, UnitKind};
 use crate::sim::{finish_times, stuck_events};
 use std::collections::HashMap;
 
+/// A transferred value: (pipe, stage of the producing module, microbatch, is a gradient).
+type ValueKey = (u32, u32, u32, bool);
+
 /// The p2p op that brings the input of `unit` to `rank`, if one is needed.
 pub fn recv_for(layout: &Layout, rank: u32, kind: UnitKind, c: Chunk) -> Option<CommOp> {
     let m = layout.module(rank, c.dir)?;
@@ -57,7 +60,7 @@ pub fn send_for(layout: &Layout, rank: u32, kind: UnitKind, c: Chunk) -> Option<
 }
 
 /// The value a p2p op carries: (pipe, stage of the producing module, mb, is gradient).
-fn value(layout: &Layout, rank: u32, op: &CommOp) -> Option<(u32, u32, u32, bool)> {
+fn value(layout: &Layout, rank: u32, op: &CommOp) -> Option<ValueKey> {
     let m = layout.module(rank, op.dir)?;
     Some(match op.kind {
         CommKind::SendF => (m.pipe, m.stage, op.mb, false),
@@ -84,7 +87,7 @@ pub fn insert(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
         })
         .collect();
     // Receives of each rank, each with the position of the op that consumes it.
-    let mut due: Vec<HashMap<(u32, (u32, u32, u32, bool)), (usize, CommOp)>> = vec![HashMap::new(); ranks];
+    let mut due: Vec<HashMap<(u32, ValueKey), (usize, CommOp)>> = vec![HashMap::new(); ranks];
     for (r, ops) in order.iter().enumerate() {
         for (i, op) in ops.iter().enumerate() {
             for (k, c) in op.units() {
@@ -240,8 +243,8 @@ pub fn lockstep(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
     let mut next = vec![0usize; ranks];
     let mut free_at = vec![0.0f64; ranks];
     // Time each produced value (by pipe, stage, mb, is-gradient) is available.
-    let mut produced: HashMap<(u32, u32, u32, bool), f64> = HashMap::new();
-    let key = |rank: u32, k: UnitKind, c: Chunk| -> Option<((u32, u32, u32, bool), Option<(u32, u32, u32, bool)>)> {
+    let mut produced: HashMap<ValueKey, f64> = HashMap::new();
+    let key = |rank: u32, k: UnitKind, c: Chunk| -> Option<(ValueKey, Option<ValueKey>)> {
         let m = layout.module(rank, c.dir)?;
         Some(match k {
             UnitKind::F => ((m.pipe, m.stage, c.mb, false), m.stage.checked_sub(1).map(|s| (m.pipe, s, c.mb, false))),

@@ -227,12 +227,13 @@ impl<'a> RankBuilder<'a> {
         }
         // Phase 6: nB1B0, the second half with zero bubble.
         let mut zb = false;
+        let switch_at = h.div_ceil(2); // (h + 1) div 2
         for i in 0..h + 1 {
-            if i == (h + 1) / 2 && h % 2 == 1 {
+            if i == switch_at && h % 2 == 1 {
                 zb = true;
             }
             self.backward(1, zb, true, true);
-            if i == (h + 1) / 2 && h % 2 == 0 {
+            if i == switch_at && h % 2 == 0 {
                 zb = true;
             }
             self.backward(0, zb, true, true);

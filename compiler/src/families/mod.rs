@@ -60,7 +60,8 @@ impl Family {
         Family::DualPipeV,
     ];
     /// The spec names of [`Family::ALL`].
-    pub const NAMES: [&'static str; 7] = ["gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", "dualpipe", "dualpipev"];
+    pub const NAMES: [&'static str; 7] =
+        ["gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", "dualpipe", "dualpipev"];
 
     /// The family named `name` in a spec.
     pub fn from_name(name: &str) -> Option<Family> {

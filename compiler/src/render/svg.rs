@@ -45,15 +45,16 @@ pub fn render(set: &ProgramSet, sim: &Simulation, title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.1} {height:.1}" font-family="sans-serif" font-size="10">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{LEFT}" y="16" font-size="13">{} — makespan {:.3}</text>"#,
-        esc(title),
-        sim.makespan
-    );
+    let _ =
+        writeln!(s, r#"<text x="{LEFT}" y="16" font-size="13">{} — makespan {:.3}</text>"#, esc(title), sim.makespan);
     for r in 0..set.ranks {
         let y = TOP + ROW * r as f64;
-        let _ = writeln!(s, r##"<rect x="{LEFT}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="#f2f2f2"/>"##, span * scale, ROW - 4.0);
+        let _ = writeln!(
+            s,
+            r##"<rect x="{LEFT}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="#f2f2f2"/>"##,
+            span * scale,
+            ROW - 4.0
+        );
         let _ = writeln!(s, r#"<text x="4" y="{:.1}">rank {r}</text>"#, y + ROW / 2.0);
     }
     for (r, (program, spans)) in set.programs.iter().zip(&sim.timeline).enumerate() {
@@ -66,7 +67,11 @@ pub fn render(set: &ProgramSet, sim: &Simulation, title: &str) -> String {
             match e {
                 Event::Comm { .. } => {
                     if w > 0.0 {
-                        let _ = writeln!(s, r##"<rect x="{x:.2}" y="{:.1}" width="{w:.2}" height="3" fill="#888"><title>{tip}</title></rect>"##, y + h);
+                        let _ = writeln!(
+                            s,
+                            r##"<rect x="{x:.2}" y="{:.1}" width="{w:.2}" height="3" fill="#888"><title>{tip}</title></rect>"##,
+                            y + h
+                        );
                     }
                 }
                 Event::FB { f, b } => {
@@ -80,18 +85,32 @@ pub fn render(set: &ProgramSet, sim: &Simulation, title: &str) -> String {
                         colour('B', b.dir)
                     );
                     if labels && w >= 18.0 {
-                        let _ = writeln!(s, r#"<text x="{:.2}" y="{:.1}" text-anchor="middle">{}|{}</text>"#, x + w / 2.0, y + h / 2.0 + 3.5, f.mb, b.mb);
+                        let _ = writeln!(
+                            s,
+                            r#"<text x="{:.2}" y="{:.1}" text-anchor="middle">{}|{}</text>"#,
+                            x + w / 2.0,
+                            y + h / 2.0 + 3.5,
+                            f.mb,
+                            b.mb
+                        );
                     }
                 }
                 _ => {
-                    let (kind, c) = e.units().first().map(|(k, c)| (k.letter(), *c)).unwrap_or(('W', Default::default()));
+                    let (kind, c) =
+                        e.units().first().map(|(k, c)| (k.letter(), *c)).unwrap_or(('W', Default::default()));
                     let _ = writeln!(
                         s,
                         r##"<rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{h:.1}" fill="{}" stroke="#333" stroke-width="0.5"><title>{tip}</title></rect>"##,
                         colour(kind, c.dir)
                     );
                     if labels && w >= 9.0 {
-                        let _ = writeln!(s, r#"<text x="{:.2}" y="{:.1}" text-anchor="middle">{}</text>"#, x + w / 2.0, y + h / 2.0 + 3.5, c.mb);
+                        let _ = writeln!(
+                            s,
+                            r#"<text x="{:.2}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                            x + w / 2.0,
+                            y + h / 2.0 + 3.5,
+                            c.mb
+                        );
                     }
                 }
             }
@@ -101,7 +120,8 @@ pub fn render(set: &ProgramSet, sim: &Simulation, title: &str) -> String {
     let mut x = LEFT;
     for (name, k) in items {
         for dir in 0..2 {
-            let _ = writeln!(s, r#"<rect x="{x:.1}" y="{legend_y:.1}" width="12" height="12" fill="{}"/>"#, colour(k, dir));
+            let _ =
+                writeln!(s, r#"<rect x="{x:.1}" y="{legend_y:.1}" width="12" height="12" fill="{}"/>"#, colour(k, dir));
             x += 14.0;
         }
         let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}">{name} (module 0, 1)</text>"#, legend_y + 10.0);
