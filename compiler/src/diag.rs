@@ -64,7 +64,9 @@ impl SourceError {
             if term::emit(&mut writer, &config, &file, &diagnostic).is_ok() {
                 let text = String::from_utf8_lossy(writer.get_ref()).into_owned();
                 // The first line repeats an empty "error" headline: ours says more.
-                out.push_str(text.split_once('\n').map_or("", |(_, rest)| rest));
+                let snippet = text.split_once('\n').map_or("", |(_, rest)| rest);
+                out.push_str(snippet.trim_end());
+                out.push('\n');
             }
         }
         if let Some(help) = &self.help {
