@@ -48,6 +48,8 @@ fn compile_writes_programs_report_picture_and_trace() {
     let trace: Value = serde_json::from_str(&std::fs::read_to_string(out.join("trace.json")).unwrap()).unwrap();
     let spans = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
     assert!(spans > 40, "trace has {spans} spans");
+    let counters = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "C").count();
+    assert!(counters > 4 * 10, "the memory timeline is missing from the trace ({counters} samples)");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Chrome/Perfetto trace (`trace.json`) of a simulated timeline.
 //!
-//! One process; per rank a compute track (tid = rank) and a p2p track (tid = 10000 + rank).
-//! One cost unit is shown as one millisecond (1000 µs of trace time).
+//! One process; per rank a compute track (tid = rank) and a p2p track (tid = 10000 + rank),
+//! and, when memory is modelled, a counter track "rank r activation bytes" with the
+//! memory timeline. One cost unit is shown as one millisecond (1000 µs of trace time).
 
 use super::class;
 use crate::ir::{Event, ProgramSet};
@@ -36,6 +37,17 @@ pub fn render(set: &ProgramSet, sim: &Simulation) -> Value {
                 "ts": sp.start * US_PER_UNIT,
                 "dur": (sp.end - sp.start) * US_PER_UNIT,
                 "args": args,
+            }));
+        }
+    }
+    for (r, timeline) in sim.memory.iter().enumerate() {
+        for &(t, bytes) in timeline {
+            events.push(json!({
+                "name": format!("rank {r} activation bytes"),
+                "ph": "C",
+                "pid": 0,
+                "ts": t * US_PER_UNIT,
+                "args": {"bytes": bytes},
             }));
         }
     }
