@@ -6,6 +6,7 @@
 pub mod cost;
 pub mod dag;
 pub mod diag;
+pub mod eplb;
 pub mod families;
 pub mod ir;
 pub mod render;
