@@ -63,6 +63,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Place mixture-of-experts replicas on GPUs (expert-parallel load balancing).
+    ///
+    /// Writes JSON with phy2log, log2phy, logcnt, gpu_load, imbalance, lower_bound, gap and
+    /// moved_slots; prints a summary (per-layer imbalance, worst layers, replicas per
+    /// expert) on stderr.
+    Eplb(EplbArgs),
+}
+
+/// Arguments of `pipewright eplb`.
+#[derive(clap::Args, Debug)]
+struct EplbArgs {
+    /// Load statistics: JSON with a "weight" matrix (layers × experts; an EPLB fixture's
+    /// "params" supply the shape), CSV (one layer per line) or NumPy .npy (2-D).
+    #[arg(long)]
+    input: PathBuf,
+    /// Physical expert slots per layer (default: the input's params).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Expert groups (a group's experts stay on one node when groups % nodes == 0).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Server nodes.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// GPUs (replicas must be a multiple).
+    #[arg(long)]
+    gpus: Option<usize>,
+    /// deepseek | balanced | balanced-global.
+    #[arg(long, default_value = "balanced")]
+    policy: String,
+    /// Current layout (JSON with "phy2log", e.g. an earlier output): rebalance moving as few
+    /// slots as possible.
+    #[arg(long)]
+    previous: Option<PathBuf>,
+    /// With --previous: accept a max GPU load up to (1 + tolerance) × a fresh placement's.
+    #[arg(long, default_value_t = 0.01)]
+    tolerance: f64,
+    /// With --previous: keep the current layout when within (1 + threshold) × fresh.
+    #[arg(long, default_value_t = 0.01)]
+    threshold: f64,
+    /// Write the placement JSON here instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
 }
 
 /// An error with the exit code it maps to.
@@ -89,6 +132,7 @@ fn main() -> ExitCode {
         Command::Simulate { programs, spec, output, json } => {
             run_simulate(&programs, spec.as_deref(), output.as_deref(), json)
         }
+        Command::Eplb(args) => run_eplb(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,4 +280,91 @@ fn write_all(dir: &Path, files: &[(&str, String)]) -> Result<(), Failure> {
         fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
     }
     Ok(())
+}
+
+fn bad_input(message: String) -> Failure {
+    Failure { code: 2, message: format!("error: {message}\n") }
+}
+
+fn run_eplb(a: &EplbArgs) -> Result<(), Failure> {
+    use pipewright_compiler::eplb::{self, io, migrate, Loads, Params, Policy};
+    let input = io::read(&a.input).map_err(bad_input)?;
+    let from_file = input.params;
+    let pick = |flag: Option<usize>, file: Option<usize>, name: &str| {
+        flag.or(file).ok_or_else(|| bad_input(format!("--{name} is needed: {} names no {name}", a.input.display())))
+    };
+    let params = Params {
+        replicas: pick(a.replicas, from_file.map(|p| p.replicas), "replicas")?,
+        groups: pick(a.groups, from_file.map(|p| p.groups), "groups")?,
+        nodes: pick(a.nodes, from_file.map(|p| p.nodes), "nodes")?,
+        gpus: pick(a.gpus, from_file.map(|p| p.gpus), "gpus")?,
+    };
+    let policy = Policy::from_name(&a.policy).ok_or_else(|| {
+        bad_input(format!("unknown policy \"{}\": use deepseek, balanced or balanced-global", a.policy))
+    })?;
+    let loads = Loads::new(input.rows).map_err(|e| bad_input(format!("{}: {e}", a.input.display())))?;
+    let placement = match &a.previous {
+        None => eplb::rebalance(&loads, &params, policy),
+        Some(prev) => {
+            let text = fs::read_to_string(prev).with_context(|| format!("cannot read {}", prev.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad_input(format!("{}: {e}", prev.display())))?;
+            let table = v.get("phy2log").or_else(|| v.get("reference").and_then(|r| r.get("phy2log")));
+            let phy2log: Vec<Vec<u32>> = table
+                .and_then(|t| serde_json::from_value(t.clone()).ok())
+                .ok_or_else(|| bad_input(format!("{}: no \"phy2log\" layout", prev.display())))?;
+            let opts = migrate::Migration { tolerance: a.tolerance, threshold: a.threshold };
+            migrate::rebalance_from(&loads, &params, policy, &phy2log, opts)
+        }
+    }
+    .map_err(|e| bad_input(format!("{}: {e}", a.input.display())))?;
+
+    let mut out = serde_json::to_value(&placement).map_err(|e| bad_input(e.to_string()))?;
+    out["policy"] = serde_json::Value::from(a.policy.as_str());
+    out["params"] = serde_json::to_value(params).unwrap_or_default();
+    let text = serde_json::to_string(&out).unwrap_or_default();
+    match &a.output {
+        Some(path) => write_all(
+            path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+            &[(path.file_name().and_then(|n| n.to_str()).unwrap_or("eplb.json"), text)],
+        )?,
+        None => println!("{text}"),
+    }
+    eprint!("{}", eplb_summary(&placement, &params));
+    Ok(())
+}
+
+fn eplb_summary(p: &pipewright_compiler::eplb::Placement, params: &pipewright_compiler::eplb::Params) -> String {
+    let layers = p.imbalance.len();
+    let mut s = format!(
+        "EPLB: {layers} layers, {} replicas on {} GPUs ({} nodes, {} groups)\n",
+        params.replicas, params.gpus, params.nodes, params.groups
+    );
+    s.push_str("layer  imbalance   max load  lower bound     gap\n");
+    for l in 0..layers {
+        let max = p.gpu_load[l].iter().copied().fold(0.0, f64::max);
+        s.push_str(&format!(
+            "{l:>5} {:>10.4} {max:>10.1} {:>12.1} {:>6.2}%\n",
+            p.imbalance[l],
+            p.lower_bound[l],
+            100.0 * p.gap[l]
+        ));
+    }
+    let mut worst: Vec<usize> = (0..layers).collect();
+    worst.sort_by(|&a, &b| p.imbalance[b].total_cmp(&p.imbalance[a]));
+    let names: Vec<String> = worst.iter().take(5).map(|&l| format!("{l} ({:.4})", p.imbalance[l])).collect();
+    s.push_str(&format!("worst layers: {}\n", names.join(", ")));
+    let mean = p.imbalance.iter().sum::<f64>() / layers.max(1) as f64;
+    s.push_str(&format!("mean imbalance {mean:.4}\n"));
+    let mut hist: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+    for c in p.logcnt.iter().flatten() {
+        *hist.entry(*c).or_default() += 1;
+    }
+    let h: Vec<String> = hist.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    s.push_str(&format!("replicas per expert (count: experts over all layers): {}\n", h.join(", ")));
+    if let Some(m) = p.moved_slots {
+        let total = params.replicas * layers;
+        s.push_str(&format!("moved slots: {m} of {total} ({:.1}%)\n", 100.0 * m as f64 / total.max(1) as f64));
+    }
+    s
 }

@@ -89,7 +89,7 @@ fn npy(bytes: &[u8]) -> Result<Input, String> {
         return Err("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into());
     }
     let descr = file.dtype().descr();
-    let flat: Vec<f64> = match descr.trim_start_matches(['<', '|', '=']) {
+    let flat: Vec<f64> = match descr.trim_matches(['\'', '"']).trim_start_matches(['<', '|', '=']) {
         "f8" => file.into_vec::<f64>().map_err(|e| e.to_string())?,
         "f4" => file.into_vec::<f32>().map_err(|e| e.to_string())?.into_iter().map(f64::from).collect(),
         "i8" => file.into_vec::<i64>().map_err(|e| e.to_string())?.into_iter().map(|x| x as f64).collect(),

@@ -9,9 +9,10 @@
 //! 2. Otherwise, two candidates. (a) The fresh placement, renumbered to overlap the current
 //!    one as much as possible (greedy matching of GPUs by common experts). (b) A local search
 //!    from the current layout: while the maximum is above the target, apply the move with
-//!    the best reduction of the maximum per moved slot. A move either swaps two slots
-//!    between the hottest GPU and another GPU (2 slots), or gives one slot of the expert
-//!    that misses it least to the hottest GPU's heaviest expert (1 slot).
+//!    the best reduction of the hottest GPU's load per moved slot. A move either swaps two
+//!    slots between the hottest GPU and another GPU without lifting that one above it (2
+//!    slots), or gives one slot of the expert that misses it least to the hottest GPU's
+//!    heaviest expert (1 slot, accepted when it lowers the overall maximum).
 //! 3. Keep the candidate that reaches the target with fewer moves; (a) always reaches it.
 
 use super::balanced::max_load;
@@ -191,9 +192,10 @@ fn local_search(w: &[f64], start: &[u32], k: usize, target: f64, limit: usize) -
                     if sb >= sa {
                         continue;
                     }
+                    // Lower the hottest GPU without lifting its partner above it: each such
+                    // move shrinks the sorted load vector, so the search cannot cycle.
                     let peak = (loads[hot] - sa + sb).max(loads[g] - sb + sa);
-                    let others = (0..gpus).filter(|&x| x != hot && x != g).map(|x| loads[x]).fold(0.0, f64::max);
-                    consider(current - peak.max(others), 2, vec![(a, layout[b]), (b, layout[a])]);
+                    consider(loads[hot] - peak, 2, vec![(a, layout[b]), (b, layout[a])]);
                 }
             }
         }
