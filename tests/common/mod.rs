@@ -30,3 +30,18 @@ pub fn json_files(dir: &std::path::Path) -> Vec<PathBuf> {
 pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_pipewright"))
 }
+
+/// The node of each group's replicas in one layer's `phy2log`; Err names a group that
+/// spans several nodes.
+pub fn groups_on_one_node(row: &[u32], experts: usize, groups: usize, nodes: usize) -> Result<(), String> {
+    let group = experts / groups;
+    let per_node = row.len() / nodes;
+    for g in 0..groups {
+        let spans: std::collections::BTreeSet<usize> =
+            row.iter().enumerate().filter(|(_, &e)| e as usize / group == g).map(|(s, _)| s / per_node).collect();
+        if spans.len() != 1 {
+            return Err(format!("group {g} spans nodes {spans:?}"));
+        }
+    }
+    Ok(())
+}
