@@ -38,13 +38,14 @@ fn max(v: &[f64]) -> f64 {
 
 fn check(p: &Placement, loads: &Loads, params: &Params, hierarchical: bool) -> Result<(), TestCaseError> {
     let k = params.replicas / params.gpus;
+    let log2phy = p.log2phy();
     for (l, row) in p.phy2log.iter().enumerate() {
         prop_assert_eq!(row.len(), params.replicas);
         prop_assert_eq!(row.len(), k * params.gpus, "every GPU holds exactly k slots");
         prop_assert!(p.logcnt[l].iter().all(|&c| c >= 1), "expert without replica");
         prop_assert_eq!(p.logcnt[l].iter().sum::<u32>() as usize, params.replicas);
         for (e, &c) in p.logcnt[l].iter().enumerate() {
-            let slots: Vec<i64> = p.log2phy[l].expert(e).iter().copied().filter(|&s| s >= 0).collect();
+            let slots: Vec<i64> = log2phy[l].expert(e).iter().copied().filter(|&s| s >= 0).collect();
             prop_assert_eq!(slots.len(), c as usize);
             for s in slots {
                 prop_assert_eq!(row[s as usize] as usize, e, "log2phy does not invert phy2log");

@@ -35,7 +35,8 @@ pub fn balanced_packing(weights: &[f32], packs: usize) -> Vec<(usize, usize)> {
         return (0..n).map(|i| (i, 0)).collect();
     }
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| weights[b].partial_cmp(&weights[a]).unwrap_or(Ordering::Equal));
+    // Heaviest first, lower index first among equals: the order of a stable sort.
+    order.sort_unstable_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
     // The lightest pack with room, the lowest index among equals (Python's `min`).
     let mut heap: BinaryHeap<Reverse<(Weight, usize)>> = (0..packs).map(|p| Reverse((Weight(0.0), p))).collect();
     let mut pack_items = vec![0usize; packs];

@@ -171,13 +171,12 @@ impl From<SlotTable> for Vec<Vec<i64>> {
     }
 }
 
-/// A placement of every layer, with its metrics.
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+/// A placement of every layer, with its metrics. Serialised with `log2phy` (derived from
+/// `phy2log` on the way out, see [`Placement::log2phy`]).
+#[derive(Clone, PartialEq, Debug)]
 pub struct Placement {
     /// `phy2log[layer][slot]`: the logical expert in each physical slot.
     pub phy2log: Vec<Vec<u32>>,
-    /// `log2phy[layer]`: per expert, its slots, −1 padded (serialised as nested lists).
-    pub log2phy: Vec<SlotTable>,
     /// `logcnt[layer][expert]`: replicas of each expert.
     pub logcnt: Vec<Vec<u32>>,
     /// `gpu_load[layer][gpu]`.
@@ -192,8 +191,44 @@ pub struct Placement {
     pub moved_slots: Option<usize>,
 }
 
+impl Serialize for Placement {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Placement", 9)?;
+        st.serialize_field("phy2log", &self.phy2log)?;
+        st.serialize_field("log2phy", &self.log2phy())?;
+        st.serialize_field("logcnt", &self.logcnt)?;
+        st.serialize_field("gpu_load", &self.gpu_load)?;
+        st.serialize_field("imbalance", &self.imbalance)?;
+        st.serialize_field("lower_bound", &self.lower_bound)?;
+        st.serialize_field("gap", &self.gap)?;
+        st.serialize_field("moved_slots", &self.moved_slots)?;
+        st.end()
+    }
+}
+
 impl Placement {
-    /// Derives every table and metric from `phy2log`.
+    /// `log2phy[layer]`: for each expert its slots, −1 padded to the largest replica count
+    /// of any layer (DeepSeek's `logical_to_physical_map`).
+    pub fn log2phy(&self) -> Vec<SlotTable> {
+        let width = self.logcnt.iter().flatten().copied().max().unwrap_or(1) as usize;
+        self.phy2log
+            .iter()
+            .zip(&self.logcnt)
+            .map(|(row, counts)| {
+                let e = counts.len();
+                let mut table = SlotTable { width, data: vec![-1i64; width * e] };
+                let mut fill = vec![0usize; e];
+                for (slot, &x) in row.iter().enumerate() {
+                    table.data[x as usize * width + fill[x as usize]] = slot as i64;
+                    fill[x as usize] += 1;
+                }
+                table
+            })
+            .collect()
+    }
+
+    /// Derives every metric from `phy2log`.
     pub fn from_phy2log(loads: &Loads, p: &Params, phy2log: Vec<Vec<u32>>) -> Placement {
         use rayon::prelude::*;
         let e = loads.experts();
@@ -207,27 +242,19 @@ impl Placement {
                 c
             })
             .collect();
-        let width = logcnt.iter().flatten().copied().max().unwrap_or(1) as usize;
-        let per_layer: Vec<(SlotTable, Vec<f64>, f64, f64)> = phy2log
+        let per_layer: Vec<(Vec<f64>, f64, f64)> = phy2log
             .par_iter()
             .zip(&loads.rows)
             .zip(&logcnt)
             .map(|((row, w), c)| {
-                let mut table = SlotTable { width, data: vec![-1i64; width * e] };
-                let mut fill = vec![0usize; e];
-                for (slot, &x) in row.iter().enumerate() {
-                    table.data[x as usize * width + fill[x as usize]] = slot as i64;
-                    fill[x as usize] += 1;
-                }
                 let g = gpu_loads(row, w, c, p.per_gpu());
                 let lb = lower_bound(w, p.replicas, p.gpus);
                 let gap = if lb > 0.0 { max(&g) / lb - 1.0 } else { 0.0 };
-                (table, g, lb, gap)
+                (g, lb, gap)
             })
             .collect();
         let mut placement = Placement {
             phy2log,
-            log2phy: Vec::with_capacity(per_layer.len()),
             logcnt,
             gpu_load: Vec::with_capacity(per_layer.len()),
             imbalance: Vec::with_capacity(per_layer.len()),
@@ -235,9 +262,8 @@ impl Placement {
             gap: Vec::with_capacity(per_layer.len()),
             moved_slots: None,
         };
-        for (table, g, lb, gap) in per_layer {
+        for (g, lb, gap) in per_layer {
             placement.imbalance.push(imbalance(&g));
-            placement.log2phy.push(table);
             placement.gpu_load.push(g);
             placement.lower_bound.push(lb);
             placement.gap.push(gap);
