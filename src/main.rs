@@ -148,26 +148,39 @@ fn main() -> ExitCode {
 
 fn read_spec(path: &Path) -> Result<spec::Spec, Failure> {
     let source = fs::read_to_string(path).with_context(|| format!("cannot read spec {}", path.display()))?;
-    spec::parse(&path.display().to_string(), &source).map_err(|e| Failure { code: 2, message: e.render() })
+    let name = path.display().to_string();
+    let mut spec = spec::parse(&name, &source).map_err(|e| Failure { code: 2, message: e.render() })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    spec::load_moe(&mut spec, &name, &source, base).map_err(|e| Failure { code: 2, message: e.render() })?;
+    Ok(spec)
 }
 
 fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool) -> Result<(), Failure> {
     let spec = read_spec(spec_path)?;
     let title = format!("{} ({})", spec.family.name(), spec_path.display());
     let compiled = compile(spec).map_err(|e| plan_failure(&format!("compiling {}", spec_path.display()), e))?;
-    let files = [
+    let mut files = vec![
         ("programs.json", programs_json(&compiled.programs)),
         ("report.json", report_json(&compiled.report)),
         ("schedule.svg", svg::render(&compiled.programs, &compiled.simulation, &title)),
         ("trace.json", trace::render(&compiled.programs, &compiled.simulation).to_string()),
     ];
+    if let (Some(placement), Some(moe)) = (&compiled.experts, &compiled.spec.moe) {
+        files.push(("experts.json", experts_json(placement, moe)));
+    }
     write_all(out, &files)?;
     print_result(&compiled.report, json);
+    if let (Some(p), false) = (&compiled.experts, json) {
+        let mean = p.imbalance.iter().sum::<f64>() / p.imbalance.len().max(1) as f64;
+        let worst = p.imbalance.iter().copied().fold(0.0, f64::max);
+        println!("experts: {} layers placed, imbalance mean {mean:.4}, worst {worst:.4}", p.imbalance.len());
+    }
     if show_text {
         print!("{}", text::render(&compiled.programs, &compiled.simulation));
     }
     if !json {
-        println!("wrote {}/{{programs.json, report.json, schedule.svg, trace.json}}", out.display());
+        let extra = if compiled.experts.is_some() { ", experts.json" } else { "" };
+        println!("wrote {}/{{programs.json, report.json, schedule.svg, trace.json{extra}}}", out.display());
     }
     Ok(())
 }
@@ -280,6 +293,26 @@ fn write_all(dir: &Path, files: &[(&str, String)]) -> Result<(), Failure> {
         fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
     }
     Ok(())
+}
+
+/// `experts.json`: the placement, and for each EP GPU the logical expert of each of its
+/// slots per layer (what it must hold), plus the dispatch table `log2phy`.
+fn experts_json(p: &pipewright_compiler::eplb::Placement, moe: &spec::MoeSpec) -> String {
+    let k = moe.params.per_gpu();
+    let gpus: Vec<serde_json::Value> = (0..moe.params.gpus)
+        .map(|g| {
+            let slots: Vec<&[u32]> = p.phy2log.iter().map(|row| &row[g * k..(g + 1) * k]).collect();
+            serde_json::json!({"gpu": g, "first_slot": g * k, "experts": slots})
+        })
+        .collect();
+    let mut v = serde_json::to_value(p).unwrap_or_default();
+    v["gpus"] = serde_json::Value::from(gpus);
+    v["policy"] = serde_json::to_value(moe.policy).unwrap_or_default();
+    v["params"] = serde_json::to_value(moe.params).unwrap_or_default();
+    v["experts_per_layer"] = serde_json::Value::from(moe.experts);
+    v["top_k"] = serde_json::Value::from(moe.top_k);
+    v["load"] = serde_json::Value::from(moe.load.as_str());
+    v.to_string()
 }
 
 fn bad_input(message: String) -> Failure {

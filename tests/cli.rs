@@ -176,3 +176,43 @@ fn help_documents_every_flag() {
         }
     }
 }
+
+#[test]
+fn moe_spec_places_experts_and_writes_experts_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("plan");
+    let run = compile(&common::root().join("specs/moe-dualpipev.toml"), &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(out.join("experts.json")).unwrap()).unwrap();
+    assert_eq!(v["phy2log"].as_array().unwrap().len(), 8, "one row per MoE layer");
+    let gpus = v["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 8);
+    assert_eq!(gpus[0]["experts"][0].as_array().unwrap().len(), 10, "80 replicas on 8 GPUs");
+    assert!(v["log2phy"].is_array() && v["imbalance"].is_array());
+    assert!(String::from_utf8_lossy(&run.stdout).contains("experts: 8 layers placed"));
+}
+
+#[test]
+fn moe_errors_point_at_the_spec() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("loads.csv"), "1,2,3,4\n5,6,7,8\n").unwrap();
+    let head = "[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[moe]\n";
+    let cases = [
+        ("experts = 4\ntop_k = 2\nload = \"missing.csv\"\nreplicas = 8\ngroups = 1\nnodes = 1\ngpus = 4\n", ":8:8", "cannot read"),
+        ("experts = 6\ntop_k = 2\nload = \"loads.csv\"\nreplicas = 12\ngroups = 1\nnodes = 1\ngpus = 4\n", ":8:8", "experts = 6"),
+        ("experts = 4\ntop_k = 2\nload = \"loads.csv\"\nreplicas = 6\ngroups = 1\nnodes = 1\ngpus = 4\n", ":9:12", "multiple of gpus"),
+        ("experts = 4\ntop_k = 9\nload = \"loads.csv\"\nreplicas = 8\ngroups = 1\nnodes = 1\ngpus = 4\n", ":7:9", "exceeds experts"),
+        ("experts = 4\ntop_k = 2\nload = \"loads.csv\"\nreplicas = 8\ngroups = 1\nnodes = 1\ngpus = 4\npolicy = \"best\"\n", ":13:10", "unknown policy"),
+    ];
+    for (i, (moe, place, words)) in cases.iter().enumerate() {
+        let spec = tmp.path().join(format!("moe{i}.toml"));
+        std::fs::write(&spec, format!("{head}{moe}")).unwrap();
+        let out = tmp.path().join(format!("out{i}"));
+        let run = compile(&spec, &out);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "case {i}: {err}");
+        assert!(err.contains(&format!("moe{i}.toml{place}")), "case {i}: expected {place} in {err}");
+        assert!(err.contains(words), "case {i}: expected '{words}' in {err}");
+        assert!(!out.exists(), "case {i}: output written");
+    }
+}

@@ -33,15 +33,21 @@ pub struct Compiled {
     pub simulation: Simulation,
     /// The summary written to `report.json`.
     pub report: Report,
+    /// The expert placement, when the spec has `[moe]` with its loads read.
+    pub experts: Option<eplb::Placement>,
 }
 
 /// Compiles a checked spec: expand the family into per-rank programs, lower them to the
 /// Plan DAG (which rejects unmatched or mismatched p2p, duplicate ops and ops without
-/// inputs), then simulate under the spec's costs.
+/// inputs), simulate under the spec's costs, and place the experts of `[moe]`.
 pub fn compile(spec: Spec) -> Result<Compiled, PlanError> {
     let programs = spec.family.generate(spec.ranks, spec.microbatches, spec.chunks_per_rank);
     let (dag, simulation, report) = lower_and_simulate(&programs, &spec.costs, spec.memory.as_ref())?;
-    Ok(Compiled { spec, programs, dag, simulation, report })
+    let experts = spec.moe.as_ref().and_then(|m| {
+        // The spec's checks already validated the shape against these loads.
+        m.loads.as_ref().and_then(|loads| eplb::rebalance(loads, &m.params, m.policy).ok())
+    });
+    Ok(Compiled { spec, programs, dag, simulation, report, experts })
 }
 
 /// Lowers any program set (a family's, an imported or a hand-written one) to its Plan DAG

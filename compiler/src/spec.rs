@@ -21,10 +21,21 @@
 //! weight_grad_part = 400_000
 //! parameters = 0
 //! budget = 8_000_000_000
+//!
+//! [moe]                    # optional: expert placement (EPLB) baked into the plan
+//! experts = 256            # logical experts per MoE layer
+//! top_k = 8                # experts each token is routed to
+//! load = "stats.json"      # per-layer expert loads (.json/.csv/.npy), relative to the spec
+//! replicas = 288
+//! groups = 8
+//! nodes = 4
+//! gpus = 32
+//! policy = "balanced"      # deepseek | balanced | balanced-global
 //! ```
 
 use crate::cost::{CommMode, CostModel, MemoryModel};
 use crate::diag::SourceError;
+use crate::eplb::{self, Loads, Params, Policy};
 use crate::families::Family;
 use serde::Deserialize;
 use std::ops::Range;
@@ -45,6 +56,23 @@ pub struct Spec {
     pub costs: CostModel,
     /// Per-stage memory, when the spec has `[memory]`.
     pub memory: Option<MemoryModel>,
+    /// Expert placement, when the spec has `[moe]`.
+    pub moe: Option<MoeSpec>,
+}
+
+/// The `[moe]` section: what EPLB places, and with what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeSpec {
+    pub experts: usize,
+    pub top_k: usize,
+    /// The load statistics file as written in the spec.
+    pub load: String,
+    /// Where `load` stands in the spec (for errors about the file's contents).
+    pub load_span: Range<usize>,
+    pub params: Params,
+    pub policy: Policy,
+    /// The loads, once [`load_moe`] has read them.
+    pub loads: Option<Loads>,
 }
 
 impl Spec {
@@ -60,6 +88,20 @@ struct RawSpec {
     pipeline: RawPipeline,
     costs: Option<RawCosts>,
     memory: Option<RawMemory>,
+    moe: Option<RawMoe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMoe {
+    experts: Spanned<i64>,
+    top_k: Spanned<i64>,
+    load: Spanned<String>,
+    replicas: Spanned<i64>,
+    groups: Spanned<i64>,
+    nodes: Spanned<i64>,
+    gpus: Spanned<i64>,
+    policy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -149,7 +191,80 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         Some(m) => Some(memory(file, source, m, stages)?),
         None => None,
     };
-    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory })
+    let moe = match &raw.moe {
+        Some(m) => Some(moe(file, source, m)?),
+        None => None,
+    };
+    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe })
+}
+
+fn moe(file: &str, source: &str, raw: &RawMoe) -> Result<MoeSpec, SourceError> {
+    let count = |key: &str, v: &Spanned<i64>| -> Result<usize, SourceError> {
+        positive(v.get_ref(), 1 << 24).map(|x| x as usize).ok_or_else(|| {
+            SourceError::new(
+                file,
+                source,
+                Some(v.span()),
+                format!("{key} must be a positive integer, got {}", v.get_ref()),
+            )
+        })
+    };
+    let experts = count("experts", &raw.experts)?;
+    let top_k = count("top_k", &raw.top_k)?;
+    if top_k > experts {
+        return Err(SourceError::new(
+            file,
+            source,
+            Some(raw.top_k.span()),
+            format!("top_k ({top_k}) exceeds experts ({experts})"),
+        ));
+    }
+    let params = Params {
+        replicas: count("replicas", &raw.replicas)?,
+        groups: count("groups", &raw.groups)?,
+        nodes: count("nodes", &raw.nodes)?,
+        gpus: count("gpus", &raw.gpus)?,
+    };
+    params.check(experts).map_err(|e| {
+        SourceError::new(file, source, Some(raw.replicas.span()), e.to_string())
+            .with_help("replicas must be a multiple of gpus and ≥ experts; gpus a multiple of nodes; experts of groups")
+    })?;
+    let policy = match &raw.policy {
+        None => Policy::Balanced,
+        Some(p) => Policy::from_name(p.get_ref()).ok_or_else(|| {
+            SourceError::new(file, source, Some(p.span()), format!("unknown policy \"{}\"", p.get_ref()))
+                .with_help("use deepseek, balanced or balanced-global")
+        })?,
+    };
+    Ok(MoeSpec {
+        experts,
+        top_k,
+        load: raw.load.get_ref().clone(),
+        load_span: raw.load.span(),
+        params,
+        policy,
+        loads: None,
+    })
+}
+
+/// Reads the `[moe]` load statistics named by `spec` (relative to `base`, the spec's
+/// directory); errors point at the `load` key.
+pub fn load_moe(spec: &mut Spec, file: &str, source: &str, base: &std::path::Path) -> Result<(), SourceError> {
+    let Some(moe) = spec.moe.as_mut() else { return Ok(()) };
+    let err = |msg: String| SourceError::new(file, source, Some(moe.load_span.clone()), msg);
+    let input = eplb::io::read(&base.join(&moe.load))
+        .map_err(|e| err(e).with_help("load names a .json, .csv or .npy file of per-layer expert loads"))?;
+    let loads = Loads::new(input.rows).map_err(|e| err(format!("{}: {e}", moe.load)))?;
+    if loads.experts() != moe.experts {
+        return Err(err(format!(
+            "{} has {} experts per layer, but experts = {}",
+            moe.load,
+            loads.experts(),
+            moe.experts
+        )));
+    }
+    moe.loads = Some(loads);
+    Ok(())
 }
 
 fn positive(v: &i64, max: i64) -> Option<u32> {
