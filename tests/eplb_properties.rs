@@ -87,8 +87,29 @@ proptest! {
             for l in 0..ours.gpu_load.len() {
                 prop_assert!(max(&ours.gpu_load[l]) <= max(&reference.gpu_load[l]) * (1.0 + 1e-9) + 1e-9);
             }
+            // Extra copies of an expert on one GPU (a wasted slot) are only ever accepted for
+            // a strictly lower maximum load than the reference's.
+            let k = params.replicas / params.gpus;
+            for l in 0..ours.phy2log.len() {
+                let (mine, theirs) = (same_gpu_copies(&ours.phy2log[l..=l], k), same_gpu_copies(&reference.phy2log[l..=l], k));
+                if mine > theirs {
+                    prop_assert!(
+                        max(&ours.gpu_load[l]) < max(&reference.gpu_load[l]),
+                        "layer {}: {} same-GPU copies against {} without a lower maximum", l, mine, theirs
+                    );
+                }
+            }
         }
     }
+}
+
+/// Slots holding an expert that the same GPU already holds.
+fn same_gpu_copies(phy2log: &[Vec<u32>], k: usize) -> usize {
+    phy2log
+        .iter()
+        .flat_map(|row| row.chunks(k))
+        .map(|gpu| gpu.iter().enumerate().filter(|(i, e)| gpu[..*i].contains(e)).count())
+        .sum()
 }
 
 /// Deterministic multiplicative noise of about ±`amp`.

@@ -54,6 +54,7 @@ fn global_from(w: &[f64], slots: usize, gpus: usize, start: &[u32]) -> Vec<u32> 
     let sizes: Vec<f64> = start.iter().map(|&e| w[e as usize] / count[e as usize] as f64).collect();
     let mut items: Vec<Vec<usize>> = (0..gpus).map(|g| (g * per_gpu..(g + 1) * per_gpu).collect()).collect();
     let mut load: Vec<f64> = items.iter().map(|i| i.iter().map(|&j| sizes[j]).sum()).collect();
+    dedup(&sizes, start, &mut items, &mut load);
     refine(&sizes, start, &mut items, &mut load);
     let refined: Vec<u32> = items.iter().flatten().map(|&j| start[j]).collect();
     // Within 0.5% of the lower bound, other replica counts cannot gain enough to pay.
@@ -118,7 +119,8 @@ pub fn global(w: &[f64], slots: usize, gpus: usize) -> Vec<u32> {
         });
         candidates.dedup();
         let mut improved = false;
-        for x in candidates.into_iter().take(2) {
+        // More replicas than GPUs would force two copies onto one GPU.
+        for x in candidates.into_iter().filter(|&x| (counts[x as usize] as usize) < gpus).take(2) {
             // The expert that misses a replica least: smallest load per replica after losing one.
             let donor = (0..w.len())
                 .filter(|&y| y != x as usize && counts[y] >= 2)
@@ -208,6 +210,40 @@ fn pack(sizes: &[f64], tags: &[u32], packs: usize, per_pack: usize) -> (Vec<Vec<
     (items, m)
 }
 
+/// Removes second copies of a tag from a pack: swaps the copy with an item of another pack
+/// that holds neither tag, when neither pack then exceeds the current maximum.
+fn dedup(sizes: &[f64], tags: &[u32], items: &mut [Vec<usize>], load: &mut [f64]) {
+    let limit = max(load) * (1.0 + 1e-12);
+    for p in 0..items.len() {
+        'copies: loop {
+            let dup = items[p]
+                .iter()
+                .enumerate()
+                .find_map(|(i, &a)| items[p][..i].iter().any(|&b| tags[b] == tags[a]).then_some(i));
+            let Some(ai) = dup else { break };
+            let a = items[p][ai];
+            for q in (0..items.len()).filter(|&q| q != p) {
+                if items[q].iter().any(|&x| tags[x] == tags[a]) {
+                    continue;
+                }
+                for bi in 0..items[q].len() {
+                    let b = items[q][bi];
+                    let new_p = load[p] - sizes[a] + sizes[b];
+                    let new_q = load[q] - sizes[b] + sizes[a];
+                    if !items[p].iter().any(|&x| tags[x] == tags[b]) && new_p <= limit && new_q <= limit {
+                        items[p][ai] = b;
+                        items[q][bi] = a;
+                        load[p] = new_p;
+                        load[q] = new_q;
+                        continue 'copies;
+                    }
+                }
+            }
+            break; // no partner: the copy stays
+        }
+    }
+}
+
 /// Swaps an item of the most loaded pack with a lighter item elsewhere while that lowers
 /// the maximum, never putting two items of one tag in one pack. For each candidate pack,
 /// the swap taken is the one that moves the most weight off the hot pack without making
@@ -278,8 +314,9 @@ fn refine(sizes: &[f64], tags: &[u32], items: &mut [Vec<usize>], load: &mut [f64
     }
 }
 
-/// Exact optimum of a small layer by branch and bound: over replica-count vectors whose
-/// largest replica could beat the incumbent, the best packing of each. Returns a strictly
+/// Exact optimum of a small layer by branch and bound, among placements with no two copies
+/// of an expert on one GPU: over replica-count vectors whose largest replica could beat the
+/// incumbent, the best packing of each. Returns a strictly
 /// better placement than `incumbent`, or None when there is none or the node budget ran out
 /// (then the caller's heuristic result stands).
 fn exact(w: &[f64], slots: usize, gpus: usize, incumbent: f64) -> Option<(Vec<Vec<u32>>, f64)> {
@@ -352,7 +389,9 @@ impl Exact<'_> {
         let (s, tag) = items[i];
         let mut tried: Vec<(f64, usize)> = Vec::new();
         for p in 0..packs.len() {
-            if packs[p].len() >= self.per_gpu || load[p] + s >= self.bound * (1.0 - 1e-12) {
+            // Full, too heavy, or already holding this expert (a second copy on one GPU
+            // wastes a slot: the search is over placements without one).
+            if packs[p].len() >= self.per_gpu || load[p] + s >= self.bound * (1.0 - 1e-12) || packs[p].contains(&tag) {
                 continue;
             }
             // Packs with the same load and fill are interchangeable: try one of them.
