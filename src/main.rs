@@ -12,7 +12,7 @@ use pipewright_compiler::ir::ProgramSet;
 use pipewright_compiler::render::{svg, text, trace};
 use pipewright_compiler::report::Report;
 use pipewright_compiler::sim::Simulation;
-use pipewright_compiler::{compile, lower_and_simulate, spec};
+use pipewright_compiler::{compile, lower_and_simulate, spec, verify};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +62,31 @@ enum Command {
         /// Print the report as JSON instead of the human summary.
         #[arg(long)]
         json: bool,
+    },
+    /// Verify a program file: deadlock-freedom, payload agreement, completeness and order,
+    /// and memory when --spec gives [memory].
+    ///
+    /// Exit 0 when every property holds, 1 when one fails (counterexample on stderr), 2 for
+    /// unreadable or malformed input.
+    Verify {
+        /// The programs (JSON, interchange format; fixture files are valid).
+        #[arg(long)]
+        programs: PathBuf,
+        /// A spec supplying [memory] and the comm mode.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Print the verification as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-check a compiled plan's certificates with the z3 binary, and that they belong to
+    /// the plan (hashes; certificates re-derived from programs.json).
+    Check {
+        /// The plan directory written by `compile`.
+        dir: PathBuf,
+        /// The z3 binary to run.
+        #[arg(long, default_value = "z3")]
+        z3: String,
     },
     /// Place mixture-of-experts replicas on GPUs (expert-parallel load balancing).
     ///
@@ -133,6 +158,8 @@ fn main() -> ExitCode {
             run_simulate(&programs, spec.as_deref(), output.as_deref(), json)
         }
         Command::Eplb(args) => run_eplb(&args),
+        Command::Verify { programs, spec, json } => run_verify(&programs, spec.as_deref(), json),
+        Command::Check { dir, z3 } => run_check(&dir, &z3),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,16 +185,50 @@ fn read_spec(path: &Path) -> Result<spec::Spec, Failure> {
 fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool) -> Result<(), Failure> {
     let spec = read_spec(spec_path)?;
     let title = format!("{} ({})", spec.family.name(), spec_path.display());
-    let compiled = compile(spec).map_err(|e| plan_failure(&format!("compiling {}", spec_path.display()), e))?;
-    let mut files = vec![
-        ("programs.json", programs_json(&compiled.programs)),
-        ("report.json", report_json(&compiled.report)),
-        ("schedule.svg", svg::render(&compiled.programs, &compiled.simulation, &title)),
-        ("trace.json", trace::render(&compiled.programs, &compiled.simulation).to_string()),
-    ];
-    if let (Some(placement), Some(moe)) = (&compiled.experts, &compiled.spec.moe) {
-        files.push(("experts.json", experts_json(placement, moe)));
+    let mut compiled = compile(spec).map_err(|e| plan_failure(&format!("compiling {}", spec_path.display()), e))?;
+    // Verify before writing anything a runtime would execute.
+    let comm = compiled.spec.costs.comm;
+    let memory = compiled.spec.memory.clone();
+    let verification = verify::verify(&compiled.programs, comm, memory.as_ref())
+        .map_err(|e| plan_failure(&format!("verifying {}", spec_path.display()), e))?;
+    if !verification.ok() {
+        let mut message = format!("error: the plan of {} fails verification\n", spec_path.display());
+        for v in &verification.violations {
+            message.push_str(&verify::counterexample::render(&compiled.programs, v));
+        }
+        return Err(Failure { code: 1, message });
     }
+    compiled.report.verified = Some(verification.verdicts.clone());
+    let programs_text = programs_json(&compiled.programs);
+    let plan_hash = verify::certificate::sha256(programs_text.as_bytes());
+    let certificates = verify::certificate::all(&compiled.programs, comm, memory.as_ref(), &plan_hash)
+        .map_err(|e| plan_failure("writing certificates", e))?;
+    let manifest = verify::certificate::Manifest {
+        plan_hash: plan_hash.clone(),
+        comm,
+        memory: memory.clone(),
+        certificates: certificates
+            .iter()
+            .map(|(file, property, expect, text)| verify::certificate::CertificateEntry {
+                file: file.clone(),
+                property: property.clone(),
+                expect: expect.clone(),
+                sha256: verify::certificate::sha256(text.as_bytes()),
+            })
+            .collect(),
+    };
+    let mut files: Vec<(String, String)> = vec![
+        ("programs.json".into(), programs_text),
+        ("report.json".into(), report_json(&compiled.report)),
+        ("schedule.svg".into(), svg::render(&compiled.programs, &compiled.simulation, &title)),
+        ("trace.json".into(), trace::render(&compiled.programs, &compiled.simulation).to_string()),
+        ("proof/manifest.json".into(), serde_json::to_string_pretty(&manifest).unwrap_or_default()),
+    ];
+    files.extend(certificates.into_iter().map(|(file, _, _, text)| (format!("proof/{file}"), text)));
+    if let (Some(placement), Some(moe)) = (&compiled.experts, &compiled.spec.moe) {
+        files.push(("experts.json".into(), experts_json(placement, moe)));
+    }
+    let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     write_all(out, &files)?;
     print_result(&compiled.report, json);
     if let (Some(p), false) = (&compiled.experts, json) {
@@ -180,14 +241,21 @@ fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool) -> Res
     }
     if !json {
         let extra = if compiled.experts.is_some() { ", experts.json" } else { "" };
-        println!("wrote {}/{{programs.json, report.json, schedule.svg, trace.json{extra}}}", out.display());
+        println!(
+            "verified: deadlock-free, payload agreement, complete and ordered{}",
+            match verification.verdicts.within_budget {
+                Some(true) => ", within the memory budget over every permitted order",
+                _ => "",
+            }
+        );
+        println!("wrote {}/{{programs.json, report.json, schedule.svg, trace.json, proof/{extra}}}", out.display());
     }
     Ok(())
 }
 
-fn run_simulate(programs: &Path, spec_path: Option<&Path>, out: Option<&Path>, json: bool) -> Result<(), Failure> {
+fn read_programs(programs: &Path) -> Result<ProgramSet, Failure> {
     let text = fs::read_to_string(programs).with_context(|| format!("cannot read programs {}", programs.display()))?;
-    let set: ProgramSet = serde_json::from_str(&text).map_err(|e| Failure {
+    serde_json::from_str(&text).map_err(|e| Failure {
         code: 2,
         message: format!(
             "error: {}:{}:{}: not a program file: {e}\n  = help: the format is described in README.md, section \"Interchange format\"\n",
@@ -195,7 +263,107 @@ fn run_simulate(programs: &Path, spec_path: Option<&Path>, out: Option<&Path>, j
             e.line(),
             e.column()
         ),
-    })?;
+    })
+}
+
+fn run_verify(programs: &Path, spec_path: Option<&Path>, json: bool) -> Result<(), Failure> {
+    let set = read_programs(programs)?;
+    let (comm, memory) = match spec_path {
+        Some(p) => {
+            let spec = read_spec(p)?;
+            if spec.ranks != set.ranks {
+                return Err(bad_input(format!(
+                    "{} is for {} ranks but {} has {}: verify with a spec of the same world size",
+                    p.display(),
+                    spec.ranks,
+                    programs.display(),
+                    set.ranks
+                )));
+            }
+            (spec.costs.comm, spec.memory)
+        }
+        None => (pipewright_compiler::cost::CommMode::Blocking, None),
+    };
+    let result = verify::verify(&set, comm, memory.as_ref())
+        .map_err(|e| Failure { code: 2, message: format!("error: {}: {e}\n", programs.display()) })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+    }
+    if result.ok() {
+        if !json {
+            let v = &result.verdicts;
+            println!("{}: verified", programs.display());
+            println!("  deadlock-free        yes");
+            println!("  payload agreement    yes");
+            println!("  complete and ordered yes");
+            match v.within_budget {
+                Some(_) => println!("  within memory budget yes (every permitted order)"),
+                None => println!("  within memory budget not checked (no [memory] in a --spec)"),
+            }
+            println!("  buffer safety        not applicable (no buffers assigned)");
+        }
+        Ok(())
+    } else {
+        let mut message = format!("{}: verification failed\n", programs.display());
+        for v in &result.violations {
+            message.push_str(&verify::counterexample::render(&set, v));
+        }
+        Err(Failure { code: 1, message })
+    }
+}
+
+fn run_check(dir: &Path, z3: &str) -> Result<(), Failure> {
+    use verify::certificate::{self, Manifest};
+    let fail = |m: String| Failure { code: 1, message: format!("check failed: {m}\n") };
+    let programs_path = dir.join("programs.json");
+    let programs_text =
+        fs::read_to_string(&programs_path).with_context(|| format!("cannot read {}", programs_path.display()))?;
+    let manifest_path = dir.join("proof/manifest.json");
+    let manifest: Manifest = serde_json::from_str(
+        &fs::read_to_string(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?,
+    )
+    .map_err(|e| bad_input(format!("{}: {e}", manifest_path.display())))?;
+    let hash = certificate::sha256(programs_text.as_bytes());
+    if hash != manifest.plan_hash {
+        return Err(fail(format!(
+            "{} does not match the plan the certificates were written for",
+            programs_path.display()
+        )));
+    }
+    let set = read_programs(&programs_path)?;
+    let expected = certificate::all(&set, manifest.comm, manifest.memory.as_ref(), &hash)
+        .map_err(|e| fail(format!("the plan in {} does not verify: {e}", programs_path.display())))?;
+    if expected.len() != manifest.certificates.len() {
+        return Err(fail("the manifest lists other certificates than the plan needs".into()));
+    }
+    for (entry, (file, property, expect, text)) in manifest.certificates.iter().zip(&expected) {
+        let path = dir.join("proof").join(&entry.file);
+        let on_disk = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if entry.file != *file || entry.property != *property || entry.expect != *expect {
+            return Err(fail(format!("manifest entry {} does not describe the plan's certificate", entry.file)));
+        }
+        if on_disk != *text || certificate::sha256(on_disk.as_bytes()) != entry.sha256 {
+            return Err(fail(format!("{} is not the certificate of this plan (tampered or stale)", path.display())));
+        }
+        let started = std::time::Instant::now();
+        let run = std::process::Command::new(z3).arg("-smt2").arg(&path).output().map_err(|e| Failure {
+            code: 2,
+            message: format!(
+                "error: cannot run {z3}: {e}\n  = help: install the z3 binary (Debian: apt-get install z3)\n"
+            ),
+        })?;
+        let answer = String::from_utf8_lossy(&run.stdout).lines().next().unwrap_or("").trim().to_owned();
+        if answer != entry.expect {
+            return Err(fail(format!("z3 answers \"{answer}\" on {}, expected \"{}\"", path.display(), entry.expect)));
+        }
+        println!("ok  {} ({property}: z3 says {answer}, {:.2} s)", path.display(), started.elapsed().as_secs_f64());
+    }
+    println!("all certificates of {} hold", dir.display());
+    Ok(())
+}
+
+fn run_simulate(programs: &Path, spec_path: Option<&Path>, out: Option<&Path>, json: bool) -> Result<(), Failure> {
+    let set = read_programs(programs)?;
     let layout = set
         .resolved_layout()
         .ok_or_else(|| plan_failure(&programs.display().to_string(), PlanError::NoLayout(set.schedule.clone())))?;
@@ -281,13 +449,18 @@ fn programs_json(set: &ProgramSet) -> String {
 }
 
 /// Writes every file, or none: each goes to a temporary name first, then all are renamed.
+/// Names may hold one subdirectory (`proof/deadlock.smt2`).
 fn write_all(dir: &Path, files: &[(&str, String)]) -> Result<(), Failure> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
     let mut staged = Vec::new();
     for (name, contents) in files {
-        let tmp = dir.join(format!(".{name}.tmp"));
+        let target = dir.join(name);
+        let parent = target.parent().unwrap_or(dir);
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        let file_name = target.file_name().and_then(|f| f.to_str()).unwrap_or("out");
+        let tmp = parent.join(format!(".{file_name}.tmp"));
         fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-        staged.push((tmp, dir.join(name)));
+        staged.push((tmp, target));
     }
     for (tmp, target) in staged {
         fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;

@@ -79,6 +79,10 @@ pub struct MemoryModel {
     pub weight_grad_part: Vec<u64>,
     /// `parameters[s]`: resident bytes of stage s (weights, gradients, optimizer state).
     pub parameters: Vec<u64>,
+    /// `p2p_buffer[s]`: bytes of one received activation or gradient for stage s, live
+    /// from the receive's post to its consumer.
+    #[serde(default)]
+    pub p2p_buffer: Vec<u64>,
     /// Per-rank limit.
     pub budget: u64,
 }

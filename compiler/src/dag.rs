@@ -101,6 +101,8 @@ pub enum PlanError {
     Unmatched { from: u32, to: u32, sends: usize, recvs: usize },
     #[error("send {send} (rank {from}, event {send_event}) is matched with receive {recv} (rank {to}, event {recv_event}): payloads differ")]
     PayloadMismatch { from: u32, send_event: u32, send: String, to: u32, recv_event: u32, recv: String },
+    #[error("rank {rank}, event {event} ({text}) uses {input} before rank {rank} has it (event {available}): it would read garbage")]
+    OutOfOrder { rank: u32, event: u32, text: String, input: String, available: u32 },
     #[error("deadlock: rank {rank} waits forever at event {event} ({text}){}", others.iter().map(|o| format!("; {o}")).collect::<String>())]
     Deadlock { rank: u32, event: u32, text: String, others: Vec<String> },
     #[error("the cost model covers {costs} stages but the layout has {layout}")]
@@ -127,6 +129,15 @@ pub struct PlanDag {
     pub matches: Vec<Match>,
     /// `units[rank][event]`: the units an event computes, resolved to stages.
     pub units: Vec<Vec<Vec<UnitKey>>>,
+    /// FIFO-matched pairs whose payloads differ ([`PlanError::PayloadMismatch`]). They are
+    /// still matched (that is what NCCL would do), so the DAG stays usable for deadlock
+    /// analysis; the simulator refuses such plans.
+    pub mismatches: Vec<PlanError>,
+    /// Ops placed before the op or receive that provides their input on the same rank
+    /// ([`PlanError::OutOfOrder`]), or whose input nothing provides there
+    /// ([`PlanError::MissingInput`]). Such a dependency is not a wait (the value is simply
+    /// not there), so it gets no edge; the verifier reports it, the simulator refuses.
+    pub misordered: Vec<PlanError>,
 }
 
 fn resolve(layout: &Layout, rank: u32, event: u32, e: &Event, kind: UnitKind, c: Chunk) -> Result<UnitKey, PlanError> {
@@ -253,7 +264,15 @@ impl PlanDag {
             units.push(rank_units);
         }
 
-        let mut dag = PlanDag { graph, layout, nodes, matches: Vec::new(), units };
+        let mut dag = PlanDag {
+            graph,
+            layout,
+            nodes,
+            matches: Vec::new(),
+            units,
+            mismatches: Vec::new(),
+            misordered: Vec::new(),
+        };
         dag.add_matches(set, &sends, &recvs)?;
         dag.add_data_deps(set, &producer, &received)?;
         Ok(dag)
@@ -285,7 +304,7 @@ impl PlanDag {
                         Some(u) => format!("{} of {}", k.name(), unit_name(&u, self.layout.pipes)),
                         None => format!("{} (module {})", k.name(), sop.dir),
                     };
-                    return Err(PlanError::PayloadMismatch {
+                    self.mismatches.push(PlanError::PayloadMismatch {
                         from,
                         send_event: se,
                         send: name(sp, sop.kind),
@@ -312,7 +331,6 @@ impl PlanDag {
         let stages = self.layout.stages;
         for rank in 0..set.ranks {
             for event in 0..set.programs[rank as usize].len() as u32 {
-                let consumer = self.at(rank, event).first;
                 if let Event::Comm { ops } = &set.programs[rank as usize][event as usize] {
                     // A send ships a value this rank computed before.
                     for op in ops.iter().filter(|o| o.kind.is_send()) {
@@ -324,21 +342,16 @@ impl PlanDag {
                                 .or_else(|| producer.get(&UnitKey { kind: UnitKind::I, ..v }).copied())
                         });
                         match local {
-                            Some((pr, pe)) if pr == rank => {
-                                let source = self.at(pr, pe).last;
-                                self.graph.update_edge(source, consumer, Dep::Data);
-                            }
-                            _ => {
-                                return Err(PlanError::MissingInput {
-                                    rank,
-                                    event,
-                                    unit: format!("{} to rank {}", op.kind.name(), op.peer),
-                                    input: value.map_or_else(
-                                        || format!("the output of module {}", op.dir),
-                                        |v| unit_name(&v, self.layout.pipes),
-                                    ),
-                                })
-                            }
+                            Some((pr, pe)) if pr == rank => self.depend(set, rank, pe, event, value),
+                            _ => self.misordered.push(PlanError::MissingInput {
+                                rank,
+                                event,
+                                unit: format!("{} to rank {}", op.kind.name(), op.peer),
+                                input: value.map_or_else(
+                                    || format!("the output of module {}", op.dir),
+                                    |v| unit_name(&v, self.layout.pipes),
+                                ),
+                            }),
                         }
                     }
                 }
@@ -365,26 +378,44 @@ impl PlanDag {
                                 .flatten()
                         });
                         let source = match found {
-                            Some((pr, pe)) if pr == rank => Some(self.at(pr, pe).last),
-                            Some(_) => received.get(&(rank, input)).map(|&be| self.at(rank, be).last),
+                            Some((pr, pe)) if pr == rank => Some(pe),
+                            Some(_) => received.get(&(rank, input)).copied(),
                             None => None,
                         };
                         let Some(source) = source else {
-                            return Err(PlanError::MissingInput {
+                            self.misordered.push(PlanError::MissingInput {
                                 rank,
                                 event,
                                 unit: unit_name(u, self.layout.pipes),
                                 input: unit_name(&input, self.layout.pipes).replace("B(", "gradient of B("),
                             });
+                            continue;
                         };
-                        if source != consumer {
-                            self.graph.update_edge(source, consumer, Dep::Data);
+                        if source != event {
+                            self.depend(set, rank, source, event, Some(input));
                         }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records that event `to` of `rank` reads what event `from` provides: a wait when
+    /// `from` comes first in program order, an order violation otherwise.
+    fn depend(&mut self, set: &ProgramSet, rank: u32, from: u32, to: u32, value: Option<UnitKey>) {
+        if from < to {
+            let (source, consumer) = (self.at(rank, from).last, self.at(rank, to).first);
+            self.graph.update_edge(source, consumer, Dep::Data);
+        } else {
+            self.misordered.push(PlanError::OutOfOrder {
+                rank,
+                event: to,
+                text: set.programs[rank as usize][to as usize].to_string(),
+                input: value.map_or_else(|| "its input".to_owned(), |v| unit_name(&v, self.layout.pipes)),
+                available: from,
+            });
+        }
     }
 
     /// The nodes of event `event` of `rank`.

@@ -13,6 +13,7 @@ pub mod render;
 pub mod report;
 pub mod sim;
 pub mod spec;
+pub mod verify;
 
 use cost::{CostModel, MemoryModel};
 use dag::{PlanDag, PlanError};
@@ -58,6 +59,9 @@ pub fn lower_and_simulate(
     memory: Option<&MemoryModel>,
 ) -> Result<(PlanDag, Simulation, Report), PlanError> {
     let dag = PlanDag::build(programs, costs)?;
+    if let Some(problem) = dag.mismatches.first().or(dag.misordered.first()) {
+        return Err(problem.clone());
+    }
     let simulation = sim::simulate(programs, &dag, memory)?;
     let report = Report::new(programs, dag.layout.stages, costs.comm, &simulation, memory.map(|m| m.budget));
     Ok((dag, simulation, report))

@@ -33,6 +33,9 @@ pub struct Report {
     pub bubble_fraction: f64,
     pub ranks: Vec<RankStats>,
     pub memory: Option<MemorySummary>,
+    /// The verifier's verdicts, once the plan has been verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<crate::verify::Verdicts>,
 }
 
 impl Report {
@@ -58,6 +61,7 @@ impl Report {
             bubble_fraction: if denom > 0.0 { idle / denom } else { 0.0 },
             ranks: sim.ranks.clone(),
             memory,
+            verified: None,
         }
     }
 

@@ -20,6 +20,7 @@
 //! activation = 1_000_000
 //! weight_grad_part = 400_000
 //! parameters = 0
+//! p2p_buffer = 0           # bytes of one received activation/gradient
 //! budget = 8_000_000_000
 //!
 //! [moe]                    # optional: expert placement (EPLB) baked into the plan
@@ -137,6 +138,7 @@ struct RawMemory {
     activation: Spanned<PerStage<i64>>,
     weight_grad_part: Option<Spanned<PerStage<i64>>>,
     parameters: Option<Spanned<PerStage<i64>>>,
+    p2p_buffer: Option<Spanned<PerStage<i64>>>,
     budget: Spanned<i64>,
 }
 
@@ -371,6 +373,10 @@ fn memory(file: &str, source: &str, raw: &RawMemory, stages: u32) -> Result<Memo
         Some(v) => bytes("parameters", v)?,
         None => vec![0; stages as usize],
     };
+    let p2p_buffer = match &raw.p2p_buffer {
+        Some(v) => bytes("p2p_buffer", v)?,
+        None => vec![0; stages as usize],
+    };
     let budget = *raw.budget.get_ref();
     if budget <= 0 {
         return Err(SourceError::new(
@@ -380,5 +386,5 @@ fn memory(file: &str, source: &str, raw: &RawMemory, stages: u32) -> Result<Memo
             format!("budget must be > 0 bytes, got {budget}"),
         ));
     }
-    Ok(MemoryModel { activation, weight_grad_part, parameters, budget: budget as u64 })
+    Ok(MemoryModel { activation, weight_grad_part, parameters, p2p_buffer, budget: budget as u64 })
 }

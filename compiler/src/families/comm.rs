@@ -173,7 +173,7 @@ pub fn repair(set: &mut ProgramSet) -> Option<usize> {
     let layout = set.resolved_layout()?;
     let costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
     for round in 0.. {
-        let dag = PlanDag::build(set, &costs).ok()?;
+        let dag = PlanDag::build(set, &costs).ok().filter(|d| d.mismatches.is_empty() && d.misordered.is_empty())?;
         let end = finish_times(&dag);
         let stuck = stuck_events(&dag, &end);
         if stuck.is_empty() {
