@@ -70,8 +70,14 @@ enum Command {
     /// unreadable or malformed input.
     Verify {
         /// The programs (JSON, interchange format; fixture files are valid).
+        #[arg(long, required_unless_present = "torch_csv", conflicts_with = "torch_csv")]
+        programs: Option<PathBuf>,
+        /// A torch.distributed.pipelining schedule (`_dump_csv` format), verified under
+        /// PyTorch's runtime semantics: one communicator (one FIFO per rank pair), each p2p
+        /// op its own batch, receives waited for by their consumers. Compute-only files get
+        /// communication inserted first.
         #[arg(long)]
-        programs: PathBuf,
+        torch_csv: Option<PathBuf>,
         /// A spec supplying [memory] and the comm mode.
         #[arg(long)]
         spec: Option<PathBuf>,
@@ -87,6 +93,15 @@ enum Command {
         /// The z3 binary to run.
         #[arg(long, default_value = "z3")]
         z3: String,
+    },
+    /// Write a program file as a torch.distributed.pipelining `_dump_csv` schedule, so
+    /// PyTorch users can run what pipewright compiled.
+    ExportTorch {
+        /// The programs (JSON, interchange format).
+        programs: PathBuf,
+        /// The CSV to write (stdout when absent).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Place mixture-of-experts replicas on GPUs (expert-parallel load balancing).
     ///
@@ -158,7 +173,10 @@ fn main() -> ExitCode {
             run_simulate(&programs, spec.as_deref(), output.as_deref(), json)
         }
         Command::Eplb(args) => run_eplb(&args),
-        Command::Verify { programs, spec, json } => run_verify(&programs, spec.as_deref(), json),
+        Command::Verify { programs, torch_csv, spec, json } => {
+            run_verify(programs.as_deref(), torch_csv.as_deref(), spec.as_deref(), json)
+        }
+        Command::ExportTorch { programs, output } => run_export_torch(&programs, output.as_deref()),
         Command::Check { dir, z3 } => run_check(&dir, &z3),
     };
     match result {
@@ -266,8 +284,34 @@ fn read_programs(programs: &Path) -> Result<ProgramSet, Failure> {
     })
 }
 
-fn run_verify(programs: &Path, spec_path: Option<&Path>, json: bool) -> Result<(), Failure> {
+fn run_export_torch(programs: &Path, output: Option<&Path>) -> Result<(), Failure> {
     let set = read_programs(programs)?;
+    let csv =
+        pipewright_compiler::torch::export(&set).map_err(|e| bad_input(format!("{}: {e}", programs.display())))?;
+    match output {
+        Some(path) => fs::write(path, csv).with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{csv}"),
+    }
+    Ok(())
+}
+
+fn run_verify(
+    programs: Option<&Path>,
+    torch_csv: Option<&Path>,
+    spec_path: Option<&Path>,
+    json: bool,
+) -> Result<(), Failure> {
+    let (set, programs, torch) = match (programs, torch_csv) {
+        (Some(p), _) => (read_programs(p)?, p, false),
+        (None, Some(csv)) => {
+            let text = fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
+            let name = csv.file_stem().and_then(|s| s.to_str()).unwrap_or("torch").to_owned();
+            let set = pipewright_compiler::torch::import(&name, &text)
+                .map_err(|e| bad_input(format!("{}: {e}", csv.display())))?;
+            (set, csv, true)
+        }
+        (None, None) => return Err(bad_input("give --programs FILE.json or --torch-csv FILE.csv".into())),
+    };
     let (comm, memory) = match spec_path {
         Some(p) => {
             let spec = read_spec(p)?;
@@ -282,6 +326,8 @@ fn run_verify(programs: &Path, spec_path: Option<&Path>, json: bool) -> Result<(
             }
             (spec.costs.comm, spec.memory)
         }
+        // PyTorch's runtime issues each p2p op on its own and only consumers wait.
+        None if torch => (pipewright_compiler::cost::CommMode::Async, None),
         None => (pipewright_compiler::cost::CommMode::Blocking, None),
     };
     let result = verify::verify(&set, comm, memory.as_ref())

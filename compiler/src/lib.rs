@@ -13,6 +13,7 @@ pub mod render;
 pub mod report;
 pub mod sim;
 pub mod spec;
+pub mod torch;
 pub mod verify;
 
 use cost::{CostModel, MemoryModel};
