@@ -66,18 +66,8 @@ fn check_valid(fx: &Fixture, p: &Placement, hierarchical: bool) {
         assert_eq!(row.len(), fx.params.replicas, "{} layer {l}", fx.name);
         assert!(p.logcnt[l].iter().all(|&c| c >= 1), "{} layer {l}: an expert has no replica", fx.name);
         if hierarchical {
-            let experts = fx.loads.experts();
-            let group = experts / fx.params.groups;
-            let per_node = fx.params.replicas / fx.params.nodes;
-            for g in 0..fx.params.groups {
-                let nodes: std::collections::BTreeSet<usize> = row
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &e)| e as usize / group == g)
-                    .map(|(s, _)| s / per_node)
-                    .collect();
-                assert_eq!(nodes.len(), 1, "{} layer {l}: group {g} spans nodes {nodes:?}", fx.name);
-            }
+            let check = common::groups_on_one_node(row, fx.loads.experts(), fx.params.groups, fx.params.nodes);
+            assert!(check.is_ok(), "{} layer {l}: {check:?}", fx.name);
         }
         assert!(p.lower_bound[l] <= max(&p.gpu_load[l]) * (1.0 + 1e-9), "{} layer {l}: bound above achieved", fx.name);
         assert_eq!(row.len() / k, fx.params.gpus);

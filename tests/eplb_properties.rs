@@ -52,17 +52,8 @@ fn check(p: &Placement, loads: &Loads, params: &Params, hierarchical: bool) -> R
             }
         }
         if hierarchical {
-            let group = loads.experts() / params.groups;
-            let per_node = params.replicas / params.nodes;
-            for g in 0..params.groups {
-                let nodes: std::collections::BTreeSet<usize> = row
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &e)| e as usize / group == g)
-                    .map(|(s, _)| s / per_node)
-                    .collect();
-                prop_assert_eq!(nodes.len(), 1, "group {} spans nodes {:?}", g, nodes);
-            }
+            let check = common::groups_on_one_node(row, loads.experts(), params.groups, params.nodes);
+            prop_assert!(check.is_ok(), "{:?}", check);
         }
         prop_assert!(p.lower_bound[l] <= max(&p.gpu_load[l]) * (1.0 + 1e-9) + 1e-9, "bound above achieved");
     }

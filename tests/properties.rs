@@ -4,6 +4,8 @@
 //!   timeline alone, independently of the Plan DAG's edges);
 //! - the makespan is at least every rank's total work.
 
+mod common;
+
 use pipewright_compiler::cost::{CommMode, CostModel};
 use pipewright_compiler::families::Family;
 use pipewright_compiler::ir::{Event, ProgramSet, UnitKind};
@@ -17,15 +19,7 @@ type Unit = (UnitKind, u32, u32, u32); // kind, pipe, stage, mb
 fn case() -> impl Strategy<Value = (Family, u32, u32)> {
     (0usize..7, 1u32..=6, 0u32..10).prop_map(|(f, r, extra)| {
         let family = Family::ALL[f];
-        let ranks = if family == Family::DualPipe { 2 * r.div_ceil(2) } else { r };
-        let m = match family {
-            Family::GPipe => 1 + extra,
-            Family::OneFOneB | Family::ZbH1 => ranks + extra,
-            Family::Interleaved1F1B => ranks * (1 + extra % 3),
-            Family::ZbV => 2 * ranks - 1 + extra,
-            Family::DualPipe => 2 * ranks + 2 * (extra / 2),
-            Family::DualPipeV => 2 * ranks + extra,
-        };
+        let (ranks, m) = common::family_size(family, r, extra);
         (family, ranks, m)
     })
 }

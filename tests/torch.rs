@@ -11,15 +11,7 @@ use pipewright_compiler::torch;
 use pipewright_compiler::verify::{verify, Violation};
 
 fn csv_files() -> Vec<std::path::PathBuf> {
-    let dir = common::fixture_dir("TORCH_FIXTURES", "torch");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no torch fixture in {}", dir.display());
-    files
+    common::files_with_extension(&common::fixture_dir("TORCH_FIXTURES", "torch"), "csv")
 }
 
 #[test]

@@ -92,15 +92,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 fn program_set() -> impl Strategy<Value = ProgramSet> {
     (0usize..7, 1u32..=4, 0u32..4).prop_map(|(f, r, extra)| {
         let family = Family::ALL[f];
-        let ranks = if family == Family::DualPipe { 2 * r.div_ceil(2) } else { r };
-        let m = match family {
-            Family::GPipe => 1 + extra,
-            Family::OneFOneB | Family::ZbH1 => ranks + extra,
-            Family::Interleaved1F1B => ranks * (1 + extra % 2),
-            Family::ZbV => 2 * ranks - 1 + extra,
-            Family::DualPipe => 2 * ranks + 2 * (extra / 2),
-            Family::DualPipeV => 2 * ranks + extra,
-        };
+        let (ranks, m) = common::family_size(family, r, extra);
         family.generate(ranks, m, 2)
     })
 }
