@@ -216,3 +216,21 @@ fn moe_errors_point_at_the_spec() {
         assert!(!out.exists(), "case {i}: output written");
     }
 }
+
+#[test]
+fn compile_refuses_a_plan_over_its_memory_budget_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("tight.toml");
+    std::fs::write(
+        &spec,
+        "[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[memory]\nactivation = 1000\nbudget = 3500\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("plan");
+    let run = compile(&spec, &out);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    // Rank 0 keeps 4 microbatches' activations (4000 bytes) at its peak.
+    assert!(err.contains("memory: rank 0 peaks at 4000 bytes"), "{err}");
+    assert!(!out.exists(), "a plan that fails verification was written");
+}
