@@ -301,6 +301,8 @@ fn run_verify(
     spec_path: Option<&Path>,
     json: bool,
 ) -> Result<(), Failure> {
+    // Where each event is written, so that counterexamples point into the user's file.
+    let lines = programs.and_then(|p| fs::read_to_string(p).ok()).and_then(|t| verify::counterexample::event_lines(&t));
     let (set, programs, torch) = match (programs, torch_csv) {
         (Some(p), _) => (read_programs(p)?, p, false),
         (None, Some(csv)) => {
@@ -351,8 +353,9 @@ fn run_verify(
         Ok(())
     } else {
         let mut message = format!("{}: verification failed\n", programs.display());
+        let file = programs.display().to_string();
         for v in &result.violations {
-            message.push_str(&verify::counterexample::render(&set, v));
+            message.push_str(&verify::counterexample::render_located(&set, v, &file, lines.as_deref()));
         }
         Err(Failure { code: 1, message })
     }

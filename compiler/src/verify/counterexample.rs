@@ -69,6 +69,73 @@ pub fn deadlock_cycle(set: &ProgramSet, dag: &PlanDag, end: &[f64]) -> Violation
     Violation::Deadlock { cycle, reason }
 }
 
+/// Where each event of a program file is written: `lines[rank][event]` is the 1-based line
+/// of the event's `{`. Scans the JSON text for the `"programs"` array by bracket depth
+/// (strings skipped); `None` when the text has no such array.
+pub fn event_lines(json: &str) -> Option<Vec<Vec<usize>>> {
+    let start = json.find("\"programs\"")?;
+    let open = start + json[start..].find('[')?;
+    let (mut depth, mut line) = (0usize, 1 + json[..open].matches('\n').count());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for c in json[open..].chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            if c == '\n' {
+                line += 1;
+            }
+            continue;
+        }
+        match c {
+            '\n' => line += 1,
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                if depth == 2 && c == '[' {
+                    out.push(Vec::new());
+                } else if depth == 3 && c == '{' {
+                    out.last_mut()?.push(line);
+                }
+            }
+            ']' | '}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(out);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// [`render`], followed by the `file:line` of every op involved, when the lines are known.
+pub fn render_located(set: &ProgramSet, v: &Violation, file: &str, lines: Option<&[Vec<usize>]>) -> String {
+    let mut s = render(set, v);
+    let Some(lines) = lines else { return s };
+    for (r, e) in involved(v) {
+        if let Some(line) = lines.get(r as usize).and_then(|l| l.get(e as usize)) {
+            let _ = writeln!(s, "  {file}:{line}: rank {r} event {e} ({})", set.programs[r as usize][e as usize]);
+        }
+    }
+    s
+}
+
+/// The (rank, event) pairs a violation concerns.
+fn involved(v: &Violation) -> Vec<(u32, u32)> {
+    match v {
+        Violation::Deadlock { cycle, .. } => cycle.clone(),
+        Violation::Payload { send, recv, .. } => vec![*send, *recv],
+        Violation::Completeness { at, .. } => at.iter().copied().collect(),
+        Violation::Memory { rank, event, .. } => vec![(*rank, *event)],
+    }
+}
+
 /// A rank × step grid around the ops a violation involves, with those ops marked `>>op<<`.
 pub fn render(set: &ProgramSet, v: &Violation) -> String {
     let (marked, headline): (Vec<(u32, u32)>, String) = match v {
@@ -107,4 +174,16 @@ pub fn render(set: &ProgramSet, v: &Violation) -> String {
         let _ = writeln!(s, "  rank {r:>3} | {}", tokens.join(" "));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_lines;
+
+    #[test]
+    fn lines_of_events_in_a_program_file() {
+        let text = "{\"schedule\": \"x [not an array]\", \"programs\": [\n  [\n    {\"op\":\"F\",\"dir\":0,\"mb\":0},\n    {\"op\":\"COMM\",\"ops\":[{\"kind\":\"send_f\",\"peer\":1,\"dir\":0,\"mb\":0}]}\n  ],\n  [{\"op\":\"F\",\"dir\":0,\"mb\":0}, {\"op\":\"B\",\"dir\":0,\"mb\":0}]\n]}";
+        assert_eq!(event_lines(text), Some(vec![vec![3, 4], vec![6, 6]]));
+        assert_eq!(event_lines("{\"schedule\": \"none\"}"), None);
+    }
 }
