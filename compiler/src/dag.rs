@@ -150,8 +150,9 @@ fn resolve(layout: &Layout, rank: u32, event: u32, e: &Event, kind: UnitKind, c:
     Ok(UnitKey { kind, pipe: m.pipe, stage: m.stage, mb: c.mb })
 }
 
-/// The value a p2p op carries, named by the unit that produced it.
-fn payload(layout: &Layout, rank: u32, kind: CommKind, dir: u32, mb: u32) -> Option<UnitKey> {
+/// The value a p2p op carries, named by the unit that produced it (a gradient is named
+/// by kind B, whether a B or an I computed it).
+pub fn payload(layout: &Layout, rank: u32, kind: CommKind, dir: u32, mb: u32) -> Option<UnitKey> {
     let m = layout.module(rank, dir)?;
     let (k, stage) = match kind {
         CommKind::SendF => (UnitKind::F, m.stage),

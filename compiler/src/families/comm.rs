@@ -61,13 +61,7 @@ pub fn send_for(layout: &Layout, rank: u32, kind: UnitKind, c: Chunk) -> Option<
 
 /// The value a p2p op carries: (pipe, stage of the producing module, mb, is gradient).
 fn value(layout: &Layout, rank: u32, op: &CommOp) -> Option<ValueKey> {
-    let m = layout.module(rank, op.dir)?;
-    Some(match op.kind {
-        CommKind::SendF => (m.pipe, m.stage, op.mb, false),
-        CommKind::RecvF => (m.pipe, m.stage.checked_sub(1)?, op.mb, false),
-        CommKind::SendB => (m.pipe, m.stage, op.mb, true),
-        CommKind::RecvB => (m.pipe, m.stage + 1, op.mb, true),
-    })
+    crate::dag::payload(layout, rank, op.kind, op.dir, op.mb).map(|u| (u.pipe, u.stage, u.mb, u.kind == UnitKind::B))
 }
 
 /// Adds COMM batches to compute-only programs (`order[rank]`).
