@@ -43,6 +43,23 @@ fn one_f_one_b_and_gpipe_bubble_is_pp_minus_one_f_plus_b() {
 }
 
 #[test]
+fn one_f_one_b_meets_its_lower_bound() {
+    // Uniform costs, free p2p: 1F1B's makespan m(F+B) + (PP−1)(F+B) is what the last rank
+    // needs (its first F waits for PP−1 forwards, its last B is followed by PP−1 backwards).
+    for pp in 1..=6 {
+        let set = Family::OneFOneB.generate(pp, 2 * pp, 2);
+        let costs = CostModel::uniform(pp, 1.0, 2.0, 1.0, 3.0, 0.0);
+        let (_, sim, report) = lower_and_simulate(&set, &costs, None).unwrap();
+        assert!(
+            (report.lower_bound - sim.makespan).abs() < 1e-9,
+            "pp={pp}: bound {} makespan {}",
+            report.lower_bound,
+            sim.makespan
+        );
+    }
+}
+
+#[test]
 fn zb_h1_bubble_is_pp_minus_one_f_plus_b_minus_2w_with_async_p2p() {
     // With asynchronous p2p, where the zero-bubble schedules are meant to run.
     for pp in 1..=8 {

@@ -49,7 +49,14 @@ fn check(family: Family, ranks: u32, m: u32, c: (f64, f64, f64, f64, f64, bool))
     let layout = set.layout.clone().unwrap();
     let mut costs = CostModel::uniform(layout.stages, c.0, c.1, c.2, c.3, c.4);
     costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
-    let (_, sim, _) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    let (_, sim, report) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    // The lower bound holds for every execution, so for the simulated one too.
+    prop_assert!(
+        report.lower_bound <= sim.makespan + 1e-9,
+        "bound {} above makespan {}",
+        report.lower_bound,
+        sim.makespan
+    );
     let at = unit_times(&set, &sim);
 
     // Exactly once, on the owning rank: F, and B or (I and W).

@@ -3,6 +3,7 @@
 //! The whole pipeline reads as one function, [`compile`]. See `ARCHITECTURE.md` at the
 //! repository root for the data flow, the code map and the invariants.
 
+pub mod bound;
 pub mod cost;
 pub mod dag;
 pub mod diag;
@@ -64,6 +65,9 @@ pub fn lower_and_simulate(
         return Err(problem.clone());
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
-    let report = Report::new(programs, dag.layout.stages, costs.comm, &simulation, memory.map(|m| m.budget));
+    let busy: Vec<f64> = simulation.ranks.iter().map(|r| r.busy).collect();
+    let lower_bound = bound::makespan_lower_bound(&dag, costs, &busy);
+    let report =
+        Report::new(programs, dag.layout.stages, costs.comm, &simulation, memory.map(|m| m.budget), lower_bound);
     Ok((dag, simulation, report))
 }

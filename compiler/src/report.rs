@@ -31,6 +31,10 @@ pub struct Report {
     pub makespan: f64,
     /// Idle time over all ranks divided by ranks × makespan.
     pub bubble_fraction: f64,
+    /// No execution of these programs finishes earlier (see `bound`).
+    pub lower_bound: f64,
+    /// makespan / lower_bound − 1.
+    pub gap: f64,
     pub ranks: Vec<RankStats>,
     pub memory: Option<MemorySummary>,
     /// The verifier's verdicts, once the plan has been verified.
@@ -40,7 +44,14 @@ pub struct Report {
 
 impl Report {
     /// Summarises a simulation.
-    pub fn new(set: &ProgramSet, stages: u32, comm: CommMode, sim: &Simulation, budget: Option<u64>) -> Report {
+    pub fn new(
+        set: &ProgramSet,
+        stages: u32,
+        comm: CommMode,
+        sim: &Simulation,
+        budget: Option<u64>,
+        lower_bound: f64,
+    ) -> Report {
         let idle: f64 = sim.ranks.iter().map(|r| r.idle).sum();
         let denom = sim.makespan * sim.ranks.len() as f64;
         let memory = budget.and_then(|budget| {
@@ -59,6 +70,8 @@ impl Report {
             comm,
             makespan: sim.makespan,
             bubble_fraction: if denom > 0.0 { idle / denom } else { 0.0 },
+            lower_bound,
+            gap: if lower_bound > 0.0 { sim.makespan / lower_bound - 1.0 } else { 0.0 },
             ranks: sim.ranks.clone(),
             memory,
             verified: None,
@@ -72,13 +85,15 @@ impl Report {
             CommMode::Async => "async",
         };
         let mut s = format!(
-            "{}: {} ranks, {} stages, {} microbatches, {comm} p2p\nmakespan {:.3}, bubble {:.1}%\n",
+            "{}: {} ranks, {} stages, {} microbatches, {comm} p2p\nmakespan {:.3}, bubble {:.1}%, lower bound {:.3} (gap {:.1}%)\n",
             self.schedule,
             self.world_size,
             self.stages,
             self.microbatches,
             self.makespan,
-            100.0 * self.bubble_fraction
+            100.0 * self.bubble_fraction,
+            self.lower_bound,
+            100.0 * self.gap
         );
         s.push_str("rank       busy       idle  in-flight  peak activation\n");
         for r in &self.ranks {
