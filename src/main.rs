@@ -326,6 +326,16 @@ fn run_verify(
                     set.ranks
                 )));
             }
+            let stages = set.resolved_layout().map_or(0, |l| l.stages);
+            if spec.memory.is_some() && spec.stages() != stages {
+                return Err(bad_input(format!(
+                    "{} describes {} stages but the programs in {} have {}: use a spec of the same schedule shape",
+                    p.display(),
+                    spec.stages(),
+                    programs.display(),
+                    stages
+                )));
+            }
             (spec.costs.comm, spec.memory)
         }
         // PyTorch's runtime issues each p2p op on its own and only consumers wait.

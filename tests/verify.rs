@@ -335,3 +335,21 @@ fn verify_command_exit_codes() {
     let malformed = common::bin().args(["verify", "--programs"]).arg(&path).output().unwrap();
     assert_eq!(malformed.status.code(), Some(2));
 }
+
+#[test]
+fn verify_refuses_a_spec_of_another_shape() {
+    let dir = common::fixture_dir("DUALPIPE_FIXTURES", "dualpipe");
+    let file = dir.join("dualpipev-r4-m8.json");
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("s.toml");
+    // 4 ranks, but 1f1b has 4 stages where these dualpipev programs have 8.
+    std::fs::write(
+        &spec,
+        "[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[memory]\nactivation = 10\nbudget = 1000\n",
+    )
+    .unwrap();
+    let run = common::bin().args(["verify", "--programs"]).arg(&file).arg("--spec").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("4 stages") && err.contains("have 8"), "{err}");
+}
