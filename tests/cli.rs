@@ -234,3 +234,22 @@ fn compile_refuses_a_plan_over_its_memory_budget_and_writes_nothing() {
     assert!(err.contains("memory: rank 0 peaks at 4000 bytes"), "{err}");
     assert!(!out.exists(), "a plan that fails verification was written");
 }
+
+#[test]
+fn a_layout_naming_a_stage_out_of_range_is_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("p.json");
+    std::fs::write(
+        &file,
+        r#"{"schedule": "custom", "ranks": 1, "chunks": 1,
+            "layout": {"pipes": 1, "stages": 1, "microbatches": 1, "modules": [[{"pipe": 0, "stage": 5}]]},
+            "programs": [[{"op": "F", "dir": 0, "mb": 0}, {"op": "B", "dir": 0, "mb": 0}]]}"#,
+    )
+    .unwrap();
+    for cmd in [&["simulate"][..], &["verify", "--programs"][..]] {
+        let run = common::bin().args(cmd).arg(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("bad layout") && !err.contains("panicked"), "{cmd:?}: {err}");
+    }
+}

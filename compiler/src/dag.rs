@@ -87,6 +87,8 @@ pub struct Match {
 pub enum PlanError {
     #[error("the program set names no layout and schedule \"{0}\" does not imply one; add a \"layout\"")]
     NoLayout(String),
+    #[error("bad layout: {0}")]
+    BadLayout(String),
     #[error("the program set has {programs} programs but says ranks = {ranks}")]
     RankCount { programs: usize, ranks: u32 },
     #[error("rank {rank}, event {event} ({text}): module {dir} does not exist on this rank")]
@@ -170,6 +172,7 @@ impl PlanDag {
         if set.programs.len() != set.ranks as usize || layout.modules.len() != set.ranks as usize {
             return Err(PlanError::RankCount { programs: set.programs.len(), ranks: set.ranks });
         }
+        layout.check().map_err(PlanError::BadLayout)?;
         if costs.stages() != layout.stages as usize {
             return Err(PlanError::CostStages { costs: costs.stages(), layout: layout.stages });
         }

@@ -227,6 +227,28 @@ impl Layout {
         Some(layout)
     }
 
+    /// Checks that every module names an existing pipe and stage and that every stage of
+    /// every pipe is held exactly once.
+    pub fn check(&self) -> Result<(), String> {
+        let mut held = vec![0u32; (self.pipes * self.stages) as usize];
+        for (r, mods) in self.modules.iter().enumerate() {
+            for (d, m) in mods.iter().enumerate() {
+                if m.pipe >= self.pipes || m.stage >= self.stages {
+                    return Err(format!(
+                        "rank {r} module {d} holds pipe {} stage {}, outside the layout's {} pipes × {} stages",
+                        m.pipe, m.stage, self.pipes, self.stages
+                    ));
+                }
+                held[(m.pipe * self.stages + m.stage) as usize] += 1;
+            }
+        }
+        if let Some(i) = held.iter().position(|&n| n != 1) {
+            let (p, st) = (i as u32 / self.stages.max(1), i as u32 % self.stages.max(1));
+            return Err(format!("pipe {p} stage {st} is held by {} modules (exactly one is required)", held[i]));
+        }
+        Ok(())
+    }
+
     /// The stage module `dir` of `rank` holds, if both exist.
     pub fn module(&self, rank: u32, dir: u32) -> Option<StageRef> {
         self.modules.get(rank as usize)?.get(dir as usize).copied()

@@ -97,6 +97,7 @@ pub fn verify(set: &ProgramSet, comm: CommMode, memory: Option<&MemoryModel>) ->
     if set.programs.len() != set.ranks as usize || layout.modules.len() != set.ranks as usize {
         return Err(PlanError::RankCount { programs: set.programs.len(), ranks: set.ranks });
     }
+    layout.check().map_err(PlanError::BadLayout)?;
     let mut violations = completeness(set, &layout)?;
 
     let mut costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
