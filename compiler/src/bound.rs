@@ -41,7 +41,9 @@ impl Index {
 /// The lower bound for the program set behind `dag`; `busy[r]` is rank r's compute time.
 pub fn makespan_lower_bound(dag: &PlanDag, costs: &CostModel, busy: &[f64]) -> f64 {
     let layout = &dag.layout;
-    let mbs = dag.units.iter().flatten().flatten().map(|u| u.mb as usize + 1).max().unwrap_or(0);
+    // Microbatches as the layout counts them (units naming others are invalid and left out:
+    // the verifier reports them), so that a stray huge number cannot blow up the arrays.
+    let mbs = layout.microbatches as usize;
     let ix = Index { pipes: layout.pipes as usize, stages: layout.stages as usize, mbs };
     // Where every unit runs (u32::MAX: absent).
     let mut rank_of = vec![u32::MAX; ix.len()];

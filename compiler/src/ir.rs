@@ -230,6 +230,9 @@ impl Layout {
     /// Checks that every module names an existing pipe and stage and that every stage of
     /// every pipe is held exactly once.
     pub fn check(&self) -> Result<(), String> {
+        if self.pipes as u64 * self.stages as u64 > 1 << 24 {
+            return Err(format!("{} pipes × {} stages is too large", self.pipes, self.stages));
+        }
         let mut held = vec![0u32; (self.pipes * self.stages) as usize];
         for (r, mods) in self.modules.iter().enumerate() {
             for (d, m) in mods.iter().enumerate() {

@@ -187,6 +187,15 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         return Err(err(span, problem.message).with_help(problem.help));
     }
     let stages = family.stages(ranks, chunks_per_rank);
+    // Each (stage, microbatch) is two or three ops plus their p2p: keep plans in memory.
+    const MAX_UNITS: u64 = 10_000_000;
+    if stages as u64 * microbatches as u64 > MAX_UNITS {
+        return Err(err(
+            p.microbatches.span(),
+            format!("{stages} stages × {microbatches} microbatches is too large a plan (at most {MAX_UNITS} stage-microbatch pairs)"),
+        )
+        .with_help("use fewer microbatches or ranks"));
+    }
 
     let costs = costs(file, source, raw.costs.as_ref(), stages)?;
     let memory = match &raw.memory {
