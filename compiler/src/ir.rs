@@ -265,19 +265,6 @@ impl Layout {
             .enumerate()
             .find_map(|(r, mods)| mods.iter().position(|m| *m == want).map(|d| (r as u32, d as u32)))
     }
-
-    /// A dense index `pipe * stages + stage → (rank, dir)`, for hot loops.
-    pub fn location_table(&self) -> Vec<Option<(u32, u32)>> {
-        let mut table = vec![None; (self.pipes * self.stages) as usize];
-        for (r, mods) in self.modules.iter().enumerate() {
-            for (d, m) in mods.iter().enumerate() {
-                if m.pipe < self.pipes && m.stage < self.stages {
-                    table[(m.pipe * self.stages + m.stage) as usize] = Some((r as u32, d as u32));
-                }
-            }
-        }
-        table
-    }
 }
 
 /// A set of per-rank programs: what `compile` writes to `programs.json`.
@@ -313,10 +300,5 @@ impl ProgramSet {
             .max()
             .map_or(1, |d| d + 1);
         Layout::for_family(&self.schedule, self.ranks, self.chunks, modules)
-    }
-
-    /// Number of compute events (F, B, I, W, FB) over all ranks.
-    pub fn compute_events(&self) -> usize {
-        self.programs.iter().flatten().filter(|e| !e.is_comm()).count()
     }
 }
