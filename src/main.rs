@@ -207,7 +207,8 @@ fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool) -> Res
     // Verify before writing anything a runtime would execute.
     let comm = compiled.spec.costs.comm;
     let memory = compiled.spec.memory.clone();
-    let verification = verify::verify(&compiled.programs, comm, memory.as_ref())
+    // The Plan DAG compile already built is the one to verify and certify.
+    let verification = verify::verify_dag(&compiled.programs, &compiled.dag, memory.as_ref())
         .map_err(|e| plan_failure(&format!("verifying {}", spec_path.display()), e))?;
     if !verification.ok() {
         let mut message = format!("error: the plan of {} fails verification\n", spec_path.display());
@@ -219,8 +220,9 @@ fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool) -> Res
     compiled.report.verified = Some(verification.verdicts.clone());
     let programs_text = programs_json(&compiled.programs);
     let plan_hash = verify::certificate::sha256(programs_text.as_bytes());
-    let certificates = verify::certificate::all(&compiled.programs, comm, memory.as_ref(), &plan_hash)
-        .map_err(|e| plan_failure("writing certificates", e))?;
+    let certificates =
+        verify::certificate::all_from(&compiled.programs, &compiled.dag, comm, memory.as_ref(), &plan_hash)
+            .map_err(|e| plan_failure("writing certificates", e))?;
     let manifest = verify::certificate::Manifest {
         plan_hash: plan_hash.clone(),
         comm,
@@ -284,6 +286,32 @@ fn read_programs(programs: &Path) -> Result<ProgramSet, Failure> {
     })
 }
 
+/// Reads the spec at `path` for the program set read from `programs`: same world size, and
+/// (when `need_stages`, or when the spec models memory) the same number of stages.
+fn spec_for_programs(path: &Path, programs: &Path, set: &ProgramSet, need_stages: bool) -> Result<spec::Spec, Failure> {
+    let spec = read_spec(path)?;
+    if spec.ranks != set.ranks {
+        return Err(bad_input(format!(
+            "{} is for {} ranks but {} has {} programs\n  = help: use a spec of the same world size",
+            path.display(),
+            spec.ranks,
+            programs.display(),
+            set.ranks
+        )));
+    }
+    let stages = set.resolved_layout().map_or(0, |l| l.stages);
+    if (need_stages || spec.memory.is_some()) && spec.stages() != stages {
+        return Err(bad_input(format!(
+            "{} describes {} stages but the programs in {} have {}\n  = help: use a spec of the same schedule shape",
+            path.display(),
+            spec.stages(),
+            programs.display(),
+            stages
+        )));
+    }
+    Ok(spec)
+}
+
 fn run_export_torch(programs: &Path, output: Option<&Path>) -> Result<(), Failure> {
     let set = read_programs(programs)?;
     let csv =
@@ -316,26 +344,7 @@ fn run_verify(
     };
     let (comm, memory) = match spec_path {
         Some(p) => {
-            let spec = read_spec(p)?;
-            if spec.ranks != set.ranks {
-                return Err(bad_input(format!(
-                    "{} is for {} ranks but {} has {}: verify with a spec of the same world size",
-                    p.display(),
-                    spec.ranks,
-                    programs.display(),
-                    set.ranks
-                )));
-            }
-            let stages = set.resolved_layout().map_or(0, |l| l.stages);
-            if spec.memory.is_some() && spec.stages() != stages {
-                return Err(bad_input(format!(
-                    "{} describes {} stages but the programs in {} have {}: use a spec of the same schedule shape",
-                    p.display(),
-                    spec.stages(),
-                    programs.display(),
-                    stages
-                )));
-            }
+            let spec = spec_for_programs(p, programs, &set, false)?;
             (spec.costs.comm, spec.memory)
         }
         // PyTorch's runtime issues each p2p op on its own and only consumers wait.
@@ -428,31 +437,7 @@ fn run_simulate(programs: &Path, spec_path: Option<&Path>, out: Option<&Path>, j
         .ok_or_else(|| plan_failure(&programs.display().to_string(), PlanError::NoLayout(set.schedule.clone())))?;
     let (costs, memory) = match spec_path {
         Some(p) => {
-            let spec = read_spec(p)?;
-            if spec.ranks != set.ranks {
-                return Err(Failure {
-                    code: 2,
-                    message: format!(
-                        "error: {} is for {} ranks but {} has {} programs\n  = help: simulate with a spec of the same world size\n",
-                        p.display(),
-                        spec.ranks,
-                        programs.display(),
-                        set.ranks
-                    ),
-                });
-            }
-            if spec.stages() != layout.stages {
-                return Err(Failure {
-                    code: 2,
-                    message: format!(
-                        "error: {} describes {} stages but the programs in {} have {}\n  = help: use a spec of the same schedule shape\n",
-                        p.display(),
-                        spec.stages(),
-                        programs.display(),
-                        layout.stages
-                    ),
-                });
-            }
+            let spec = spec_for_programs(p, programs, &set, true)?;
             (spec.costs, spec.memory)
         }
         None => (CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0), None),

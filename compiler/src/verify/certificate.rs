@@ -55,12 +55,22 @@ fn node_name(dag: &PlanDag, n: petgraph::graph::NodeIndex) -> String {
     format!("r{}e{}{suffix}", node.rank, node.event)
 }
 
-/// The deadlock-freedom certificate, or the error when the plan has no topological order.
-pub fn deadlock(set: &ProgramSet, comm: CommMode, plan_hash: &str) -> Result<String, PlanError> {
+/// The Plan DAG that `set` lowers to under `comm` (durations are irrelevant here).
+fn structure(set: &ProgramSet, comm: CommMode) -> Result<PlanDag, PlanError> {
     let layout = set.resolved_layout().ok_or_else(|| PlanError::NoLayout(set.schedule.clone()))?;
     let mut costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
     costs.comm = comm;
-    let dag = PlanDag::build(set, &costs)?;
+    PlanDag::build(set, &costs)
+}
+
+/// The deadlock-freedom certificate, or the error when the plan has no topological order.
+pub fn deadlock(set: &ProgramSet, comm: CommMode, plan_hash: &str) -> Result<String, PlanError> {
+    deadlock_from(set, &structure(set, comm)?, comm, plan_hash)
+}
+
+/// [`deadlock`] from the Plan DAG already built for `set` under `comm`. The text depends on
+/// the DAG's structure only, so any costs give the same certificate.
+pub fn deadlock_from(set: &ProgramSet, dag: &PlanDag, comm: CommMode, plan_hash: &str) -> Result<String, PlanError> {
     let order = petgraph::algo::toposort(&dag.graph, None).map_err(|c| {
         let (rank, event, text) = dag.describe(set, c.node_id());
         PlanError::Deadlock { rank, event, text, others: vec![] }
@@ -79,7 +89,7 @@ pub fn deadlock(set: &ProgramSet, comm: CommMode, plan_hash: &str) -> Result<Str
     // The witness: one value per node, as a definition, so that every wait below is a
     // comparison z3 evaluates.
     for n in dag.graph.node_indices() {
-        let _ = writeln!(s, "(define-fun {} () Int {})", node_name(&dag, n), witness[n.index()]);
+        let _ = writeln!(s, "(define-fun {} () Int {})", node_name(dag, n), witness[n.index()]);
     }
     // Program order on the compute stream of each rank, as one chained `<`; every other
     // edge (the p2p stream, matches, data across streams or ranks) one by one, except those
@@ -105,7 +115,7 @@ pub fn deadlock(set: &ProgramSet, comm: CommMode, plan_hash: &str) -> Result<Str
             position[n.index()] = Some((dag.graph[n].rank, i));
         }
         if chain.len() > 1 {
-            let names: Vec<String> = chain.iter().map(|&n| node_name(&dag, n)).collect();
+            let names: Vec<String> = chain.iter().map(|&n| node_name(dag, n)).collect();
             let _ = writeln!(s, "(assert (< {}))", names.join(" "));
         }
     }
@@ -116,7 +126,7 @@ pub fn deadlock(set: &ProgramSet, comm: CommMode, plan_hash: &str) -> Result<Str
         if let Some((a, b)) = dag.graph.edge_endpoints(e) {
             let implied = matches!((position[a.index()], position[b.index()]), (Some((ra, pa)), Some((rb, pb))) if ra == rb && pa < pb);
             if !implied {
-                let _ = writeln!(s, "(assert (< {} {}))", node_name(&dag, a), node_name(&dag, b));
+                let _ = writeln!(s, "(assert (< {} {}))", node_name(dag, a), node_name(dag, b));
             }
         }
     }
@@ -184,7 +194,19 @@ pub fn all(
     memory_model: Option<&MemoryModel>,
     plan_hash: &str,
 ) -> Result<Vec<(String, String, String, String)>, PlanError> {
-    let mut out = vec![("deadlock.smt2".into(), "deadlock_free".into(), "sat".into(), deadlock(set, comm, plan_hash)?)];
+    all_from(set, &structure(set, comm)?, comm, memory_model, plan_hash)
+}
+
+/// [`all`] from the Plan DAG already built for `set` under `comm`.
+pub fn all_from(
+    set: &ProgramSet,
+    dag: &PlanDag,
+    comm: CommMode,
+    memory_model: Option<&MemoryModel>,
+    plan_hash: &str,
+) -> Result<Vec<(String, String, String, String)>, PlanError> {
+    let mut out =
+        vec![("deadlock.smt2".into(), "deadlock_free".into(), "sat".into(), deadlock_from(set, dag, comm, plan_hash)?)];
     if let Some(m) = memory_model {
         if let Some(text) = memory(set, m, plan_hash) {
             out.push(("memory.smt2".into(), "within_budget".into(), "unsat".into(), text));

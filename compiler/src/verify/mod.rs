@@ -94,17 +94,32 @@ impl Verification {
 /// that is not a program set at all (no layout, wrong rank count, unknown modules/peers).
 pub fn verify(set: &ProgramSet, comm: CommMode, memory: Option<&MemoryModel>) -> Result<Verification, PlanError> {
     let layout = set.resolved_layout().ok_or_else(|| PlanError::NoLayout(set.schedule.clone()))?;
+    let mut costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
+    costs.comm = comm;
+    check(set, PlanDag::build(set, &costs).as_ref(), memory)
+}
+
+/// [`verify`] on the Plan DAG already built for `set` (durations play no part: only which
+/// op waits for which).
+pub fn verify_dag(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -> Result<Verification, PlanError> {
+    check(set, Ok(dag), memory)
+}
+
+fn check(
+    set: &ProgramSet,
+    dag: Result<&PlanDag, &PlanError>,
+    memory: Option<&MemoryModel>,
+) -> Result<Verification, PlanError> {
+    let layout = set.resolved_layout().ok_or_else(|| PlanError::NoLayout(set.schedule.clone()))?;
     if set.programs.len() != set.ranks as usize || layout.modules.len() != set.ranks as usize {
         return Err(PlanError::RankCount { programs: set.programs.len(), ranks: set.ranks });
     }
     layout.check().map_err(PlanError::BadLayout)?;
     let mut violations = completeness(set, &layout)?;
 
-    let mut costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
-    costs.comm = comm;
     let mut deadlock_free = true;
     let mut payload_ok = true;
-    match PlanDag::build(set, &costs) {
+    match dag {
         Ok(dag) => {
             for m in &dag.mismatches {
                 if let PlanError::PayloadMismatch { from, send_event, send, to, recv_event, recv } = m {
@@ -121,10 +136,10 @@ pub fn verify(set: &ProgramSet, comm: CommMode, memory: Option<&MemoryModel>) ->
                     violations.push(Violation::Completeness { at: Some((*rank, *event)), reason: m.to_string() });
                 }
             }
-            let end = finish_times(&dag);
+            let end = finish_times(dag);
             if end.iter().any(|t| t.is_nan()) {
                 deadlock_free = false;
-                violations.push(counterexample::deadlock_cycle(set, &dag, &end));
+                violations.push(counterexample::deadlock_cycle(set, dag, &end));
             }
         }
         Err(PlanError::Unmatched { from, to, sends, recvs }) => {
@@ -143,7 +158,7 @@ pub fn verify(set: &ProgramSet, comm: CommMode, memory: Option<&MemoryModel>) ->
                 violations.push(Violation::Completeness { at: None, reason: e.to_string() });
             }
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.clone()),
     }
 
     let (within_budget, peak_bytes) = match memory {
