@@ -12,7 +12,7 @@ use pipewright_compiler::ir::ProgramSet;
 use pipewright_compiler::render::{svg, text, trace};
 use pipewright_compiler::report::Report;
 use pipewright_compiler::sim::Simulation;
-use pipewright_compiler::{compile, lower_and_simulate, spec, verify};
+use pipewright_compiler::{compile_with, lower_and_simulate, spec, verify, CompileError};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +45,24 @@ enum Command {
         /// Also print the text rendering of the programs and the timeline statistics.
         #[arg(long)]
         text: bool,
+        /// Run the optimiser (e-graph rewrites, every result re-verified) on the family's
+        /// plan, with the spec's [optimize] limits (or 10 s). A spec with [optimize] is
+        /// always optimised.
+        #[arg(long)]
+        optimize: bool,
+    },
+    /// Run the optimiser's results suite: every spec in DIR (one stage per rank, the model
+    /// of every family), best family against optimised schedule and lower bound, as a
+    /// Markdown table. Exit 1 if any optimised plan fails verification.
+    Suite {
+        /// Directory of suite specs, e.g. specs/suite.
+        dir: PathBuf,
+        /// Also write the rows as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Override every spec's optimiser time limit (seconds).
+        #[arg(long)]
+        time_limit: Option<f64>,
     },
     /// Simulate a program file (interchange format, e.g. a DualPipe fixture).
     ///
@@ -168,7 +186,8 @@ fn plan_failure(context: &str, e: PlanError) -> Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compile { spec, output, json, text } => run_compile(&spec, &output, json, text),
+        Command::Compile { spec, output, json, text, optimize } => run_compile(&spec, &output, json, text, optimize),
+        Command::Suite { dir, json, time_limit } => run_suite(&dir, json.as_deref(), time_limit),
         Command::Simulate { programs, spec, output, json } => {
             run_simulate(&programs, spec.as_deref(), output.as_deref(), json)
         }
@@ -200,16 +219,23 @@ fn read_spec(path: &Path) -> Result<spec::Spec, Failure> {
     Ok(spec)
 }
 
-fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool) -> Result<(), Failure> {
+fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool, optimize: bool) -> Result<(), Failure> {
     let spec = read_spec(spec_path)?;
     let title = format!("{} ({})", spec.family.name(), spec_path.display());
-    let mut compiled = compile(spec).map_err(|e| plan_failure(&format!("compiling {}", spec_path.display()), e))?;
-    // Verify before writing anything a runtime would execute.
+    let options = match (&spec.optimize, optimize) {
+        (Some(o), _) => Some(o.clone()),
+        (None, true) => Some(pipewright_compiler::optimize::Options::default()),
+        (None, false) => None,
+    };
+    let context = format!("compiling {}", spec_path.display());
+    let mut compiled = compile_with(spec, options.as_ref()).map_err(|e| match e {
+        CompileError::Plan(e) => plan_failure(&context, e),
+        other => Failure { code: 1, message: format!("error: {context}: {other}\n") },
+    })?;
+    // Nothing a runtime would execute is written unless the verifier accepts it.
     let comm = compiled.spec.costs.comm;
     let memory = compiled.spec.memory.clone();
-    // The Plan DAG compile already built is the one to verify and certify.
-    let verification = verify::verify_dag(&compiled.programs, &compiled.dag, memory.as_ref())
-        .map_err(|e| plan_failure(&format!("verifying {}", spec_path.display()), e))?;
+    let verification = compiled.verification.clone();
     if !verification.ok() {
         let mut message = format!("error: the plan of {} fails verification\n", spec_path.display());
         for v in &verification.violations {
@@ -617,4 +643,50 @@ fn eplb_summary(p: &pipewright_compiler::eplb::Placement, params: &pipewright_co
         s.push_str(&format!("moved slots: {m} of {total} ({:.1}%)\n", 100.0 * m as f64 / total.max(1) as f64));
     }
     s
+}
+
+fn run_suite(dir: &Path, json: Option<&Path>, time_limit: Option<f64>) -> Result<(), Failure> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("cannot read suite directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    if paths.is_empty() {
+        return Err(bad_input(format!("{} holds no .toml specs", dir.display())));
+    }
+    // Natural order: profile, then ranks, then microbatches.
+    paths.sort_by_key(|p| {
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let nums: Vec<u32> = stem.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+        (stem.split('-').next().unwrap_or("").to_owned(), nums)
+    });
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for path in &paths {
+        let mut spec = read_spec(path)?;
+        if let Some(t) = time_limit {
+            spec.optimize.get_or_insert_with(Default::default).time_limit = t;
+        }
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        match pipewright_compiler::suite::run(&spec, &name) {
+            Ok(row) => {
+                eprintln!("{name}: {:.2} (lower bound {:.2}) in {:.2} s", row.optimized, row.lower_bound, row.seconds);
+                rows.push(row);
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                failed.push(format!("{}: {e}", path.display()));
+            }
+        }
+    }
+    print!("{}", pipewright_compiler::suite::markdown(&rows));
+    if let Some(j) = json {
+        let text = serde_json::to_string_pretty(&rows).unwrap_or_default();
+        fs::write(j, text).with_context(|| format!("cannot write {}", j.display()))?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure { code: 1, message: format!("error: {} suite specs failed:\n{}\n", failed.len(), failed.join("\n")) })
+    }
 }

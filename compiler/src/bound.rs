@@ -1,4 +1,6 @@
-//! A lower bound on the makespan of a program set, whatever the order of its ops.
+//! A lower bound on the makespan of a spec: of every program set that does its work on
+//! its layout, whatever the order of the ops, whether backwards are split into I + W, and
+//! which forwards and backwards run as overlapped pairs.
 //!
 //! On the data dependencies alone (F(s−1) → F(s), F(s) → B/I(s), B/I(s+1) → B/I(s),
 //! I → W; a transfer between ranks adds at least one `p2p`), with each unit at its own cost
@@ -9,10 +11,16 @@
 //! - for every rank r: min head(u) over r's units (it cannot start earlier) + r's busy time
 //!   (its ops run one at a time) + min tail(u) over r's units (whatever r runs last still
 //!   has that much work after it).
+//!
+//! To hold for every plan of the spec, the bound splits every backward whose split is a
+//! choice (I is on the gradient chain, W is not), counts each unit at the cheaper of its
+//! own cost and its overlapped cost, and takes from each rank's busy time the most that
+//! pairing could save: one pair per microbatch and module, each saving at most the best
+//! `F + B − FB` of that rank's stages.
 
 use crate::cost::CostModel;
-use crate::dag::{PlanDag, UnitKey};
-use crate::ir::UnitKind;
+use crate::dag::UnitKey;
+use crate::ir::{Layout, UnitKind};
 
 /// Dense index of a unit: (kind, pipe, stage, mb).
 struct Index {
@@ -38,24 +46,65 @@ impl Index {
     }
 }
 
-/// The lower bound for the program set behind `dag`; `busy[r]` is rank r's compute time.
-pub fn makespan_lower_bound(dag: &PlanDag, costs: &CostModel, busy: &[f64]) -> f64 {
-    let layout = &dag.layout;
+/// The lower bound of every plan of `layout` under `costs` (see the module doc).
+pub fn spec_lower_bound(layout: &Layout, costs: &CostModel) -> f64 {
+    if costs.stages() != layout.stages as usize {
+        return 0.0;
+    }
+    let splittable = |s: u32| costs.weight[s as usize] > 0.0 && costs.weight[s as usize] < costs.backward[s as usize];
+    let mut units: Vec<Vec<UnitKey>> = Vec::with_capacity(layout.modules.len());
+    let mut busy = Vec::with_capacity(layout.modules.len());
+    for mods in &layout.modules {
+        let mut mine = Vec::new();
+        let mut work = 0.0;
+        let mut saving = 0.0f64;
+        for a in mods {
+            for b in mods {
+                let (fa, bb) = (costs.forward[a.stage as usize], costs.backward[b.stage as usize]);
+                saving = saving.max(fa + bb - costs.overlapped(a.stage, b.stage));
+            }
+            let (p, s) = (a.pipe, a.stage);
+            for mb in 0..layout.microbatches {
+                let u = |kind| UnitKey { kind, pipe: p, stage: s, mb };
+                mine.push(u(UnitKind::F));
+                if splittable(s) {
+                    mine.extend([u(UnitKind::I), u(UnitKind::W)]);
+                } else {
+                    mine.push(u(UnitKind::B));
+                }
+                work += costs.forward[s as usize] + costs.backward[s as usize];
+            }
+        }
+        let pairs = mods.len() as f64 * layout.microbatches as f64;
+        busy.push(work - pairs * saving.max(0.0));
+        units.push(mine);
+    }
+    let cost = |u: &UnitKey| {
+        let own = costs.unit(u.kind, u.stage);
+        match u.kind {
+            UnitKind::W => own,
+            _ => own.min(costs.overlapped[u.stage as usize]),
+        }
+    };
+    lower_bound(layout, &units, cost, costs.p2p, &busy)
+}
+
+/// The bound for the units `units[rank]` (each at `cost`), ranks busy at least `busy`.
+fn lower_bound(layout: &Layout, units: &[Vec<UnitKey>], cost: impl Fn(&UnitKey) -> f64, p2p: f64, busy: &[f64]) -> f64 {
     // Microbatches as the layout counts them (units naming others are invalid and left out:
     // the verifier reports them), so that a stray huge number cannot blow up the arrays.
     let mbs = layout.microbatches as usize;
     let ix = Index { pipes: layout.pipes as usize, stages: layout.stages as usize, mbs };
     // Where every unit runs (u32::MAX: absent).
     let mut rank_of = vec![u32::MAX; ix.len()];
-    for (r, events) in dag.units.iter().enumerate() {
-        for u in events.iter().flatten() {
+    for (r, events) in units.iter().enumerate() {
+        for u in events {
             if let Some(i) = ix.of(u) {
                 rank_of[i] = r as u32;
             }
         }
     }
     let present = |u: &UnitKey| ix.of(u).is_some_and(|i| rank_of[i] != u32::MAX);
-    let cost = |u: &UnitKey| costs.unit(u.kind, u.stage);
     // The producers of a unit's inputs (a gradient from the next stage's B, or its I).
     let inputs = |u: &UnitKey| -> [Option<UnitKey>; 2] {
         let at = |kind, stage| UnitKey { kind, stage, ..*u };
@@ -78,7 +127,7 @@ pub fn makespan_lower_bound(dag: &PlanDag, costs: &CostModel, busy: &[f64]) -> f
         }
     };
     let rank = |u: &UnitKey| ix.of(u).map_or(u32::MAX, |i| rank_of[i]);
-    let hop = |a: &UnitKey, b: &UnitKey| if rank(a) != rank(b) { costs.p2p } else { 0.0 };
+    let hop = |a: &UnitKey, b: &UnitKey| if rank(a) != rank(b) { p2p } else { 0.0 };
     // A dependency order: per pipe and microbatch, forwards up the stages, backwards down,
     // W last.
     let mut order: Vec<UnitKey> = Vec::with_capacity(ix.len() / 2);
@@ -116,12 +165,10 @@ pub fn makespan_lower_bound(dag: &PlanDag, costs: &CostModel, busy: &[f64]) -> f
         }
     }
     let critical = order.iter().map(|u| at(&head, u) + cost(u) + at(&tail, u)).fold(0.0, f64::max);
-    let per_rank = dag
-        .units
+    let per_rank = units
         .iter()
         .enumerate()
-        .map(|(r, events)| {
-            let units: Vec<&UnitKey> = events.iter().flatten().collect();
+        .map(|(r, units)| {
             if units.is_empty() {
                 return 0.0;
             }

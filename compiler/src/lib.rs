@@ -10,10 +10,12 @@ pub mod diag;
 pub mod eplb;
 pub mod families;
 pub mod ir;
+pub mod optimize;
 pub mod render;
 pub mod report;
 pub mod sim;
 pub mod spec;
+pub mod suite;
 pub mod torch;
 pub mod verify;
 
@@ -36,21 +38,59 @@ pub struct Compiled {
     pub simulation: Simulation,
     /// The summary written to `report.json`.
     pub report: Report,
+    /// The verifier's judgement of `programs`.
+    pub verification: verify::Verification,
     /// The expert placement, when the spec has `[moe]` with its loads read.
     pub experts: Option<eplb::Placement>,
 }
 
+/// Why a spec does not compile.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum CompileError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The optimiser proposed a plan the verifier rejects: a bug in the optimiser, never a
+    /// result.
+    #[error("optimiser bug: its plan fails verification ({0}); compile without --optimize and report this")]
+    OptimizerBug(String),
+    #[error("the optimiser found no plan: {0}")]
+    Optimizer(#[from] optimize::OptimizeError),
+}
+
 /// Compiles a checked spec: expand the family into per-rank programs, lower them to the
 /// Plan DAG (which rejects unmatched or mismatched p2p, duplicate ops and ops without
-/// inputs), simulate under the spec's costs, and place the experts of `[moe]`.
-pub fn compile(spec: Spec) -> Result<Compiled, PlanError> {
-    let programs = spec.family.generate(spec.ranks, spec.microbatches, spec.chunks_per_rank);
-    let (dag, simulation, report) = lower_and_simulate(&programs, &spec.costs, spec.memory.as_ref())?;
+/// inputs), simulate under the spec's costs, verify, and place the experts of `[moe]`.
+pub fn compile(spec: Spec) -> Result<Compiled, CompileError> {
+    compile_with(spec, None)
+}
+
+/// [`compile`], and with `optimize`, the optimiser's pass between lowering and output.
+/// The verifier runs on every plan a pass produced: **the optimiser is untrusted**.
+pub fn compile_with(spec: Spec, optimize: Option<&optimize::Options>) -> Result<Compiled, CompileError> {
+    let family = spec.family.generate(spec.ranks, spec.microbatches, spec.chunks_per_rank);
+    let memory = spec.memory.as_ref();
+    let (programs, baseline) = match optimize {
+        None => (family, None),
+        Some(options) => {
+            let outcome = optimize::optimize(&family, &spec.costs, memory, options)?;
+            (outcome.programs, Some((outcome.baseline_makespan, outcome.stats)))
+        }
+    };
+    let (dag, simulation, mut report) = lower_and_simulate(&programs, &spec.costs, memory)?;
+    let verification = verify::verify_dag(&programs, &dag, memory)?;
+    if let Some((base, stats)) = baseline {
+        if !verification.ok() {
+            let failed: Vec<&str> = verification.violations.iter().map(|v| v.property()).collect();
+            return Err(CompileError::OptimizerBug(failed.join(", ")));
+        }
+        report.baseline_makespan = Some(base);
+        report.optimizer = Some(stats);
+    }
     let experts = spec.moe.as_ref().and_then(|m| {
         // The spec's checks already validated the shape against these loads.
         m.loads.as_ref().and_then(|loads| eplb::rebalance(loads, &m.params, m.policy).ok())
     });
-    Ok(Compiled { spec, programs, dag, simulation, report, experts })
+    Ok(Compiled { spec, programs, dag, simulation, report, verification, experts })
 }
 
 /// Lowers any program set (a family's, an imported or a hand-written one) to its Plan DAG
@@ -65,8 +105,7 @@ pub fn lower_and_simulate(
         return Err(problem.clone());
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
-    let busy: Vec<f64> = simulation.ranks.iter().map(|r| r.busy).collect();
-    let lower_bound = bound::makespan_lower_bound(&dag, costs, &busy);
+    let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
     let report =
         Report::new(programs, dag.layout.stages, costs.comm, &simulation, memory.map(|m| m.budget), lower_bound);
     Ok((dag, simulation, report))

@@ -40,6 +40,13 @@ pub struct Report {
     /// The verifier's verdicts, once the plan has been verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<crate::verify::Verdicts>,
+    /// With `--optimize`: the family's makespan before optimisation (`null` when the
+    /// family's plan deadlocks or breaks the budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_makespan: Option<Option<f64>>,
+    /// With `--optimize`: how the search went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<crate::optimize::Stats>,
 }
 
 impl Report {
@@ -75,6 +82,8 @@ impl Report {
             ranks: sim.ranks.clone(),
             memory,
             verified: None,
+            baseline_makespan: None,
+            optimizer: None,
         }
     }
 
@@ -95,6 +104,13 @@ impl Report {
             self.lower_bound,
             100.0 * self.gap
         );
+        if let (Some(base), Some(o)) = (&self.baseline_makespan, &self.optimizer) {
+            let base = base.map_or("does not run within the budget".to_owned(), |b| format!("{b:.3}"));
+            s.push_str(&format!(
+                "optimised: family makespan {base} → {:.3}; best seed {}; {} windows ({} improved), {} candidates ({} rejected), {:.2} s\n",
+                self.makespan, o.best_seed, o.windows, o.improved, o.evaluated, o.rejected, o.seconds
+            ));
+        }
         s.push_str("rank       busy       idle  in-flight  peak activation\n");
         for r in &self.ranks {
             let act = r.peak_activation_bytes.map_or_else(|| "-".to_owned(), human_bytes);

@@ -32,6 +32,12 @@
 //! nodes = 4
 //! gpus = 32
 //! policy = "balanced"      # deepseek | balanced | balanced-global
+//!
+//! [optimize]               # optional: limits of `compile --optimize` (see `optimize`)
+//! time_limit = 10.0        # seconds for the whole search
+//! node_limit = 20000       # e-nodes per window e-graph
+//! window = 8               # ops per rank-local window
+//! objective = "makespan"
 //! ```
 
 use crate::cost::{CommMode, CostModel, MemoryModel};
@@ -59,6 +65,8 @@ pub struct Spec {
     pub memory: Option<MemoryModel>,
     /// Expert placement, when the spec has `[moe]`.
     pub moe: Option<MoeSpec>,
+    /// Optimiser limits, when the spec has `[optimize]`.
+    pub optimize: Option<crate::optimize::Options>,
 }
 
 /// The `[moe]` section: what EPLB places, and with what.
@@ -81,6 +89,49 @@ impl Spec {
     pub fn stages(&self) -> u32 {
         self.family.stages(self.ranks, self.chunks_per_rank)
     }
+
+    /// The same model and step scheduled by another family, to compare families fairly.
+    ///
+    /// This spec must have one stage per rank (its costs and memory then describe the
+    /// model's layers, one rank's share each). A family with `k` stages per rank splits
+    /// every share evenly: stage `j` holds `1/k` of share `j / k`, so it costs `1/k` of its
+    /// time and holds `1/k` of its activations and parameters (a received activation is
+    /// as large as before). DualPipe's two pipes each hold the whole model.
+    pub fn for_family(&self, family: Family, chunks_per_rank: u32) -> Result<Spec, String> {
+        if self.stages() != self.ranks {
+            return Err(format!(
+                "comparing families needs a spec with one stage per rank; {} has {} stages on {} ranks",
+                self.family.name(),
+                self.stages(),
+                self.ranks
+            ));
+        }
+        let v = if family == Family::Interleaved1F1B { chunks_per_rank } else { family.modules_per_rank() };
+        family.check_size(self.ranks, self.microbatches, v).map_err(|p| p.message)?;
+        let stages = family.stages(self.ranks, v);
+        let k = (stages / self.ranks).max(1);
+        let split = |xs: &[f64]| -> Vec<f64> { (0..stages).map(|j| xs[(j / k) as usize] / k as f64).collect() };
+        let split_bytes =
+            |xs: &[u64]| -> Vec<u64> { (0..stages).map(|j| xs[(j / k) as usize] / k as u64).collect() };
+        let keep_bytes = |xs: &[u64]| -> Vec<u64> { (0..stages).map(|j| xs[(j / k) as usize]).collect() };
+        let c = &self.costs;
+        let costs = CostModel {
+            forward: split(&c.forward),
+            backward: split(&c.backward),
+            weight: split(&c.weight),
+            overlapped: split(&c.overlapped),
+            p2p: c.p2p,
+            comm: c.comm,
+        };
+        let memory = self.memory.as_ref().map(|m| MemoryModel {
+            activation: split_bytes(&m.activation),
+            weight_grad_part: split_bytes(&m.weight_grad_part),
+            parameters: split_bytes(&m.parameters),
+            p2p_buffer: keep_bytes(&m.p2p_buffer),
+            budget: m.budget,
+        });
+        Ok(Spec { family, chunks_per_rank: v, costs, memory, ..self.clone() })
+    }
 }
 
 #[derive(Deserialize)]
@@ -90,6 +141,16 @@ struct RawSpec {
     costs: Option<RawCosts>,
     memory: Option<RawMemory>,
     moe: Option<RawMoe>,
+    optimize: Option<RawOptimize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOptimize {
+    time_limit: Option<Spanned<f64>>,
+    node_limit: Option<Spanned<i64>>,
+    window: Option<Spanned<i64>>,
+    objective: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -206,7 +267,11 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         Some(m) => Some(moe(file, source, m)?),
         None => None,
     };
-    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe })
+    let optimize = match &raw.optimize {
+        Some(o) => Some(optimize_options(file, source, o)?),
+        None => None,
+    };
+    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe, optimize })
 }
 
 fn moe(file: &str, source: &str, raw: &RawMoe) -> Result<MoeSpec, SourceError> {
@@ -396,4 +461,39 @@ fn memory(file: &str, source: &str, raw: &RawMemory, stages: u32) -> Result<Memo
         ));
     }
     Ok(MemoryModel { activation, weight_grad_part, parameters, p2p_buffer, budget: budget as u64 })
+}
+
+fn optimize_options(file: &str, source: &str, raw: &RawOptimize) -> Result<crate::optimize::Options, SourceError> {
+    let mut o = crate::optimize::Options::default();
+    if let Some(t) = &raw.time_limit {
+        let v = *t.get_ref();
+        if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
+            return Err(SourceError::new(file, source, Some(t.span()), format!("time_limit must be in (0, 86400] seconds, got {v}"))
+                .with_help("give the optimiser's wall-clock limit in seconds, e.g. 10.0"));
+        }
+        o.time_limit = v;
+    }
+    let count = |v: &Spanned<i64>, key: &str, min: i64, max: i64| -> Result<usize, SourceError> {
+        let x = *v.get_ref();
+        if x < min || x > max {
+            return Err(SourceError::new(file, source, Some(v.span()), format!("{key} must be in {min}..={max}, got {x}")));
+        }
+        Ok(x as usize)
+    };
+    if let Some(n) = &raw.node_limit {
+        o.node_limit = count(n, "node_limit", 100, 10_000_000)?;
+    }
+    if let Some(w) = &raw.window {
+        o.window = count(w, "window", 2, 16)?;
+    }
+    if let Some(obj) = &raw.objective {
+        o.objective = match obj.get_ref().as_str() {
+            "makespan" => crate::optimize::Objective::Makespan,
+            other => {
+                return Err(SourceError::new(file, source, Some(obj.span()), format!("unknown objective \"{other}\""))
+                    .with_help("the optimiser minimises \"makespan\" (under the memory budget, which is always a constraint)"))
+            }
+        };
+    }
+    Ok(o)
 }

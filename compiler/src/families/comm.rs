@@ -26,7 +26,7 @@
 //! dependency, and posts each transfer's send and receive at the same point of that order.
 //! Every wait-for edge then points forward in the order, so the Plan DAG is acyclic.
 
-use crate::cost::CostModel;
+use crate::cost::{CommMode, CostModel};
 use crate::dag::PlanDag;
 use crate::ir::{Chunk, CommKind, CommOp, Event, Layout, ProgramSet, UnitKind};
 use crate::sim::{finish_times, stuck_events};
@@ -196,16 +196,16 @@ pub fn repair(set: &mut ProgramSet) -> Option<usize> {
 /// Moves the sends marked in `delay` of the batch at `at` to a later batch: the rank's next batch that
 /// receives from the same peer (so the crossing pair completes as one group, like
 /// Megatron's `send_backward_recv_backward`), else the commit point after the next compute
-/// op. Returns whether anything moved.
+/// op. Sends to the same peers issued in between move with them, behind them, so every
+/// channel keeps its FIFO order. Returns whether anything moved.
 fn delay_sends(program: &mut Vec<Event>, at: usize, delay: &[bool]) -> bool {
     let Some(Event::Comm { ops }) = program.get_mut(at) else { return false };
-    let sends: Vec<CommOp> = ops.iter().zip(delay).filter(|(_, &d)| d).map(|(o, _)| *o).collect();
+    let mut sends: Vec<CommOp> = ops.iter().zip(delay).filter(|(_, &d)| d).map(|(o, _)| *o).collect();
     if sends.is_empty() {
         return false;
     }
     let mut keep = delay.iter().map(|d| !d);
     ops.retain(|_| keep.next().unwrap_or(true));
-    let emptied = ops.is_empty();
     let peers: Vec<u32> = sends.iter().map(|s| s.peer).collect();
     let meets_peer = (at + 1..program.len()).find(|&i| match &program[i] {
         Event::Comm { ops } => ops.iter().any(|o| !o.kind.is_send() && peers.contains(&o.peer)),
@@ -213,6 +213,12 @@ fn delay_sends(program: &mut Vec<Event>, at: usize, delay: &[bool]) -> bool {
     });
     let next_compute = (at + 1..program.len()).find(|&i| !program[i].is_comm());
     let target = meets_peer.unwrap_or_else(|| next_compute.map_or(program.len(), |i| i + 1));
+    for e in &mut program[at + 1..target] {
+        if let Event::Comm { ops } = e {
+            sends.extend(ops.iter().filter(|o| o.kind.is_send() && peers.contains(&o.peer)).copied());
+            ops.retain(|o| !(o.kind.is_send() && peers.contains(&o.peer)));
+        }
+    }
     match program.get_mut(target) {
         Some(Event::Comm { ops }) => {
             // Earlier sends go first: FIFO order on each channel is kept.
@@ -222,9 +228,7 @@ fn delay_sends(program: &mut Vec<Event>, at: usize, delay: &[bool]) -> bool {
         }
         _ => program.insert(target, Event::Comm { ops: sends }),
     }
-    if emptied {
-        program.remove(at);
-    }
+    program.retain(|e| !matches!(e, Event::Comm { ops } if ops.is_empty()));
     true
 }
 
@@ -301,4 +305,137 @@ pub fn lockstep(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
         out[r].extend(order[r][next[r]..].iter().cloned());
     }
     out
+}
+
+/// Places p2p ops by time: simulates the compute order under `costs` (each op starts when
+/// its rank is free and its inputs have arrived, `p2p` after they were produced on another
+/// rank), then posts every transfer at the moment its value is produced — the send right
+/// after the producing op, the receive at the same moment on the consumer's rank (under
+/// blocking communication before the first op that starts after it, so that no running
+/// op is held up; under async before the op running then, so the receive is posted in
+/// time). Every rank's batches are then in the order of one global clock, as in
+/// [`lockstep`], but at real costs. `None` when the order cannot run (an op whose input is
+/// never produced).
+pub fn timed(layout: &Layout, order: &[Vec<Event>], costs: &CostModel) -> Option<Vec<Vec<Event>>> {
+    let ranks = order.len();
+    let (start, end) = compute_times(layout, order, costs)?;
+    // Transfers: (time, sender, op index, unit index) → ops placed on both sides.
+    let mut transfers: Vec<(f64, u32, usize, usize, CommOp, u32, CommOp)> = Vec::new();
+    for (r, ops) in order.iter().enumerate() {
+        for (i, e) in ops.iter().enumerate() {
+            for (j, (k, c)) in e.units().into_iter().enumerate() {
+                let Some(send) = send_for(layout, r as u32, k, c) else { continue };
+                let m = layout.module(r as u32, c.dir)?;
+                let peer_stage = if k == UnitKind::F { m.stage + 1 } else { m.stage - 1 };
+                let (peer, peer_dir) = layout.locate(m.pipe, peer_stage)?;
+                let recv = CommOp { kind: send.kind.partner(), peer: r as u32, dir: peer_dir, mb: c.mb };
+                transfers.push((end[r][i], r as u32, i, j, send, peer, recv));
+            }
+        }
+    }
+    transfers.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2, a.3).cmp(&(b.1, b.2, b.3))));
+    // before[r][i]: comm ops issued just before compute op i of rank r (i = len: at the end).
+    let mut before: Vec<Vec<Vec<(f64, CommOp)>>> = order.iter().map(|o| vec![Vec::new(); o.len() + 1]).collect();
+    let blocking = costs.comm == CommMode::Blocking;
+    for (t, from, i, _, send, peer, recv) in transfers {
+        before[from as usize][i + 1].push((t, send));
+        let p = peer as usize;
+        let at = (0..order[p].len())
+            .find(|&k| if blocking { start[p][k] >= t } else { end[p][k] > t })
+            .unwrap_or(order[p].len());
+        before[p][at].push((t, recv));
+    }
+    // Blocking: one batch per gap between compute ops (the rank waits there anyway, and a
+    // group costs one transfer time). Async: one batch per moment, so that a receive
+    // posted early never holds back one that could complete sooner.
+    Some(
+        (0..ranks)
+            .map(|r| {
+                let mut out = Vec::with_capacity(order[r].len() * 2);
+                for (i, slot) in before[r].iter_mut().enumerate() {
+                    // Stable: at equal times, transfers keep the global order.
+                    slot.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let mut batch: Vec<CommOp> = Vec::new();
+                    let mut at = f64::NAN;
+                    for (t, op) in slot.drain(..) {
+                        if !blocking && !batch.is_empty() && t != at {
+                            out.push(Event::Comm { ops: std::mem::take(&mut batch) });
+                        }
+                        at = t;
+                        batch.push(op);
+                    }
+                    if !batch.is_empty() {
+                        out.push(Event::Comm { ops: batch });
+                    }
+                    if let Some(e) = order[r].get(i) {
+                        out.push(e.clone());
+                    }
+                }
+                out
+            })
+            .collect(),
+    )
+}
+
+/// Start and end of every compute op of `order` when each runs as soon as its rank is free
+/// and its inputs are there; `None` when some op's input is never produced.
+pub fn compute_times(layout: &Layout, order: &[Vec<Event>], costs: &CostModel) -> Option<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+    let ranks = order.len();
+    let mut start: Vec<Vec<f64>> = order.iter().map(|o| vec![0.0; o.len()]).collect();
+    let mut end: Vec<Vec<f64>> = order.iter().map(|o| vec![0.0; o.len()]).collect();
+    let mut next = vec![0usize; ranks];
+    let mut free = vec![0.0f64; ranks];
+    // When each value is available on the rank that produced it: (pipe, stage, mb, grad).
+    let mut produced: HashMap<ValueKey, (u32, f64)> = HashMap::new();
+    let stage_of = |r: usize, dir: u32| layout.module(r as u32, dir);
+    let mut remaining: usize = order.iter().map(|o| o.len()).sum();
+    while remaining > 0 {
+        let mut best: Option<(f64, usize)> = None;
+        for r in 0..ranks {
+            let Some(op) = order[r].get(next[r]) else { continue };
+            let mut ready = Some(free[r]);
+            for (k, c) in op.units() {
+                let m = stage_of(r, c.dir)?;
+                let inputs: [Option<ValueKey>; 2] = match k {
+                    UnitKind::F => [m.stage.checked_sub(1).map(|s| (m.pipe, s, c.mb, false)), None],
+                    UnitKind::B | UnitKind::I => [
+                        Some((m.pipe, m.stage, c.mb, false)),
+                        (m.stage + 1 < layout.stages).then_some((m.pipe, m.stage + 1, c.mb, true)),
+                    ],
+                    // W reads what its I left; the I ran earlier on this rank.
+                    UnitKind::W => [Some((m.pipe, m.stage, c.mb, true)), None],
+                };
+                for input in inputs.into_iter().flatten() {
+                    ready = match (ready, produced.get(&input)) {
+                        (Some(t), Some(&(at, p))) => Some(t.max(if at as usize == r { p } else { p + costs.p2p })),
+                        _ => None,
+                    };
+                }
+            }
+            if let Some(t) = ready {
+                if best.is_none_or(|(bt, _)| t < bt) {
+                    best = Some((t, r));
+                }
+            }
+        }
+        let (t, r) = best?;
+        let i = next[r];
+        let op = &order[r][i];
+        let dur = match *op {
+            Event::FB { f, b } => costs.overlapped(stage_of(r, f.dir)?.stage, stage_of(r, b.dir)?.stage),
+            _ => op.units().iter().map(|(k, c)| stage_of(r, c.dir).map_or(0.0, |m| costs.unit(*k, m.stage))).sum(),
+        };
+        start[r][i] = t;
+        end[r][i] = t + dur;
+        free[r] = t + dur;
+        next[r] += 1;
+        remaining -= 1;
+        for (k, c) in op.units() {
+            let m = stage_of(r, c.dir)?;
+            if k != UnitKind::W {
+                produced.insert((m.pipe, m.stage, c.mb, k != UnitKind::F), (r as u32, t + dur));
+            }
+        }
+    }
+    Some((start, end))
 }

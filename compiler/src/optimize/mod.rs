@@ -1,0 +1,201 @@
+//! The optimiser: searches program sets equivalent to a starting one — the same work on
+//! the same ranks, every dependency respected — for a lower simulated makespan under the
+//! memory budget.
+//!
+//! **The optimiser is untrusted.** It only proposes; [`crate::compile`] runs the verifier
+//! on its output before anything is written, and a candidate that fails is reported as an
+//! optimiser bug, never kept.
+//!
+//! The search, in [`optimize`]:
+//! 1. *Seeds.* The starting program set, and list schedules of the same work under a few
+//!    policies ([`list`]): backward-first or forward-first, whole or split backwards,
+//!    overlapped pairs, shares of the memory budget. Each is judged by
+//!    [`Problem::evaluate`]: communication placed, the Plan DAG simulated, the budget
+//!    checked over every permitted order.
+//! 2. *E-graph refinement* ([`egraph`]). Makespan is not a sum over a term, so the e-graph
+//!    works on rank-local windows where a sound cost exists: with the other ranks fixed,
+//!    each op of the window has a release time (when its inputs from other ranks arrive)
+//!    and a tail (the longest path from its end to the end of the schedule through other
+//!    ranks); a window's order then has a cost computed bottom-up — finish time and the
+//!    largest finish + tail — which egg's extractor minimises exactly over the e-graph.
+//!    Rewrites reorder independent ops, split and merge backwards, pair and unpair
+//!    forwards with backwards. The extracted window is spliced in and the *whole* plan
+//!    re-simulated; it is kept only if the makespan drops.
+//! 3. The best candidate wins; the start wins ties, so the optimiser never makes a plan
+//!    worse.
+
+pub mod egraph;
+pub mod list;
+pub mod problem;
+
+use crate::cost::{CostModel, MemoryModel};
+use crate::ir::ProgramSet;
+use problem::{compute_order, Candidate, Problem};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// What the optimiser minimises.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The simulated makespan of one step.
+    #[default]
+    Makespan,
+}
+
+/// Limits of one optimisation (`[optimize]` in a spec).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Options {
+    /// Wall-clock limit of the whole search, seconds.
+    pub time_limit: f64,
+    /// Most e-nodes of one window's e-graph.
+    pub node_limit: usize,
+    /// Ops per rank-local window.
+    pub window: usize,
+    pub objective: Objective,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { time_limit: 10.0, node_limit: 20_000, window: 8, objective: Objective::Makespan }
+    }
+}
+
+/// How the search went: written to `report.json` as `"optimizer"`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct Stats {
+    /// Each seed and its makespan (`null`: it deadlocked or broke the budget).
+    pub seeds: Vec<(String, Option<f64>)>,
+    /// The seed the refinement started from.
+    pub best_seed: String,
+    /// Windows whose e-graph was built and extracted.
+    pub windows: usize,
+    /// Windows whose extraction, spliced in, lowered the makespan.
+    pub improved: usize,
+    /// Candidates simulated in all.
+    pub evaluated: usize,
+    /// Candidates that deadlocked or broke the budget (discarded).
+    pub rejected: usize,
+    /// How many window runs egg stopped for each reason.
+    pub stop_reasons: BTreeMap<String, usize>,
+    /// Largest window e-graph: e-nodes and e-classes.
+    pub max_egraph_nodes: usize,
+    pub max_egraph_classes: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The optimiser's result.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The best program set found (the first start, unchanged, when nothing beat it).
+    pub programs: ProgramSet,
+    /// The first start's simulated makespan; `None` when it deadlocks or breaks the budget.
+    pub baseline_makespan: Option<f64>,
+    pub makespan: f64,
+    pub stats: Stats,
+}
+
+/// Why the optimiser has no result.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum OptimizeError {
+    #[error("nothing to optimise: no starting program set was given")]
+    NoStart,
+    #[error("the program set has no usable layout, or the costs cover another stage count")]
+    NoProblem,
+    #[error("the starting program sets have different layouts; optimise each layout on its own")]
+    MixedLayouts,
+    #[error("no candidate runs within the memory budget of {budget} bytes, the start included")]
+    NothingFits { budget: u64 },
+}
+
+/// Optimises `start` (see the module doc).
+pub fn optimize(
+    start: &ProgramSet,
+    costs: &CostModel,
+    memory: Option<&MemoryModel>,
+    options: &Options,
+) -> Result<Outcome, OptimizeError> {
+    optimize_from(std::slice::from_ref(start), costs, memory, options)
+}
+
+/// Optimises from several program sets of one layout (e.g. the families that share it):
+/// each is a seed, as is its compute order with communication placed anew. The first
+/// start is the baseline.
+pub fn optimize_from(
+    starts: &[ProgramSet],
+    costs: &CostModel,
+    memory: Option<&MemoryModel>,
+    options: &Options,
+) -> Result<Outcome, OptimizeError> {
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs_f64(options.time_limit.max(0.0));
+    let first = starts.first().ok_or(OptimizeError::NoStart)?;
+    let problem = Problem::new(first, costs, memory).ok_or(OptimizeError::NoProblem)?;
+    if starts.iter().any(|s| s.resolved_layout().as_ref() != Some(&problem.layout)) {
+        return Err(OptimizeError::MixedLayouts);
+    }
+    let mut stats = Stats::default();
+    let mut best: Option<Candidate> = None;
+    let consider = |name: String, c: Option<Candidate>, stats: &mut Stats, best: &mut Option<Candidate>| {
+        stats.evaluated += 1;
+        if c.is_none() {
+            stats.rejected += 1;
+        }
+        stats.seeds.push((name.clone(), c.as_ref().map(|c| c.makespan)));
+        if let Some(c) = c.filter(|c| best.as_ref().is_none_or(|b| c.makespan < b.makespan - 1e-9)) {
+            stats.best_seed = name;
+            *best = Some(c);
+        }
+    };
+    let baseline_makespan = problem.makespan(first);
+    for start in starts {
+        let order = compute_order(start);
+        let as_is = problem.makespan(start).map(|m| Candidate { order: order.clone(), set: start.clone(), makespan: m });
+        consider(start.schedule.clone(), as_is, &mut stats, &mut best);
+        consider(format!("{} (re-placed)", start.schedule), problem.evaluate(order), &mut stats, &mut best);
+    }
+    for policy in seed_policies(&problem) {
+        if Instant::now() > deadline {
+            break;
+        }
+        let seed = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order));
+        consider(policy.name(), seed, &mut stats, &mut best);
+    }
+    let mut best = best.ok_or(OptimizeError::NothingFits { budget: memory.map_or(0, |m| m.budget) })?;
+
+    egraph::refine(&problem, &mut best, options, deadline, &mut stats);
+    stats.seconds = began.elapsed().as_secs_f64();
+    let mut programs = best.set;
+    match baseline_makespan {
+        Some(b) if best.makespan >= b - 1e-9 => programs = first.clone(),
+        _ => programs.schedule = format!("{}+optimized", first.schedule),
+    }
+    let makespan = baseline_makespan.map_or(best.makespan, |b| best.makespan.min(b));
+    Ok(Outcome { programs, baseline_makespan, makespan, stats })
+}
+
+/// The list-scheduling policies tried as seeds.
+fn seed_policies(p: &Problem) -> Vec<list::Policy> {
+    let can_split = (0..p.layout.stages).any(|s| p.splittable(s));
+    let can_pair = (0..p.layout.stages).any(|s| {
+        let s = s as usize;
+        p.costs.overlapped[s] < p.costs.forward[s] + p.costs.backward[s]
+    });
+    let headrooms: &[f64] = if p.memory.is_some() { &[1.0, 0.75, 0.5] } else { &[1.0] };
+    let caps: Vec<Option<u32>> = vec![None, Some(p.ranks), Some(2 * p.ranks)];
+    let mut out = Vec::new();
+    for &split in if can_split { &[true, false][..] } else { &[false][..] } {
+        for &pair in if can_pair { &[false, true][..] } else { &[false][..] } {
+            for &backward_first in &[true, false] {
+                for &headroom in headrooms {
+                    for &in_flight in &caps {
+                        out.push(list::Policy { split, backward_first, headroom, in_flight, pair });
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! What the optimiser may change, and how it judges a candidate.
+//!
+//! A [`Problem`] fixes everything a rewrite must keep: the layout (which rank holds which
+//! stage), the cost and memory models, and the set of work — one forward and one backward
+//! (whole, or split into I + W) per stage and microbatch. A candidate is a compute order
+//! per rank; [`Problem::evaluate`] places the p2p batches the way the families do
+//! ([`comm::insert`], then [`comm::repair`], then [`comm::lockstep`]), lowers the result to
+//! the Plan DAG and simulates it. Only a candidate that runs (acyclic DAG, every input
+//! present) and stays within the memory budget over every permitted order has a makespan.
+
+use crate::cost::{CostModel, MemoryModel};
+use crate::dag::PlanDag;
+use crate::families::comm;
+use crate::ir::{Event, Layout, ProgramSet, UnitKind};
+use crate::sim::{finish_times, stuck_events};
+use crate::verify::worst_case_memory;
+
+/// The fixed part of an optimisation.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub schedule: String,
+    pub ranks: u32,
+    pub chunks: u32,
+    pub layout: Layout,
+    pub costs: CostModel,
+    pub memory: Option<MemoryModel>,
+    /// `where_[pipe][stage]`: (rank, dir) holding it.
+    where_: Vec<Vec<(u32, u32)>>,
+}
+
+/// A candidate that runs: its compute order, the program set with communication placed,
+/// and its simulated makespan.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub order: Vec<Vec<Event>>,
+    pub set: ProgramSet,
+    pub makespan: f64,
+}
+
+impl Problem {
+    /// The problem of re-ordering `set`'s work; `None` when the set names no usable layout.
+    pub fn new(set: &ProgramSet, costs: &CostModel, memory: Option<&MemoryModel>) -> Option<Problem> {
+        let layout = set.resolved_layout()?;
+        layout.check().ok()?;
+        if costs.stages() != layout.stages as usize {
+            return None;
+        }
+        let mut where_ = vec![vec![(0, 0); layout.stages as usize]; layout.pipes as usize];
+        for (r, mods) in layout.modules.iter().enumerate() {
+            for (d, m) in mods.iter().enumerate() {
+                where_[m.pipe as usize][m.stage as usize] = (r as u32, d as u32);
+            }
+        }
+        Some(Problem {
+            schedule: set.schedule.clone(),
+            ranks: set.ranks,
+            chunks: set.chunks,
+            layout,
+            costs: costs.clone(),
+            memory: memory.cloned(),
+            where_,
+        })
+    }
+
+    /// (rank, dir) of a stage.
+    pub fn holder(&self, pipe: u32, stage: u32) -> (u32, u32) {
+        self.where_[pipe as usize][stage as usize]
+    }
+
+    /// Whether splitting stage `s`'s backward into I + W is a real choice there.
+    pub fn splittable(&self, stage: u32) -> bool {
+        let w = self.costs.weight[stage as usize];
+        w > 0.0 && w < self.costs.backward[stage as usize]
+    }
+
+    /// Duration of a compute event.
+    pub fn duration(&self, rank: u32, e: &Event) -> f64 {
+        let stage = |dir: u32| self.layout.modules[rank as usize][dir as usize].stage;
+        match *e {
+            Event::FB { f, b } => self.costs.overlapped(stage(f.dir), stage(b.dir)),
+            Event::Comm { .. } => 0.0,
+            _ => e.units().iter().map(|(k, c)| self.costs.unit(*k, stage(c.dir))).sum(),
+        }
+    }
+
+    /// Places communication into `order` and simulates; `None` if the result deadlocks,
+    /// misorders a dependency or exceeds the memory budget.
+    ///
+    /// Two placements are tried, and the faster kept: by time ([`comm::timed`]) and the
+    /// families' ([`comm::insert`], repaired, else [`comm::lockstep`]).
+    pub fn evaluate(&self, order: Vec<Vec<Event>>) -> Option<Candidate> {
+        let set = |programs| ProgramSet {
+            schedule: self.schedule.clone(),
+            ranks: self.ranks,
+            chunks: self.chunks,
+            layout: Some(self.layout.clone()),
+            programs,
+        };
+        let timed = comm::timed(&self.layout, &order, &self.costs)
+            .map(set)
+            .and_then(|s| self.makespan(&s).map(|m| (s, m)));
+        let mut inserted = set(comm::insert(&self.layout, &order));
+        if comm::repair(&mut inserted).is_none() {
+            inserted.programs = comm::lockstep(&self.layout, &order);
+        }
+        let inserted = self.makespan(&inserted).map(|m| (inserted, m));
+        let (set, makespan) = match (timed, inserted) {
+            (Some(a), Some(b)) => if a.1 <= b.1 { a } else { b },
+            (a, b) => a.or(b)?,
+        };
+        Some(Candidate { order, set, makespan })
+    }
+
+    /// The simulated makespan of a program set, if it runs within the budget.
+    pub fn makespan(&self, set: &ProgramSet) -> Option<f64> {
+        let dag = PlanDag::build(set, &self.costs).ok()?;
+        if !dag.mismatches.is_empty() || !dag.misordered.is_empty() {
+            return None;
+        }
+        let end = finish_times(&dag);
+        if !stuck_events(&dag, &end).is_empty() {
+            return None;
+        }
+        if let Some(m) = &self.memory {
+            if worst_case_memory(set, &self.layout, m).iter().any(|&(peak, _)| peak > m.budget) {
+                return None;
+            }
+        }
+        Some(end.iter().copied().fold(0.0, f64::max))
+    }
+}
+
+/// The compute events of each program (communication stripped).
+pub fn compute_order(set: &ProgramSet) -> Vec<Vec<Event>> {
+    set.programs.iter().map(|p| p.iter().filter(|e| !e.is_comm()).cloned().collect()).collect()
+}
+
+/// The multiset of work units of an order, with B counted as I + W, sorted: what every
+/// rewrite must preserve.
+pub fn work(order: &[Vec<Event>]) -> Vec<(u32, UnitKind, u32, u32)> {
+    let mut out = Vec::new();
+    for (r, ops) in order.iter().enumerate() {
+        for e in ops {
+            for (k, c) in e.units() {
+                match k {
+                    UnitKind::B => {
+                        out.push((r as u32, UnitKind::I, c.dir, c.mb));
+                        out.push((r as u32, UnitKind::W, c.dir, c.mb));
+                    }
+                    _ => out.push((r as u32, k, c.dir, c.mb)),
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
