@@ -687,6 +687,9 @@ fn run_suite(dir: &Path, json: Option<&Path>, time_limit: Option<f64>) -> Result
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(Failure { code: 1, message: format!("error: {} suite specs failed:\n{}\n", failed.len(), failed.join("\n")) })
+        Err(Failure {
+            code: 1,
+            message: format!("error: {} suite specs failed:\n{}\n", failed.len(), failed.join("\n")),
+        })
     }
 }

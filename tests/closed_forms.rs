@@ -44,11 +44,12 @@ fn one_f_one_b_and_gpipe_bubble_is_pp_minus_one_f_plus_b() {
 
 #[test]
 fn one_f_one_b_meets_its_lower_bound() {
-    // Uniform costs, free p2p: 1F1B's makespan m(F+B) + (PP−1)(F+B) is what the last rank
-    // needs (its first F waits for PP−1 forwards, its last B is followed by PP−1 backwards).
+    // Uniform costs, free p2p, a backward that cannot be split (W = 0): 1F1B's makespan
+    // m(F+B) + (PP−1)(F+B) is what the last rank needs (its first F waits for PP−1
+    // forwards, its last B is followed by PP−1 backwards).
     for pp in 1..=6 {
         let set = Family::OneFOneB.generate(pp, 2 * pp, 2);
-        let costs = CostModel::uniform(pp, 1.0, 2.0, 1.0, 3.0, 0.0);
+        let costs = CostModel::uniform(pp, 1.0, 2.0, 0.0, 3.0, 0.0);
         let (_, sim, report) = lower_and_simulate(&set, &costs, None).unwrap();
         assert!(
             (report.lower_bound - sim.makespan).abs() < 1e-9,
@@ -56,6 +57,21 @@ fn one_f_one_b_meets_its_lower_bound() {
             report.lower_bound,
             sim.makespan
         );
+    }
+}
+
+#[test]
+fn zb_h1_meets_the_spec_lower_bound_when_f_equals_i_equals_w() {
+    // With W a separate choice, the spec's bound lets the last rank end on a W: it needs
+    // (PP−1)F to start and m(F+B) of work. ZB-H1 with async p2p reaches it exactly.
+    for pp in 1..=6 {
+        let set = Family::ZbH1.generate(pp, 3 * pp, 2);
+        let mut costs = CostModel::uniform(pp, 1.0, 2.0, 1.0, 3.0, 0.0);
+        costs.comm = CommMode::Async;
+        let (_, sim, report) = lower_and_simulate(&set, &costs, None).unwrap();
+        let want = (pp - 1) as f64 + 3.0 * (3 * pp) as f64;
+        assert!((report.lower_bound - want).abs() < 1e-9, "pp={pp}: bound {} want {want}", report.lower_bound);
+        assert!((sim.makespan - want).abs() < 1e-9, "pp={pp}: makespan {} want {want}", sim.makespan);
     }
 }
 

@@ -174,8 +174,63 @@ fn lower_bound(layout: &Layout, units: &[Vec<UnitKey>], cost: impl Fn(&UnitKey) 
             }
             let first = units.iter().map(|u| at(&head, u)).fold(f64::INFINITY, f64::min);
             let last = units.iter().map(|u| at(&tail, u)).fold(f64::INFINITY, f64::min);
-            first + busy.get(r).copied().unwrap_or(0.0) + last
+            let busy = busy.get(r).copied().unwrap_or(0.0);
+            let simple = first + busy + last;
+            // Without pairing every unit runs alone at its cost: the rank is one machine
+            // with release dates (heads) and delivery times (tails).
+            let work: f64 = units.iter().map(&cost).sum();
+            if busy >= work - 1e-9 {
+                let jobs: Vec<(f64, f64, f64)> = units.iter().map(|u| (at(&head, u), cost(u), at(&tail, u))).collect();
+                simple.max(preemptive_jackson(jobs))
+            } else {
+                simple
+            }
         })
         .fold(0.0, f64::max);
     critical.max(per_rank)
+}
+
+/// The optimum of one machine with release dates, processing times and delivery times
+/// when jobs may be preempted (`1|r_j, pmtn, q_j|C_max`): run, at every moment, the
+/// released job with the longest delivery time. No non-preemptive schedule of the same
+/// jobs ends earlier, so this is a lower bound on a rank that runs them. `jobs`:
+/// (release, processing, delivery).
+pub fn preemptive_jackson(mut jobs: Vec<(f64, f64, f64)>) -> f64 {
+    use std::cmp::Ordering;
+    use std::collections::BinaryHeap;
+    #[derive(PartialEq)]
+    struct Ready(f64, f64);
+    impl Eq for Ready {}
+    impl PartialOrd for Ready {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Ready {
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.0.total_cmp(&other.0)
+        }
+    }
+    jobs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut ready: BinaryHeap<Ready> = BinaryHeap::new();
+    let (mut t, mut i, mut end) = (0.0f64, 0usize, 0.0f64);
+    while i < jobs.len() || !ready.is_empty() {
+        if ready.is_empty() {
+            t = t.max(jobs[i].0);
+        }
+        while i < jobs.len() && jobs[i].0 <= t {
+            ready.push(Ready(jobs[i].2, jobs[i].1));
+            i += 1;
+        }
+        let Some(Ready(q, left)) = ready.pop() else { continue };
+        let next = jobs.get(i).map_or(f64::INFINITY, |j| j.0);
+        if t + left <= next {
+            t += left;
+            end = end.max(t + q);
+        } else {
+            ready.push(Ready(q, left - (next - t)));
+            t = next;
+        }
+    }
+    end
 }

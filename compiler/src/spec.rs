@@ -111,8 +111,7 @@ impl Spec {
         let stages = family.stages(self.ranks, v);
         let k = (stages / self.ranks).max(1);
         let split = |xs: &[f64]| -> Vec<f64> { (0..stages).map(|j| xs[(j / k) as usize] / k as f64).collect() };
-        let split_bytes =
-            |xs: &[u64]| -> Vec<u64> { (0..stages).map(|j| xs[(j / k) as usize] / k as u64).collect() };
+        let split_bytes = |xs: &[u64]| -> Vec<u64> { (0..stages).map(|j| xs[(j / k) as usize] / k as u64).collect() };
         let keep_bytes = |xs: &[u64]| -> Vec<u64> { (0..stages).map(|j| xs[(j / k) as usize]).collect() };
         let c = &self.costs;
         let costs = CostModel {
@@ -468,15 +467,25 @@ fn optimize_options(file: &str, source: &str, raw: &RawOptimize) -> Result<crate
     if let Some(t) = &raw.time_limit {
         let v = *t.get_ref();
         if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
-            return Err(SourceError::new(file, source, Some(t.span()), format!("time_limit must be in (0, 86400] seconds, got {v}"))
-                .with_help("give the optimiser's wall-clock limit in seconds, e.g. 10.0"));
+            return Err(SourceError::new(
+                file,
+                source,
+                Some(t.span()),
+                format!("time_limit must be in (0, 86400] seconds, got {v}"),
+            )
+            .with_help("give the optimiser's wall-clock limit in seconds, e.g. 10.0"));
         }
         o.time_limit = v;
     }
     let count = |v: &Spanned<i64>, key: &str, min: i64, max: i64| -> Result<usize, SourceError> {
         let x = *v.get_ref();
         if x < min || x > max {
-            return Err(SourceError::new(file, source, Some(v.span()), format!("{key} must be in {min}..={max}, got {x}")));
+            return Err(SourceError::new(
+                file,
+                source,
+                Some(v.span()),
+                format!("{key} must be in {min}..={max}, got {x}"),
+            ));
         }
         Ok(x as usize)
     };
@@ -491,7 +500,9 @@ fn optimize_options(file: &str, source: &str, raw: &RawOptimize) -> Result<crate
             "makespan" => crate::optimize::Objective::Makespan,
             other => {
                 return Err(SourceError::new(file, source, Some(obj.span()), format!("unknown objective \"{other}\""))
-                    .with_help("the optimiser minimises \"makespan\" (under the memory budget, which is always a constraint)"))
+                    .with_help(
+                        "the optimiser minimises \"makespan\" (under the memory budget, which is always a constraint)",
+                    ))
             }
         };
     }

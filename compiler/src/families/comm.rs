@@ -196,16 +196,16 @@ pub fn repair(set: &mut ProgramSet) -> Option<usize> {
 /// Moves the sends marked in `delay` of the batch at `at` to a later batch: the rank's next batch that
 /// receives from the same peer (so the crossing pair completes as one group, like
 /// Megatron's `send_backward_recv_backward`), else the commit point after the next compute
-/// op. Sends to the same peers issued in between move with them, behind them, so every
-/// channel keeps its FIFO order. Returns whether anything moved.
+/// op. Returns whether anything moved.
 fn delay_sends(program: &mut Vec<Event>, at: usize, delay: &[bool]) -> bool {
     let Some(Event::Comm { ops }) = program.get_mut(at) else { return false };
-    let mut sends: Vec<CommOp> = ops.iter().zip(delay).filter(|(_, &d)| d).map(|(o, _)| *o).collect();
+    let sends: Vec<CommOp> = ops.iter().zip(delay).filter(|(_, &d)| d).map(|(o, _)| *o).collect();
     if sends.is_empty() {
         return false;
     }
     let mut keep = delay.iter().map(|d| !d);
     ops.retain(|_| keep.next().unwrap_or(true));
+    let emptied = ops.is_empty();
     let peers: Vec<u32> = sends.iter().map(|s| s.peer).collect();
     let meets_peer = (at + 1..program.len()).find(|&i| match &program[i] {
         Event::Comm { ops } => ops.iter().any(|o| !o.kind.is_send() && peers.contains(&o.peer)),
@@ -213,12 +213,6 @@ fn delay_sends(program: &mut Vec<Event>, at: usize, delay: &[bool]) -> bool {
     });
     let next_compute = (at + 1..program.len()).find(|&i| !program[i].is_comm());
     let target = meets_peer.unwrap_or_else(|| next_compute.map_or(program.len(), |i| i + 1));
-    for e in &mut program[at + 1..target] {
-        if let Event::Comm { ops } = e {
-            sends.extend(ops.iter().filter(|o| o.kind.is_send() && peers.contains(&o.peer)).copied());
-            ops.retain(|o| !(o.kind.is_send() && peers.contains(&o.peer)));
-        }
-    }
     match program.get_mut(target) {
         Some(Event::Comm { ops }) => {
             // Earlier sends go first: FIFO order on each channel is kept.
@@ -228,7 +222,9 @@ fn delay_sends(program: &mut Vec<Event>, at: usize, delay: &[bool]) -> bool {
         }
         _ => program.insert(target, Event::Comm { ops: sends }),
     }
-    program.retain(|e| !matches!(e, Event::Comm { ops } if ops.is_empty()));
+    if emptied {
+        program.remove(at);
+    }
     true
 }
 
@@ -377,9 +373,12 @@ pub fn timed(layout: &Layout, order: &[Vec<Event>], costs: &CostModel) -> Option
     )
 }
 
+/// `times[rank][op]`: one number per compute op of a program.
+pub type Times = Vec<Vec<f64>>;
+
 /// Start and end of every compute op of `order` when each runs as soon as its rank is free
 /// and its inputs are there; `None` when some op's input is never produced.
-pub fn compute_times(layout: &Layout, order: &[Vec<Event>], costs: &CostModel) -> Option<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+pub fn compute_times(layout: &Layout, order: &[Vec<Event>], costs: &CostModel) -> Option<(Times, Times)> {
     let ranks = order.len();
     let mut start: Vec<Vec<f64>> = order.iter().map(|o| vec![0.0; o.len()]).collect();
     let mut end: Vec<Vec<f64>> = order.iter().map(|o| vec![0.0; o.len()]).collect();

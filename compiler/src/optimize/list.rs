@@ -132,12 +132,12 @@ pub fn schedule(p: &Problem, policy: &Policy) -> Option<Vec<Vec<Event>>> {
                     }
                 }
             }
-            let earliest =
-                fwd.iter().chain(&back).map(|x| x.0).fold(f64::INFINITY, f64::min).min(if wq[r].is_empty() {
-                    f64::INFINITY
-                } else {
-                    free[r]
-                });
+            let earliest = fwd
+                .iter()
+                .chain(&back)
+                .map(|x| x.0)
+                .fold(f64::INFINITY, f64::min)
+                .min(if wq[r].is_empty() { f64::INFINITY } else { free[r] });
             if earliest.is_infinite() {
                 continue;
             }

@@ -25,8 +25,10 @@
 //!    worse.
 
 pub mod egraph;
+pub mod lang;
 pub mod list;
 pub mod problem;
+pub mod rules;
 
 use crate::cost::{CostModel, MemoryModel};
 use crate::ir::ProgramSet;
@@ -34,6 +36,9 @@ use problem::{compute_order, Candidate, Problem};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// How many of the best seeds the e-graph refinement starts from.
+const REFINED_SEEDS: usize = 3;
 
 /// What the optimiser minimises.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -84,6 +89,8 @@ pub struct Stats {
     pub max_egraph_classes: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Seconds until the result was found (the rest of the time found nothing better).
+    pub seconds_to_best: f64,
 }
 
 /// The optimiser's result.
@@ -137,35 +144,55 @@ pub fn optimize_from(
         return Err(OptimizeError::MixedLayouts);
     }
     let mut stats = Stats::default();
-    let mut best: Option<Candidate> = None;
-    let consider = |name: String, c: Option<Candidate>, stats: &mut Stats, best: &mut Option<Candidate>| {
+    // The best few seeds, best first, with their names.
+    let mut pool: Vec<(String, Candidate)> = Vec::new();
+    let consider = |name: String, c: Option<Candidate>, stats: &mut Stats, pool: &mut Vec<(String, Candidate)>| {
         stats.evaluated += 1;
         if c.is_none() {
             stats.rejected += 1;
         }
         stats.seeds.push((name.clone(), c.as_ref().map(|c| c.makespan)));
-        if let Some(c) = c.filter(|c| best.as_ref().is_none_or(|b| c.makespan < b.makespan - 1e-9)) {
-            stats.best_seed = name;
-            *best = Some(c);
+        let Some(c) = c else { return };
+        if pool.iter().any(|(_, p)| p.set == c.set) {
+            return;
         }
+        let at = pool.iter().position(|(_, p)| c.makespan < p.makespan - 1e-9).unwrap_or(pool.len());
+        pool.insert(at, (name, c));
+        pool.truncate(REFINED_SEEDS);
     };
     let baseline_makespan = problem.makespan(first);
     for start in starts {
         let order = compute_order(start);
-        let as_is = problem.makespan(start).map(|m| Candidate { order: order.clone(), set: start.clone(), makespan: m });
-        consider(start.schedule.clone(), as_is, &mut stats, &mut best);
-        consider(format!("{} (re-placed)", start.schedule), problem.evaluate(order), &mut stats, &mut best);
+        let as_is =
+            problem.makespan(start).map(|m| Candidate { order: order.clone(), set: start.clone(), makespan: m });
+        consider(start.schedule.clone(), as_is, &mut stats, &mut pool);
+        consider(format!("{} (re-placed)", start.schedule), problem.evaluate(order), &mut stats, &mut pool);
     }
     for policy in seed_policies(&problem) {
         if Instant::now() > deadline {
             break;
         }
         let seed = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order));
-        consider(policy.name(), seed, &mut stats, &mut best);
+        consider(policy.name(), seed, &mut stats, &mut pool);
     }
-    let mut best = best.ok_or(OptimizeError::NothingFits { budget: memory.map_or(0, |m| m.budget) })?;
-
-    egraph::refine(&problem, &mut best, options, deadline, &mut stats);
+    if pool.is_empty() {
+        return Err(OptimizeError::NothingFits { budget: memory.map_or(0, |m| m.budget) });
+    }
+    // Refine the best seeds in turn while time is left; the best result wins.
+    let seeded = Instant::now();
+    let mut best: Option<Candidate> = None;
+    for (name, mut c) in pool {
+        if best.is_some() && Instant::now() >= deadline {
+            break;
+        }
+        let found = egraph::refine(&problem, &mut c, options, deadline, &mut stats).unwrap_or(seeded);
+        if best.as_ref().is_none_or(|b| c.makespan < b.makespan - 1e-9) {
+            stats.best_seed = name;
+            stats.seconds_to_best = (found - began).as_secs_f64();
+            best = Some(c);
+        }
+    }
+    let Some(best) = best else { return Err(OptimizeError::NothingFits { budget: memory.map_or(0, |m| m.budget) }) };
     stats.seconds = began.elapsed().as_secs_f64();
     let mut programs = best.set;
     match baseline_makespan {

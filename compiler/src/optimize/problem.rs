@@ -8,7 +8,7 @@
 //! the Plan DAG and simulates it. Only a candidate that runs (acyclic DAG, every input
 //! present) and stays within the memory budget over every permitted order has a makespan.
 
-use crate::cost::{CostModel, MemoryModel};
+use crate::cost::{CommMode, CostModel, MemoryModel};
 use crate::dag::PlanDag;
 use crate::families::comm;
 use crate::ir::{Event, Layout, ProgramSet, UnitKind};
@@ -86,8 +86,10 @@ impl Problem {
     /// Places communication into `order` and simulates; `None` if the result deadlocks,
     /// misorders a dependency or exceeds the memory budget.
     ///
-    /// Two placements are tried, and the faster kept: by time ([`comm::timed`]) and the
-    /// families' ([`comm::insert`], repaired, else [`comm::lockstep`]).
+    /// The placement by time ([`comm::timed`]) is tried first. Under blocking p2p, or when
+    /// it does not run, the families' placement is tried too ([`comm::insert`], repaired,
+    /// else [`comm::lockstep`]), and the faster kept. (Under async p2p the timed placement
+    /// is what the families' would converge to, at a fraction of the repair's cost.)
     pub fn evaluate(&self, order: Vec<Vec<Event>>) -> Option<Candidate> {
         let set = |programs| ProgramSet {
             schedule: self.schedule.clone(),
@@ -96,16 +98,26 @@ impl Problem {
             layout: Some(self.layout.clone()),
             programs,
         };
-        let timed = comm::timed(&self.layout, &order, &self.costs)
-            .map(set)
-            .and_then(|s| self.makespan(&s).map(|m| (s, m)));
+        let timed =
+            comm::timed(&self.layout, &order, &self.costs).map(set).and_then(|s| self.makespan(&s).map(|m| (s, m)));
+        if self.costs.comm == CommMode::Async {
+            if let Some((set, makespan)) = timed {
+                return Some(Candidate { order, set, makespan });
+            }
+        }
         let mut inserted = set(comm::insert(&self.layout, &order));
         if comm::repair(&mut inserted).is_none() {
             inserted.programs = comm::lockstep(&self.layout, &order);
         }
         let inserted = self.makespan(&inserted).map(|m| (inserted, m));
         let (set, makespan) = match (timed, inserted) {
-            (Some(a), Some(b)) => if a.1 <= b.1 { a } else { b },
+            (Some(a), Some(b)) => {
+                if a.1 <= b.1 {
+                    a
+                } else {
+                    b
+                }
+            }
             (a, b) => a.or(b)?,
         };
         Some(Candidate { order, set, makespan })
