@@ -78,12 +78,20 @@ pub fn run(spec: &Spec, name: &str) -> Result<Row, String> {
     }
     let best_family =
         families.iter().filter_map(|f| f.makespan.map(|m| (f.family.clone(), m))).min_by(|a, b| a.1.total_cmp(&b.1));
+    // Least promising layout first (highest bound), each with an equal share of the time
+    // left: layouts that settle early leave their time to the promising ones after them.
+    groups.sort_by(|a, b| spec_lower_bound(&b.0, &b.1.costs).total_cmp(&spec_lower_bound(&a.0, &a.1.costs)));
     let began = Instant::now();
-    let share = Options { time_limit: options.time_limit / groups.len().max(1) as f64, ..options };
+    let count = groups.len();
     let mut best: Option<(f64, String, ProgramSet, Spec, f64)> = None;
-    let mut lower_bound = f64::INFINITY;
-    for (layout, fspec, starts) in &groups {
-        lower_bound = lower_bound.min(spec_lower_bound(layout, &fspec.costs));
+    let lower_bound = groups.iter().map(|(l, s, _)| spec_lower_bound(l, &s.costs)).fold(f64::INFINITY, f64::min);
+    for (i, (_, fspec, starts)) in groups.iter().enumerate() {
+        let left = (options.time_limit - began.elapsed().as_secs_f64()).max(0.0);
+        let share = Options { time_limit: left / (count - i) as f64, ..options.clone() };
+        if best.as_ref().is_some_and(|b| b.0 <= lower_bound * (1.0 + 1e-9)) {
+            // Optimal already: no layout can do better.
+            break;
+        }
         let group_began = Instant::now();
         let Ok(outcome) = optimize_from(starts, &fspec.costs, fspec.memory.as_ref(), &share) else { continue };
         if best.as_ref().is_none_or(|b| outcome.makespan < b.0) {

@@ -149,6 +149,7 @@ impl CostFunction<Sched> for &Window {
 /// Returns when the last improvement was found, if any.
 pub fn refine(p: &Problem, best: &mut Candidate, o: &Options, deadline: Instant, stats: &mut Stats) -> Option<Instant> {
     let mut last = None;
+    let bound = crate::bound::spec_lower_bound(&p.layout, &p.costs);
     let mut tried: HashSet<(usize, Vec<OpData>)> = HashSet::new();
     let mut o = o.clone();
     let widest = 2 * o.window;
@@ -184,6 +185,10 @@ pub fn refine(p: &Problem, best: &mut Candidate, o: &Options, deadline: Instant,
                         *best = c;
                         last = Some(Instant::now());
                         stats.improved += 1;
+                        if best.makespan <= bound * (1.0 + 1e-9) {
+                            // At the lower bound: optimal.
+                            return last;
+                        }
                         improved = true;
                         break;
                     }

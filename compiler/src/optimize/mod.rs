@@ -180,12 +180,15 @@ pub fn optimize_from(
     }
     // Refine the best seeds in turn while time is left; the best result wins.
     let seeded = Instant::now();
+    // A plan at the lower bound is optimal: nothing is left to search.
+    let bound = crate::bound::spec_lower_bound(&problem.layout, costs);
+    let optimal = |c: &Candidate| c.makespan <= bound * (1.0 + 1e-9);
     let mut best: Option<Candidate> = None;
     for (name, mut c) in pool {
-        if best.is_some() && Instant::now() >= deadline {
+        if best.as_ref().is_some_and(|b| Instant::now() >= deadline || optimal(b)) {
             break;
         }
-        let found = egraph::refine(&problem, &mut c, options, deadline, &mut stats).unwrap_or(seeded);
+        let found = if optimal(&c) { seeded } else { egraph::refine(&problem, &mut c, options, deadline, &mut stats).unwrap_or(seeded) };
         if best.as_ref().is_none_or(|b| c.makespan < b.makespan - 1e-9) {
             stats.best_seed = name;
             stats.seconds_to_best = (found - began).as_secs_f64();
