@@ -188,7 +188,11 @@ pub fn optimize_from(
         if best.as_ref().is_some_and(|b| Instant::now() >= deadline || optimal(b)) {
             break;
         }
-        let found = if optimal(&c) { seeded } else { egraph::refine(&problem, &mut c, options, deadline, &mut stats).unwrap_or(seeded) };
+        let found = if optimal(&c) {
+            seeded
+        } else {
+            egraph::refine(&problem, &mut c, options, deadline, &mut stats).unwrap_or(seeded)
+        };
         if best.as_ref().is_none_or(|b| c.makespan < b.makespan - 1e-9) {
             stats.best_seed = name;
             stats.seconds_to_best = (found - began).as_secs_f64();
