@@ -263,13 +263,27 @@ fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool, optimi
             })
             .collect(),
     };
+    let manifest_text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     let mut files: Vec<(String, String)> = vec![
         ("programs.json".into(), programs_text),
         ("report.json".into(), report_json(&compiled.report)),
         ("schedule.svg".into(), svg::render(&compiled.programs, &compiled.simulation, &title)),
         ("trace.json".into(), trace::render(&compiled.programs, &compiled.simulation).to_string()),
-        ("proof/manifest.json".into(), serde_json::to_string_pretty(&manifest).unwrap_or_default()),
+        ("proof/manifest.json".into(), manifest_text.clone()),
     ];
+    if let Some((model, training)) = &compiled.spec.model {
+        let spec_bytes = fs::read(spec_path).with_context(|| format!("cannot read spec {}", spec_path.display()))?;
+        let hashes = pipewright_plan::Hashes {
+            spec: verify::certificate::sha256(&spec_bytes),
+            programs: plan_hash.clone(),
+            certificates: verify::certificate::sha256(manifest_text.as_bytes()),
+        };
+        let plan = pipewright_compiler::emit::emit(&compiled.programs, model, training, hashes).map_err(|e| {
+            Failure { code: 2, message: format!("error: emitting the plan of {}: {e}\n", spec_path.display()) }
+        })?;
+        plan.validate().map_err(|e| Failure { code: 1, message: format!("error: emitter bug: {e}\n") })?;
+        files.push(("plan.json".into(), serde_json::to_string(&plan).unwrap_or_default()));
+    }
     files.extend(certificates.into_iter().map(|(file, _, _, text)| (format!("proof/{file}"), text)));
     if let (Some(placement), Some(moe)) = (&compiled.experts, &compiled.spec.moe) {
         files.push(("experts.json".into(), experts_json(placement, moe)));

@@ -7,6 +7,7 @@ pub mod bound;
 pub mod cost;
 pub mod dag;
 pub mod diag;
+pub mod emit;
 pub mod eplb;
 pub mod families;
 pub mod ir;

@@ -33,6 +33,22 @@
 //! gpus = 32
 //! policy = "balanced"      # deepseek | balanced | balanced-global
 //!
+//! [model]                  # optional: what the runtime trains (compile then writes plan.json)
+//! kind = "mlp"             # each stage: layers_per_stage × (Linear(h→ffn), GELU, Linear(ffn→h))
+//! hidden = 512
+//! ffn = 2048               # default 4·hidden
+//! seq = 256
+//! microbatch_size = 3
+//! layers_per_stage = 1
+//! dtype = "f32"            # or "bf16" (gradients accumulate in f32 either way)
+//! seed = 0
+//!
+//! [training]               # optional, with [model]
+//! optimizer = "sgd"        # or "adamw"
+//! lr = 0.001
+//! steps = 10
+//! checkpoint_every = 0     # steps between checkpoints; 0: none
+//!
 //! [optimize]               # optional: limits of `compile --optimize` (see `optimize`)
 //! time_limit = 10.0        # seconds for the whole search
 //! node_limit = 20000       # e-nodes per window e-graph
@@ -67,6 +83,8 @@ pub struct Spec {
     pub moe: Option<MoeSpec>,
     /// Optimiser limits, when the spec has `[optimize]`.
     pub optimize: Option<crate::optimize::Options>,
+    /// The model the runtime trains, when the spec has `[model]`, and how.
+    pub model: Option<(pipewright_plan::Model, pipewright_plan::Training)>,
 }
 
 /// The `[moe]` section: what EPLB places, and with what.
@@ -141,6 +159,30 @@ struct RawSpec {
     memory: Option<RawMemory>,
     moe: Option<RawMoe>,
     optimize: Option<RawOptimize>,
+    model: Option<RawModel>,
+    training: Option<RawTraining>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    kind: Spanned<String>,
+    hidden: Spanned<i64>,
+    ffn: Option<Spanned<i64>>,
+    seq: Spanned<i64>,
+    microbatch_size: Spanned<i64>,
+    layers_per_stage: Option<Spanned<i64>>,
+    dtype: Option<Spanned<String>>,
+    seed: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraining {
+    optimizer: Option<Spanned<String>>,
+    lr: Option<Spanned<f64>>,
+    steps: Option<Spanned<i64>>,
+    checkpoint_every: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -270,7 +312,16 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         Some(o) => Some(optimize_options(file, source, o)?),
         None => None,
     };
-    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe, optimize })
+    let model = match (&raw.model, &raw.training) {
+        (Some(m), t) => Some(model(file, source, m, t.as_ref())?),
+        (None, Some(_)) => {
+            let span = source.find("[training]").map(|i| i..i + "[training]".len());
+            return Err(SourceError::new(file, source, span, "[training] without [model]".to_string())
+                .with_help("add a [model] section: training needs a model to train"));
+        }
+        (None, None) => None,
+    };
+    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe, optimize, model })
 }
 
 fn moe(file: &str, source: &str, raw: &RawMoe) -> Result<MoeSpec, SourceError> {
@@ -507,4 +558,97 @@ fn optimize_options(file: &str, source: &str, raw: &RawOptimize) -> Result<crate
         };
     }
     Ok(o)
+}
+
+fn model(
+    file: &str,
+    source: &str,
+    raw: &RawModel,
+    training: Option<&RawTraining>,
+) -> Result<(pipewright_plan::Model, pipewright_plan::Training), SourceError> {
+    let count = |v: &Spanned<i64>, key: &str, max: i64| -> Result<u32, SourceError> {
+        let x = *v.get_ref();
+        if x < 1 || x > max {
+            return Err(SourceError::new(file, source, Some(v.span()), format!("{key} must be in 1..={max}, got {x}")));
+        }
+        Ok(x as u32)
+    };
+    if raw.kind.get_ref() != "mlp" {
+        return Err(SourceError::new(
+            file,
+            source,
+            Some(raw.kind.span()),
+            format!("unknown model kind \"{}\"", raw.kind.get_ref()),
+        )
+        .with_help("the runtime trains kind = \"mlp\" (Linear → GELU → Linear per layer)"));
+    }
+    let hidden = count(&raw.hidden, "hidden", 65_536)?;
+    let ffn = match &raw.ffn {
+        Some(f) => count(f, "ffn", 262_144)?,
+        None => 4 * hidden,
+    };
+    let dtype = match raw.dtype.as_ref().map(|d| d.get_ref().as_str()) {
+        None | Some("f32") => pipewright_plan::Dtype::F32,
+        Some("bf16") => pipewright_plan::Dtype::Bf16,
+        Some(other) => {
+            let span = raw.dtype.as_ref().map(|d| d.span());
+            return Err(SourceError::new(file, source, span, format!("unknown dtype \"{other}\""))
+                .with_help("use \"f32\" or \"bf16\""));
+        }
+    };
+    let seed = match &raw.seed {
+        Some(v) if *v.get_ref() < 0 => {
+            return Err(SourceError::new(
+                file,
+                source,
+                Some(v.span()),
+                format!("seed must be ≥ 0, got {}", v.get_ref()),
+            ))
+        }
+        Some(v) => *v.get_ref() as u64,
+        None => 0,
+    };
+    let model = pipewright_plan::Model {
+        kind: "mlp".into(),
+        hidden,
+        ffn,
+        seq: count(&raw.seq, "seq", 1 << 20)?,
+        microbatch_size: count(&raw.microbatch_size, "microbatch_size", 1 << 16)?,
+        layers_per_stage: match &raw.layers_per_stage {
+            Some(l) => count(l, "layers_per_stage", 1024)?,
+            None => 1,
+        },
+        dtype,
+        seed,
+    };
+    let optimizer = match training.and_then(|t| t.optimizer.as_ref()) {
+        None => "sgd".to_owned(),
+        Some(o) if o.get_ref() == "sgd" || o.get_ref() == "adamw" => o.get_ref().clone(),
+        Some(o) => {
+            return Err(SourceError::new(
+                file,
+                source,
+                Some(o.span()),
+                format!("unknown optimizer \"{}\"", o.get_ref()),
+            )
+            .with_help("use \"sgd\" or \"adamw\""))
+        }
+    };
+    let lr = match training.and_then(|t| t.lr.as_ref()) {
+        Some(v) if !v.get_ref().is_finite() || *v.get_ref() <= 0.0 => {
+            return Err(SourceError::new(file, source, Some(v.span()), format!("lr must be > 0, got {}", v.get_ref())))
+        }
+        Some(v) => *v.get_ref(),
+        None => 1e-3,
+    };
+    let steps = match training.and_then(|t| t.steps.as_ref()) {
+        Some(v) => count(v, "steps", 1 << 30)?,
+        None => 10,
+    };
+    let checkpoint_every = match training.and_then(|t| t.checkpoint_every.as_ref()) {
+        Some(v) if *v.get_ref() == 0 => 0,
+        Some(v) => count(v, "checkpoint_every", 1 << 30)?,
+        None => 0,
+    };
+    Ok((model, pipewright_plan::Training { optimizer, lr, steps, checkpoint_every }))
 }

@@ -1,0 +1,452 @@
+//! The emitter: a verified program set and a `[model]` become the plan artifact the runtime
+//! replays (`pipewright-plan`): per rank an arena with every buffer at a fixed offset, and
+//! the ordered nodes of one training step.
+//!
+//! Lowering, per event of a rank's program (layers `l` of the module's stage, T tokens):
+//! - **F**: `h_l = x_l·W1_l`, `a_l = gelu(h_l)`, `x_{l+1} = a_l·W2_l`; on a pipe's last
+//!   stage `mse_loss` writes the loss and the output gradient.
+//! - **I** (input gradient): `da = dy_l·W2_lᵀ`, `dh_l = gelu'(h_l)·da`, `dy_{l−1} = dh_l·W1_lᵀ`.
+//! - **W** (weight gradient, accumulated in f32): `G2_l += a_lᵀ·dy_l`, `G1_l += x_lᵀ·dh_l`.
+//! - **B** = I then W. **FB**: the forward on stream 1 and the backward on stream 0,
+//!   joined by events.
+//! - **COMM**: one NCCL group on stream 2, after the compute stream and before it goes on
+//!   (the batch is waited for where it stands, as the verified semantics say).
+//!
+//! A microbatch's activations live in a *slot* of its module, taken when its forward input
+//! arrives and given back once its backward and its input-gradient send are done, so the
+//! arena holds as many slots per module as the verified order keeps in flight. The step
+//! starts by zeroing the gradients and the losses and ends with DualPipe's mirror-gradient
+//! sum (mirrored stages exchange gradients) and the optimizer.
+
+use crate::dag::payload;
+use crate::ir::{CommKind, Event, Layout, ProgramSet, UnitKind};
+use pipewright_plan::node::{Gemm, Kernel, Node, P2p};
+use pipewright_plan::{Buffer, Dtype, Hashes, Model, Plan, RankPlan, Training, PLAN_VERSION};
+use std::collections::{BTreeMap, HashMap};
+use thiserror::Error;
+
+/// Why a program set cannot be emitted.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum EmitError {
+    #[error("the program set has no usable layout")]
+    NoLayout,
+    #[error("model kind \"{0}\" is not supported (only \"mlp\")")]
+    Kind(String),
+    #[error("rank {rank}, event {event}: {what}")]
+    Event { rank: u32, event: u32, what: String },
+}
+
+const COMPUTE: u32 = 0;
+const OVERLAP: u32 = 1;
+const COMM: u32 = 2;
+
+/// The buffers of one microbatch slot of a module.
+#[derive(Clone, Debug)]
+struct Slot {
+    /// x_0 (stage input) … x_L (stage output).
+    x: Vec<u32>,
+    h: Vec<u32>,
+    a: Vec<u32>,
+    /// dy_l: gradient of x_{l+1}.
+    dy: Vec<u32>,
+    dh: Vec<u32>,
+    /// Gradient of the stage input (sent to the previous stage).
+    dx0: u32,
+}
+
+/// One rank's plan under construction.
+struct Rank<'a> {
+    rank: u32,
+    layout: &'a Layout,
+    model: &'a Model,
+    buffers: Vec<Buffer>,
+    by_name: HashMap<String, u32>,
+    end: u64,
+    nodes: Vec<Node>,
+    /// Per module: slots, the free list, and (mb → slot, outstanding uses).
+    slots: Vec<Vec<Slot>>,
+    free: Vec<Vec<usize>>,
+    live: Vec<HashMap<u32, (usize, u32)>>,
+    microbatches_in_step: u32,
+}
+
+impl<'a> Rank<'a> {
+    fn buffer(&mut self, name: String, elements: u64, dtype: Dtype) -> u32 {
+        if let Some(&id) = self.by_name.get(&name) {
+            return id;
+        }
+        let offset = self.end.div_ceil(256) * 256;
+        let bytes = elements * dtype.size();
+        self.end = offset + bytes;
+        let id = self.buffers.len() as u32;
+        self.buffers.push(Buffer { name: name.clone(), offset, bytes, dtype });
+        self.by_name.insert(name, id);
+        id
+    }
+
+    fn stage(&self, dir: u32) -> (u32, u32) {
+        let m = self.layout.modules[self.rank as usize][dir as usize];
+        (m.pipe, m.stage)
+    }
+
+    fn global_layer(&self, stage: u32, l: u32) -> u32 {
+        stage * self.model.layers_per_stage + l
+    }
+
+    fn weights(&mut self, stage: u32, l: u32) -> (u32, u32, u32, u32) {
+        let (h, f, dt) = (self.model.hidden as u64, self.model.ffn as u64, self.model.dtype);
+        let gl = self.global_layer(stage, l);
+        (
+            self.buffer(format!("w1.{gl}"), h * f, dt),
+            self.buffer(format!("w2.{gl}"), f * h, dt),
+            self.buffer(format!("g1.{gl}"), h * f, Dtype::F32),
+            self.buffer(format!("g2.{gl}"), f * h, Dtype::F32),
+        )
+    }
+
+    /// The slot of (module, mb), taken on first use; `sends_back`: an input gradient will
+    /// be sent from it.
+    fn slot(&mut self, dir: u32, mb: u32) -> Slot {
+        let d = dir as usize;
+        if let Some(&(k, _)) = self.live[d].get(&mb) {
+            return self.slots[d][k].clone();
+        }
+        let k = match self.free[d].pop() {
+            Some(k) => k,
+            None => {
+                let k = self.slots[d].len();
+                let (t, h, f, dt) =
+                    (self.model.tokens(), self.model.hidden as u64, self.model.ffn as u64, self.model.dtype);
+                let layers = self.model.layers_per_stage;
+                let name = |s: &str| format!("slot{dir}.{k}.{s}");
+                let x = (0..=layers).map(|l| name(&format!("x{l}"))).collect::<Vec<_>>();
+                let hs = (0..layers).map(|l| name(&format!("h{l}"))).collect::<Vec<_>>();
+                let a = (0..layers).map(|l| name(&format!("a{l}"))).collect::<Vec<_>>();
+                let dy = (0..layers).map(|l| name(&format!("dy{l}"))).collect::<Vec<_>>();
+                let dh = (0..layers).map(|l| name(&format!("dh{l}"))).collect::<Vec<_>>();
+                let dx0 = name("dx0");
+                let slot = Slot {
+                    x: x.into_iter().map(|n| self.buffer(n, t * h, dt)).collect(),
+                    h: hs.into_iter().map(|n| self.buffer(n, t * f, dt)).collect(),
+                    a: a.into_iter().map(|n| self.buffer(n, t * f, dt)).collect(),
+                    dy: dy.into_iter().map(|n| self.buffer(n, t * h, dt)).collect(),
+                    dh: dh.into_iter().map(|n| self.buffer(n, t * f, dt)).collect(),
+                    dx0: self.buffer(dx0, t * h, dt),
+                };
+                self.slots[d].push(slot);
+                k
+            }
+        };
+        let (pipe, stage) = self.stage(dir);
+        // Uses: the backward (B, or W after I), and the send of the input gradient.
+        let sends_back = stage > 0 && self.layout.locate(pipe, stage - 1).is_some_and(|(r, _)| r != self.rank);
+        self.live[d].insert(mb, (k, 1 + sends_back as u32));
+        self.slots[d][k].clone()
+    }
+
+    fn release(&mut self, dir: u32, mb: u32) {
+        let d = dir as usize;
+        if let Some(entry) = self.live[d].get_mut(&mb) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                let k = entry.0;
+                self.live[d].remove(&mb);
+                self.free[d].push(k);
+            }
+        }
+    }
+
+    /// `c = op(a)·op(b) + beta·c`; `abc` the buffers, `mnk` the shape.
+    fn gemm(&mut self, stream: u32, abc: (u32, u32, u32), mnk: (u64, u64, u64), trans: (bool, bool), beta: f32) {
+        let ((a, b, c), (m, n, k)) = (abc, mnk);
+        self.nodes.push(Node::Gemm(Gemm {
+            stream,
+            a,
+            b,
+            c,
+            m,
+            n,
+            k,
+            trans_a: trans.0,
+            trans_b: trans.1,
+            alpha: 1.0,
+            beta,
+        }));
+    }
+
+    fn kernel(&mut self, stream: u32, name: &str, buffers: Vec<u32>, elements: u64, scalars: Vec<f32>) {
+        self.nodes.push(Node::Kernel(Kernel { stream, name: name.into(), buffers, elements, scalars }));
+    }
+
+    fn global_mb(&self, pipe: u32, mb: u32) -> u32 {
+        pipe * self.layout.microbatches + mb
+    }
+
+    fn forward(&mut self, stream: u32, dir: u32, mb: u32) {
+        let (pipe, stage) = self.stage(dir);
+        let (t, h, f) = (self.model.tokens(), self.model.hidden as u64, self.model.ffn as u64);
+        let g = self.global_mb(pipe, mb);
+        let slot = self.slot(dir, mb);
+        let x0 = if stage == 0 { self.buffer(format!("input.{g}"), t * h, self.model.dtype) } else { slot.x[0] };
+        for l in 0..self.model.layers_per_stage as usize {
+            let (w1, w2, _, _) = self.weights(stage, l as u32);
+            let x = if l == 0 { x0 } else { slot.x[l] };
+            self.gemm(stream, (x, w1, slot.h[l]), (t, f, h), (false, false), 0.0);
+            self.kernel(stream, "gelu_forward", vec![slot.h[l], slot.a[l]], t * f, vec![]);
+            self.gemm(stream, (slot.a[l], w2, slot.x[l + 1]), (t, h, f), (false, false), 0.0);
+        }
+        let last = self.model.layers_per_stage as usize;
+        if stage + 1 == self.layout.stages {
+            let target = self.buffer(format!("target.{g}"), t * h, self.model.dtype);
+            let loss = self.buffer("loss".into(), self.microbatches_in_step as u64, Dtype::F32);
+            let scale = 1.0 / (t * h) as f32 / self.microbatches_in_step as f32;
+            self.kernel(
+                stream,
+                "mse_loss",
+                vec![slot.x[last], target, slot.dy[last - 1], loss],
+                t * h,
+                vec![scale, g as f32],
+            );
+        } else if let Some((r, d2)) = self.layout.locate(pipe, stage + 1).filter(|&(r, _)| r == self.rank) {
+            let _ = r;
+            let next = self.slot(d2, mb);
+            self.kernel(stream, "copy", vec![slot.x[last], next.x[0]], t * h, vec![]);
+        }
+    }
+
+    fn input_grad(&mut self, stream: u32, dir: u32, mb: u32) {
+        let (pipe, stage) = self.stage(dir);
+        let (t, h, f) = (self.model.tokens(), self.model.hidden as u64, self.model.ffn as u64);
+        let slot = self.slot(dir, mb);
+        let da = self.buffer("scratch.da".into(), t * f, self.model.dtype);
+        for l in (0..self.model.layers_per_stage as usize).rev() {
+            let (w1, w2, _, _) = self.weights(stage, l as u32);
+            self.gemm(stream, (slot.dy[l], w2, da), (t, f, h), (false, true), 0.0);
+            self.kernel(stream, "gelu_backward", vec![slot.h[l], da, slot.dh[l]], t * f, vec![]);
+            if l > 0 {
+                self.gemm(stream, (slot.dh[l], w1, slot.dy[l - 1]), (t, h, f), (false, true), 0.0);
+            } else if stage > 0 {
+                self.gemm(stream, (slot.dh[l], w1, slot.dx0), (t, h, f), (false, true), 0.0);
+            }
+        }
+        if stage > 0 {
+            if let Some((_, d2)) = self.layout.locate(pipe, stage - 1).filter(|&(r, _)| r == self.rank) {
+                let prev = self.slot(d2, mb);
+                let top = prev.dy[self.model.layers_per_stage as usize - 1];
+                self.kernel(stream, "copy", vec![slot.dx0, top], t * h, vec![]);
+            }
+        }
+    }
+
+    fn weight_grad(&mut self, stream: u32, dir: u32, mb: u32) {
+        let (pipe, stage) = self.stage(dir);
+        let (t, h, f) = (self.model.tokens(), self.model.hidden as u64, self.model.ffn as u64);
+        let g = self.global_mb(pipe, mb);
+        let slot = self.slot(dir, mb);
+        for l in 0..self.model.layers_per_stage as usize {
+            let (_, _, g1, g2) = self.weights(stage, l as u32);
+            let x = if l == 0 && stage == 0 {
+                self.buffer(format!("input.{g}"), t * h, self.model.dtype)
+            } else {
+                slot.x[l]
+            };
+            self.gemm(stream, (slot.a[l], slot.dy[l], g2), (f, h, t), (true, false), 1.0);
+            self.gemm(stream, (x, slot.dh[l], g1), (h, f, t), (true, false), 1.0);
+        }
+        self.release(dir, mb);
+    }
+
+    fn unit(&mut self, stream: u32, kind: UnitKind, dir: u32, mb: u32) {
+        match kind {
+            UnitKind::F => self.forward(stream, dir, mb),
+            UnitKind::I => self.input_grad(stream, dir, mb),
+            UnitKind::W => self.weight_grad(stream, dir, mb),
+            UnitKind::B => {
+                self.input_grad(stream, dir, mb);
+                self.weight_grad(stream, dir, mb);
+            }
+        }
+    }
+}
+
+/// Emits the plan of `set` (verified) for `model` and `training`.
+pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes) -> Result<Plan, EmitError> {
+    if model.kind != "mlp" {
+        return Err(EmitError::Kind(model.kind.clone()));
+    }
+    let layout = set.resolved_layout().ok_or(EmitError::NoLayout)?;
+    let microbatches_in_step = layout.pipes * layout.microbatches;
+    let mut ranks = Vec::with_capacity(set.programs.len());
+    for (r, program) in set.programs.iter().enumerate() {
+        let modules = layout.modules[r].len();
+        let mut rank = Rank {
+            rank: r as u32,
+            layout: &layout,
+            model,
+            buffers: Vec::new(),
+            by_name: HashMap::new(),
+            end: 0,
+            nodes: Vec::new(),
+            slots: vec![Vec::new(); modules],
+            free: vec![Vec::new(); modules],
+            live: vec![HashMap::new(); modules],
+            microbatches_in_step,
+        };
+        prologue(&mut rank);
+        for (i, event) in program.iter().enumerate() {
+            let fail = |what: String| EmitError::Event { rank: r as u32, event: i as u32, what };
+            match event {
+                Event::Comm { ops } => {
+                    let mut p2p = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        payload(&layout, r as u32, op.kind, op.dir, op.mb).ok_or_else(|| fail("bad p2p op".into()))?;
+                        let slot = rank.slot(op.dir, op.mb);
+                        let last = model.layers_per_stage as usize;
+                        let buffer = match op.kind {
+                            CommKind::SendF => slot.x[last],
+                            CommKind::RecvF => slot.x[0],
+                            CommKind::SendB => slot.dx0,
+                            CommKind::RecvB => slot.dy[last - 1],
+                        };
+                        p2p.push(P2p { send: op.kind.is_send(), peer: op.peer, buffer });
+                        if op.kind == CommKind::SendB {
+                            rank.release(op.dir, op.mb);
+                        }
+                    }
+                    rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
+                    rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
+                    rank.nodes.push(Node::Group { stream: COMM, ops: p2p });
+                    rank.nodes.push(Node::Record { stream: COMM, event: 1 });
+                    rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
+                }
+                Event::FB { f, b } => {
+                    rank.nodes.push(Node::Record { stream: COMPUTE, event: 2 });
+                    rank.nodes.push(Node::Wait { stream: OVERLAP, event: 2 });
+                    rank.unit(OVERLAP, UnitKind::F, f.dir, f.mb);
+                    rank.unit(COMPUTE, UnitKind::B, b.dir, b.mb);
+                    rank.nodes.push(Node::Record { stream: OVERLAP, event: 3 });
+                    rank.nodes.push(Node::Wait { stream: COMPUTE, event: 3 });
+                }
+                other => {
+                    for (kind, c) in other.units() {
+                        rank.unit(COMPUTE, kind, c.dir, c.mb);
+                    }
+                }
+            }
+        }
+        mirror_sum(&mut rank);
+        optimizer(&mut rank, training);
+        let arena_bytes = rank.end.div_ceil(256) * 256;
+        ranks.push(RankPlan {
+            rank: r as u32,
+            arena_bytes,
+            buffers: rank.buffers,
+            streams: 3,
+            events: 4,
+            nodes: rank.nodes,
+        });
+    }
+    Ok(Plan {
+        version: PLAN_VERSION,
+        schedule: set.schedule.clone(),
+        world_size: set.ranks,
+        pipes: layout.pipes,
+        stages: layout.stages,
+        microbatches: layout.microbatches,
+        hashes,
+        model: model.clone(),
+        training: training.clone(),
+        ranks,
+    })
+}
+
+/// Zeroes the gradients and the losses: the step starts clean (`optimizer.zero_grad()`).
+fn prologue(rank: &mut Rank) {
+    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
+    for dir in 0..rank.layout.modules[rank.rank as usize].len() as u32 {
+        let (_, stage) = rank.stage(dir);
+        for l in 0..rank.model.layers_per_stage {
+            let (_, _, g1, g2) = rank.weights(stage, l);
+            rank.kernel(COMPUTE, "zero", vec![g1], h * f, vec![]);
+            rank.kernel(COMPUTE, "zero", vec![g2], f * h, vec![]);
+        }
+    }
+    let holds_last = rank.layout.modules[rank.rank as usize].iter().any(|m| m.stage + 1 == rank.layout.stages);
+    if holds_last {
+        let loss = rank.buffer("loss".into(), rank.microbatches_in_step as u64, Dtype::F32);
+        rank.kernel(COMPUTE, "zero", vec![loss], rank.microbatches_in_step as u64, vec![]);
+    }
+}
+
+/// DualPipe: a stage held twice (once per pipe) sums its two gradients; each copy sends
+/// its gradient to the other and adds what it receives, so both apply the same update.
+fn mirror_sum(rank: &mut Rank) {
+    if rank.layout.mirrored_pipes.is_empty() {
+        return;
+    }
+    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
+    // peer → [(gradient, scratch, elements)], in global-layer order on both sides.
+    let mut by_peer: BTreeMap<u32, Vec<(u32, u32, u32, u64)>> = BTreeMap::new();
+    for dir in 0..rank.layout.modules[rank.rank as usize].len() as u32 {
+        let (pipe, stage) = rank.stage(dir);
+        let other = if pipe == 0 { 1 } else { 0 };
+        if pipe != 0 && !rank.layout.mirrored_pipes.contains(&pipe) {
+            continue;
+        }
+        let Some((peer, _)) = rank.layout.locate(other, stage) else { continue };
+        for l in 0..rank.model.layers_per_stage {
+            let gl = rank.global_layer(stage, l);
+            let (_, _, g1, g2) = rank.weights(stage, l);
+            let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, Dtype::F32);
+            let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, Dtype::F32);
+            by_peer.entry(peer).or_default().extend([(gl * 2, g1, s1, h * f), (gl * 2 + 1, g2, s2, f * h)]);
+        }
+    }
+    for (peer, mut grads) in by_peer {
+        grads.sort();
+        let mut ops: Vec<P2p> = grads.iter().map(|&(_, g, _, _)| P2p { send: true, peer, buffer: g }).collect();
+        ops.extend(grads.iter().map(|&(_, _, s, _)| P2p { send: false, peer, buffer: s }));
+        rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
+        rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
+        rank.nodes.push(Node::Group { stream: COMM, ops });
+        rank.nodes.push(Node::Record { stream: COMM, event: 1 });
+        rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
+        for (_, g, s, n) in grads {
+            rank.kernel(COMPUTE, "accumulate", vec![s, g], n, vec![]);
+        }
+    }
+}
+
+/// The optimizer step on every weight the rank holds.
+fn optimizer(rank: &mut Rank, training: &Training) {
+    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
+    let lr = training.lr as f32;
+    let adam = training.optimizer == "adamw";
+    let step = adam.then(|| rank.buffer("adam.step".into(), 1, Dtype::F32));
+    if let Some(step) = step {
+        rank.kernel(COMPUTE, "tick", vec![step], 1, vec![]);
+    }
+    for dir in 0..rank.layout.modules[rank.rank as usize].len() as u32 {
+        let (_, stage) = rank.stage(dir);
+        for l in 0..rank.model.layers_per_stage {
+            let gl = rank.global_layer(stage, l);
+            let (w1, w2, g1, g2) = rank.weights(stage, l);
+            for (w, g, n, which) in [(w1, g1, h * f, 1), (w2, g2, f * h, 2)] {
+                match step {
+                    Some(step) => {
+                        let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
+                        let v = rank.buffer(format!("adam.v{which}.{gl}"), n, Dtype::F32);
+                        rank.kernel(
+                            COMPUTE,
+                            "adamw_update",
+                            vec![w, g, m, v, step],
+                            n,
+                            vec![lr, 0.9, 0.999, 1e-8, 0.01],
+                        );
+                    }
+                    None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
+                }
+            }
+        }
+    }
+}

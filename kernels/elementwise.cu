@@ -1,0 +1,73 @@
+// Element-wise kernels of pipewright's plans, f32. Their meaning is defined by
+// plan/src/cpu.rs (the CPU executor); the names and buffer orders by plan/src/node.rs.
+// Compiled for sm_90 with NVRTC by the runtime at start-up, cached on disk.
+
+extern "C" __device__ float gelu_f(float x) {
+    const float c = 0.7978845608f;  // sqrt(2/pi)
+    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+extern "C" __device__ float gelu_grad_f(float x) {
+    const float c = 0.7978845608f;
+    float t = tanhf(c * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+#define GRID_STRIDE(i, n) for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+extern "C" __global__ void gelu_forward(const float* x, float* y, long long n) {
+    GRID_STRIDE(i, n) { y[i] = gelu_f(x[i]); }
+}
+
+extern "C" __global__ void gelu_backward(const float* x, const float* dy, float* dx, long long n) {
+    GRID_STRIDE(i, n) { dx[i] = dy[i] * gelu_grad_f(x[i]); }
+}
+
+// loss[index] += scale * sum((y - t)^2); dy = 2 * scale * (y - t).
+extern "C" __global__ void mse_loss(const float* y, const float* t, float* dy, float* loss, long long n, float scale, int index) {
+    __shared__ float partial[256];
+    float acc = 0.0f;
+    GRID_STRIDE(i, n) {
+        float d = y[i] - t[i];
+        dy[i] = 2.0f * scale * d;
+        acc += d * d;
+    }
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(&loss[index], scale * partial[0]);
+}
+
+extern "C" __global__ void accumulate(const float* g, float* acc, long long n) {
+    GRID_STRIDE(i, n) { acc[i] += g[i]; }
+}
+
+extern "C" __global__ void copy(const float* x, float* y, long long n) {
+    GRID_STRIDE(i, n) { y[i] = x[i]; }
+}
+
+extern "C" __global__ void sgd_update(float* w, const float* g, long long n, float lr) {
+    GRID_STRIDE(i, n) { w[i] -= lr * g[i]; }
+}
+
+extern "C" __global__ void tick(float* step) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) step[0] += 1.0f;
+}
+
+extern "C" __global__ void adamw_update(float* w, const float* g, float* m, float* v, const float* step, long long n,
+                                        float lr, float b1, float b2, float eps, float wd) {
+    float t = fmaxf(step[0], 1.0f);
+    float c1 = 1.0f - powf(b1, t), c2 = 1.0f - powf(b2, t);
+    GRID_STRIDE(i, n) {
+        m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+        w[i] -= lr * (wd * w[i] + (m[i] / c1) / (sqrtf(v[i] / c2) + eps));
+    }
+}
+
+extern "C" __global__ void zero(float* x, long long n) {
+    GRID_STRIDE(i, n) { x[i] = 0.0f; }
+}

@@ -1,0 +1,211 @@
+//! The plan artifact: what `pipewright compile` hands the runtime for a spec with `[model]`.
+//!
+//! Per rank: one arena with every buffer at a fixed offset (weights, gradients, optimizer
+//! state, activations, receive and send buffers, workspace), the streams, and the ordered
+//! nodes the rank issues — cuBLAS GEMMs, element-wise kernels (by name, from `kernels/`),
+//! NCCL sends and receives grouped as the verified program batches them, and event
+//! record/wait between streams — plus the hashes that tie the plan to its spec, its
+//! programs and their certificates.
+//!
+//! This crate is the contract between the compiler and the runtime, and depends on neither
+//! (nor on Z3 or egg): GPU nodes build the runtime without them. [`Plan::validate`] checks
+//! the plan's internal consistency, [`Plan::refuse_mismatch`] its fit to the job that
+//! loads it.
+
+pub mod cpu;
+pub mod data;
+pub mod math;
+pub mod node;
+pub mod reference;
+
+pub use node::{Gemm, Kernel, Node};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The plan format this build writes and reads.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Element type of a buffer.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
+}
+
+/// The model a plan trains (the spec's `[model]`).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Model {
+    /// `"mlp"`: every stage is `layers_per_stage` × (Linear(h → ffn), GELU, Linear(ffn → h)),
+    /// no bias; loss = mean squared error against targets.
+    pub kind: String,
+    pub hidden: u32,
+    pub ffn: u32,
+    pub seq: u32,
+    pub microbatch_size: u32,
+    pub layers_per_stage: u32,
+    /// Activations and weights; gradients accumulate in f32 either way.
+    pub dtype: Dtype,
+    pub seed: u64,
+}
+
+impl Model {
+    /// Rows of one microbatch's activations (tokens).
+    pub fn tokens(&self) -> u64 {
+        self.seq as u64 * self.microbatch_size as u64
+    }
+}
+
+/// How it trains (the spec's `[training]`).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Training {
+    /// `"sgd"` or `"adamw"`.
+    pub optimizer: String,
+    pub lr: f64,
+    pub steps: u32,
+    /// Steps between checkpoints (0: never).
+    pub checkpoint_every: u32,
+}
+
+/// What ties a plan to where it came from.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Hashes {
+    /// sha256 of the spec file.
+    pub spec: String,
+    /// sha256 of programs.json (the verified program set).
+    pub programs: String,
+    /// sha256 of proof/manifest.json (which holds each certificate's hash).
+    pub certificates: String,
+}
+
+/// One buffer of a rank's arena.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Buffer {
+    pub name: String,
+    pub offset: u64,
+    pub bytes: u64,
+    pub dtype: Dtype,
+}
+
+/// One rank's part of the plan.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct RankPlan {
+    pub rank: u32,
+    /// Bytes of the arena; every buffer lies inside it.
+    pub arena_bytes: u64,
+    pub buffers: Vec<Buffer>,
+    /// Number of streams (0: compute, 1: the second compute stream of overlapped pairs,
+    /// 2: communication).
+    pub streams: u32,
+    /// Number of CUDA events the nodes record and wait on.
+    pub events: u32,
+    /// The rank's step, in issue order.
+    pub nodes: Vec<Node>,
+}
+
+/// The whole plan.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Plan {
+    pub version: u32,
+    pub schedule: String,
+    pub world_size: u32,
+    pub pipes: u32,
+    pub stages: u32,
+    /// Microbatches per pipe and step.
+    pub microbatches: u32,
+    pub hashes: Hashes,
+    pub model: Model,
+    pub training: Training,
+    pub ranks: Vec<RankPlan>,
+}
+
+/// Why a plan is refused.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum PlanRefusal {
+    #[error("plan format version {found}, but this runtime reads version {supported}; recompile the spec with this pipewright")]
+    Version { found: u32, supported: u32 },
+    #[error("the plan is for a world of {plan} ranks but this job has {job} (WORLD_SIZE / SLURM_NTASKS); launch {plan} processes or recompile with ranks = {job}")]
+    WorldSize { plan: u32, job: u32 },
+    #[error("the plan needs {need} GPUs on this node but {visible} are visible (CUDA_VISIBLE_DEVICES); make {need} visible or run fewer ranks per node")]
+    Gpus { need: u32, visible: u32 },
+    #[error("the plan's certificate hash {plan} does not match proof/manifest.json ({found}): the plan and its proofs are from different compilations; recompile")]
+    CertificateHash { plan: String, found: String },
+    #[error("malformed plan: rank {rank}: {what}")]
+    Malformed { rank: u32, what: String },
+}
+
+impl Plan {
+    /// Checks that the plan is internally consistent: one rank plan per rank, buffers
+    /// inside the arena and not overlapping, every node naming existing buffers, streams,
+    /// events and peers, and every GEMM's operands large enough for its shape.
+    pub fn validate(&self) -> Result<(), PlanRefusal> {
+        if self.version != PLAN_VERSION {
+            return Err(PlanRefusal::Version { found: self.version, supported: PLAN_VERSION });
+        }
+        let bad = |rank: u32, what: String| PlanRefusal::Malformed { rank, what };
+        if self.ranks.len() != self.world_size as usize {
+            return Err(bad(0, format!("{} rank plans for a world of {}", self.ranks.len(), self.world_size)));
+        }
+        for (i, r) in self.ranks.iter().enumerate() {
+            if r.rank as usize != i {
+                return Err(bad(i as u32, format!("rank plan {i} says it is rank {}", r.rank)));
+            }
+            let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(r.buffers.len());
+            for b in &r.buffers {
+                let end = b.offset.checked_add(b.bytes).filter(|&e| e <= r.arena_bytes);
+                let Some(end) = end else {
+                    return Err(bad(r.rank, format!("buffer {} ends past the {}-byte arena", b.name, r.arena_bytes)));
+                };
+                if b.bytes % b.dtype.size() != 0 || b.offset % 256 != 0 {
+                    return Err(bad(r.rank, format!("buffer {} is misaligned or not whole elements", b.name)));
+                }
+                spans.push((b.offset, end, &b.name));
+            }
+            spans.sort();
+            if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
+                return Err(bad(r.rank, format!("buffers {} and {} overlap", w[0].2, w[1].2)));
+            }
+            for (k, n) in r.nodes.iter().enumerate() {
+                n.check(r, self.world_size).map_err(|what| bad(r.rank, format!("node {k}: {what}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a plan that does not fit the job loading it: another world size, more local
+    /// ranks than visible GPUs, or certificates from another compilation.
+    pub fn refuse_mismatch(
+        &self,
+        world_size: u32,
+        local_ranks: u32,
+        visible_gpus: u32,
+        manifest_sha256: &str,
+    ) -> Result<(), PlanRefusal> {
+        if self.version != PLAN_VERSION {
+            return Err(PlanRefusal::Version { found: self.version, supported: PLAN_VERSION });
+        }
+        if self.world_size != world_size {
+            return Err(PlanRefusal::WorldSize { plan: self.world_size, job: world_size });
+        }
+        if local_ranks > visible_gpus {
+            return Err(PlanRefusal::Gpus { need: local_ranks, visible: visible_gpus });
+        }
+        if self.hashes.certificates != manifest_sha256 {
+            return Err(PlanRefusal::CertificateHash {
+                plan: self.hashes.certificates.clone(),
+                found: manifest_sha256.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! The nodes of a rank's step: what the runtime issues, in order, on which stream.
+
+use crate::RankPlan;
+use serde::{Deserialize, Serialize};
+
+/// The element-wise kernels a plan may name: their buffers, and which of them hold one
+/// value per element (the others hold one value). Their sources are `kernels/<name>.cu`
+/// (compiled for sm_90 with NVRTC by the runtime).
+pub const KERNELS: &[(&str, &[bool])] = &[
+    // y = gelu(x)                              (x, y)
+    ("gelu_forward", &[true, true]),
+    // dx = dy · gelu'(x)                       (x, dy, dx)
+    ("gelu_backward", &[true, true, true]),
+    // loss += mean((y − t)²); dy = 2(y − t)/N  (y, t, dy, loss)
+    ("mse_loss", &[true, true, true, false]),
+    // acc(f32) += g                            (g, acc)
+    ("accumulate", &[true, true]),
+    // w −= lr · g(f32)                         (w, g)
+    ("sgd_update", &[true, true]),
+    // AdamW on w with f32 moments m, v and the step count  (w, g, m, v, step)
+    ("adamw_update", &[true, true, true, true, false]),
+    // step += 1                                (step)
+    ("tick", &[false]),
+    // y = x                                    (x, y)
+    ("copy", &[true, true]),
+    // x = 0                                    (x)
+    ("zero", &[true]),
+];
+
+/// One matrix product: `C = alpha · op(A) · op(B) + beta · C`, row-major, with op(A) of
+/// shape m × k, op(B) k × n and C m × n (cuBLAS is column-major; the runtime swaps the
+/// operands accordingly).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Gemm {
+    pub stream: u32,
+    pub a: u32,
+    pub b: u32,
+    pub c: u32,
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// One element-wise kernel launch over `elements` elements.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Kernel {
+    pub stream: u32,
+    pub name: String,
+    pub buffers: Vec<u32>,
+    pub elements: u64,
+    /// Scalar arguments (learning rate, step, …), in the kernel's order.
+    #[serde(default)]
+    pub scalars: Vec<f32>,
+}
+
+/// One side of a p2p transfer inside an NCCL group.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct P2p {
+    pub send: bool,
+    pub peer: u32,
+    pub buffer: u32,
+}
+
+/// One node of a rank's step.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Node {
+    Gemm(Gemm),
+    Kernel(Kernel),
+    /// One NCCL group of sends and receives (a verified COMM batch).
+    Group {
+        stream: u32,
+        ops: Vec<P2p>,
+    },
+    /// Record `event` on `stream`.
+    Record {
+        stream: u32,
+        event: u32,
+    },
+    /// Make `stream` wait for `event`.
+    Wait {
+        stream: u32,
+        event: u32,
+    },
+}
+
+impl Node {
+    /// Checks the node against its rank's plan (see [`crate::Plan::validate`]).
+    pub(crate) fn check(&self, r: &RankPlan, world: u32) -> Result<(), String> {
+        let stream = |s: u32| if s < r.streams { Ok(()) } else { Err(format!("stream {s} of {}", r.streams)) };
+        let buffer = |b: u32| r.buffers.get(b as usize).ok_or_else(|| format!("buffer {b} of {}", r.buffers.len()));
+        match self {
+            Node::Gemm(g) => {
+                stream(g.stream)?;
+                for (name, id, rows, cols) in [("A", g.a, g.m, g.k), ("B", g.b, g.k, g.n), ("C", g.c, g.m, g.n)] {
+                    let buf = buffer(id)?;
+                    let need = rows.saturating_mul(cols).saturating_mul(buf.dtype.size());
+                    if buf.bytes < need {
+                        return Err(format!(
+                            "GEMM operand {name} ({}) holds {} bytes, needs {need}",
+                            buf.name, buf.bytes
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Node::Kernel(k) => {
+                stream(k.stream)?;
+                let per_element = KERNELS
+                    .iter()
+                    .find(|(n, _)| *n == k.name)
+                    .map(|(_, a)| *a)
+                    .ok_or_else(|| format!("unknown kernel {}", k.name))?;
+                if k.buffers.len() != per_element.len() {
+                    return Err(format!(
+                        "kernel {} takes {} buffers, got {}",
+                        k.name,
+                        per_element.len(),
+                        k.buffers.len()
+                    ));
+                }
+                for (&b, &full) in k.buffers.iter().zip(per_element) {
+                    let buf = buffer(b)?;
+                    let need = if full { k.elements } else { 1 }.saturating_mul(buf.dtype.size());
+                    if buf.bytes < need {
+                        return Err(format!("kernel {} over {} elements overruns {}", k.name, k.elements, buf.name));
+                    }
+                }
+                Ok(())
+            }
+            Node::Group { stream: s, ops } => {
+                stream(*s)?;
+                if ops.is_empty() {
+                    return Err("empty p2p group".into());
+                }
+                for op in ops {
+                    buffer(op.buffer)?;
+                    if op.peer >= world || op.peer == r.rank {
+                        return Err(format!("peer {} is not another rank of {world}", op.peer));
+                    }
+                }
+                Ok(())
+            }
+            Node::Record { stream: s, event } | Node::Wait { stream: s, event } => {
+                stream(*s)?;
+                if *event >= r.events {
+                    return Err(format!("event {event} of {}", r.events));
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Eager execution of a rank's plan: every node issued in order on its stream. (Capturing
+//! the step as one CUDA graph is the next step of the runtime issue; the nodes are already
+//! ordered and stream-assigned the way a capture needs.)
+
+use crate::gpu::Gpu;
+use crate::launch::{exchange_id, Place};
+use crate::RuntimeError;
+use pipewright_plan::node::Node;
+use pipewright_plan::{cpu, Dtype, Plan};
+use std::time::{Duration, Instant};
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub rank: u32,
+    /// Per step: the losses of the microbatches this rank's last stages computed (index
+    /// over the step's microbatches; NaN where another rank holds them).
+    pub losses: Vec<Vec<f32>>,
+    /// Per step, milliseconds.
+    pub step_ms: Vec<f64>,
+}
+
+/// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
+pub fn run(plan: &Plan, place: &Place, steps: u32, cache: &std::path::Path) -> Result<(RunReport, Gpu), RuntimeError> {
+    plan.validate()?;
+    if plan.model.dtype != Dtype::F32 {
+        return Err(RuntimeError::Unsupported {
+            what: "bf16 plans".into(),
+            detail: "this build executes f32 plans; recompile with dtype = \"f32\"".into(),
+        });
+    }
+    let rp = &plan.ranks[place.rank as usize];
+    let mut gpu = Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache)?;
+    // Initial weights, inputs and targets: the same generator as the CPU reference.
+    for b in &rp.buffers {
+        if let Some(data) = cpu::init(plan, &b.name) {
+            let n = (b.bytes / 4) as usize;
+            gpu.upload(b.offset, &data[..n.min(data.len())])?;
+        }
+    }
+    let comm = if plan.world_size > 1 {
+        let id = if place.rank == 0 {
+            let id = cudarc::nccl::Id::new().map_err(|e| RuntimeError::Nccl { rank: 0, what: format!("{e:?}") })?;
+            Some(id.internal().map(|c| c as u8))
+        } else {
+            None
+        };
+        let id = exchange_id(place, id, Duration::from_secs(60))?;
+        Some(gpu.communicator(place.rank, plan.world_size, id)?)
+    } else {
+        None
+    };
+    let loss = rp.buffers.iter().find(|b| b.name == "loss").cloned();
+    let mut report = RunReport { rank: place.rank, losses: Vec::new(), step_ms: Vec::new() };
+    for _ in 0..steps {
+        let began = Instant::now();
+        for (i, node) in rp.nodes.iter().enumerate() {
+            let fail = |what: String| RuntimeError::Node { rank: place.rank, node: i, what };
+            match node {
+                Node::Gemm(g) => {
+                    let off = |b: u32| rp.buffers[b as usize].offset;
+                    gpu.gemm(
+                        g.stream as usize,
+                        (off(g.a), off(g.b), off(g.c)),
+                        (g.m, g.n, g.k),
+                        (g.trans_a, g.trans_b),
+                        g.alpha,
+                        g.beta,
+                    )?
+                }
+                Node::Kernel(k) => {
+                    let offsets: Vec<u64> = k.buffers.iter().map(|&b| rp.buffers[b as usize].offset).collect();
+                    gpu.kernel(k.stream as usize, &k.name, &offsets, k.elements, &k.scalars)?
+                }
+                Node::Group { ops, .. } => {
+                    let comm = comm.as_ref().ok_or_else(|| fail("a p2p group in a one-rank plan".into()))?;
+                    let ops: Vec<(bool, u32, u64, usize)> = ops
+                        .iter()
+                        .map(|o| {
+                            let b = &rp.buffers[o.buffer as usize];
+                            (o.send, o.peer, b.offset, (b.bytes / 4) as usize)
+                        })
+                        .collect();
+                    gpu.group(comm, place.rank, &ops)?
+                }
+                Node::Record { stream, event } => gpu.record(*stream as usize, *event as usize)?,
+                Node::Wait { stream, event } => gpu.wait(*stream as usize, *event as usize)?,
+            }
+        }
+        let losses = match &loss {
+            Some(b) => gpu.download(b.offset, (b.bytes / 4) as usize)?,
+            None => {
+                gpu.download(0, 0)?;
+                Vec::new()
+            }
+        };
+        report.step_ms.push(began.elapsed().as_secs_f64() * 1e3);
+        let total = plan.pipes * plan.microbatches;
+        report.losses.push(losses.iter().map(|&v| if v == 0.0 { f32::NAN } else { v * total as f32 }).collect());
+    }
+    Ok((report, gpu))
+}

@@ -1,0 +1,193 @@
+//! `pipewright-runtime`: the runtime-only binary for GPU nodes (no Z3, no egg).
+//!
+//! ```text
+//! pipewright-runtime check DIR                 # load and validate DIR/plan.json against this job
+//! pipewright-runtime run DIR [--steps K] [--reference]
+//! pipewright-runtime launch --gpus N DIR [--steps K] [--reference]
+//! ```
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pipewright_plan::Plan;
+use pipewright_runtime::exec;
+use pipewright_runtime::launch::Place;
+use pipewright_runtime::RuntimeError;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pipewright-runtime", version, about = "Replays pipewright plans on GPUs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load DIR/plan.json, validate it, and check it against this job (world size, GPUs,
+    /// certificate hash). Exit 0 when it would run, 2 with the reason when not.
+    Check { dir: PathBuf },
+    /// Run this rank's part of the plan (rank and world from RANK/WORLD_SIZE/LOCAL_RANK or
+    /// SLURM_*), eagerly, and print the losses per step.
+    Run {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+        /// Also compute the step on the CPU (the reference) and print the largest relative
+        /// error of the losses and of this rank's weight gradients.
+        #[arg(long)]
+        reference: bool,
+    },
+    /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
+    /// others.
+    Launch {
+        #[arg(long)]
+        gpus: u32,
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+        #[arg(long)]
+        reference: bool,
+    },
+}
+
+fn load(dir: &Path) -> Result<(Plan, String), RuntimeError> {
+    let path = dir.join("plan.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| RuntimeError::Read { path: path.display().to_string(), source })?;
+    let plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| RuntimeError::NotAPlan { path: path.display().to_string(), message: e.to_string() })?;
+    let manifest = dir.join("proof/manifest.json");
+    let bytes = std::fs::read(&manifest)
+        .map_err(|source| RuntimeError::Read { path: manifest.display().to_string(), source })?;
+    use sha2::{Digest, Sha256};
+    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Ok((plan, sha))
+}
+
+fn visible_gpus() -> u32 {
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').count() as u32,
+        _ => u32::MAX,
+    }
+}
+
+fn checked(dir: &Path, local_ranks: u32) -> Result<(Plan, Place), RuntimeError> {
+    let (plan, sha) = load(dir)?;
+    plan.validate()?;
+    let place = Place::from_env(|k| std::env::var(k).ok())?;
+    plan.refuse_mismatch(place.world_size, local_ranks, visible_gpus(), &sha)?;
+    Ok((plan, place))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), RuntimeError> = match cli.command {
+        Command::Check { dir } => checked(&dir, 1).map(|(plan, place)| {
+            let bytes: u64 = plan.ranks.iter().map(|r| r.arena_bytes).max().unwrap_or(0);
+            println!(
+                "{}: {} ranks, {} stages, {} microbatches/pipe, largest arena {:.1} MiB; fits this job (rank {} of {})",
+                plan.schedule,
+                plan.world_size,
+                plan.stages,
+                plan.microbatches,
+                bytes as f64 / (1 << 20) as f64,
+                place.rank,
+                place.world_size
+            );
+        }),
+        Command::Run { dir, steps, reference } => run(&dir, steps, reference),
+        Command::Launch { gpus, dir, steps, reference } => match launch(gpus, &dir, steps, reference) {
+            Ok(code) => return code,
+            Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(dir: &Path, steps: u32, reference: bool) -> Result<(), RuntimeError> {
+    let (plan, place) = checked(dir, 1)?;
+    let cache = std::env::temp_dir().join("pipewright-kernels");
+    let (report, gpu) = exec::run(&plan, &place, steps, &cache)?;
+    for (s, (losses, ms)) in report.losses.iter().zip(&report.step_ms).enumerate() {
+        let shown: Vec<String> = losses.iter().filter(|v| !v.is_nan()).map(|v| format!("{v:.6}")).collect();
+        println!("rank {} step {s}: {:.2} ms, losses [{}]", place.rank, ms, shown.join(", "));
+    }
+    if reference && steps == 1 {
+        let layers = plan.stages * plan.model.layers_per_stage;
+        let weights: Vec<_> = (0..layers).map(|l| pipewright_plan::data::layer_weights(&plan.model, l)).collect();
+        let want = pipewright_plan::reference::step(&plan.model, &weights, plan.pipes * plan.microbatches);
+        let mut worst_loss = 0.0f64;
+        for (g, &v) in report.losses[0].iter().enumerate() {
+            if !v.is_nan() {
+                worst_loss = worst_loss.max(((v - want.losses[g]) / want.losses[g]).abs() as f64);
+            }
+        }
+        let mut worst_grad = 0.0f64;
+        let rp = &plan.ranks[place.rank as usize];
+        for b in &rp.buffers {
+            let Some((kind, l)) = b.name.split_once('.') else { continue };
+            let Ok(l) = l.parse::<usize>() else { continue };
+            let want_g = match kind {
+                "g1" => &want.grads[l].0,
+                "g2" => &want.grads[l].1,
+                _ => continue,
+            };
+            let got = gpu.download(b.offset, want_g.len())?;
+            let num: f64 = got.iter().zip(want_g).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let den: f64 = want_g.iter().map(|b| (*b as f64).powi(2)).sum();
+            worst_grad = worst_grad.max((num / den.max(1e-30)).sqrt());
+        }
+        println!("rank {} reference: worst loss rel. error {worst_loss:.2e}, worst weight-gradient rel. error {worst_grad:.2e}", place.rank);
+    }
+    Ok(())
+}
+
+fn launch(gpus: u32, dir: &Path, steps: u32, reference: bool) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut children = Vec::new();
+    for rank in 0..gpus {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("run").arg(dir).arg("--steps").arg(steps.to_string());
+        if reference {
+            cmd.arg("--reference");
+        }
+        cmd.env("RANK", rank.to_string())
+            .env("WORLD_SIZE", gpus.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("NCCL_NVLS_ENABLE", "0");
+        children.push(cmd.spawn().with_context(|| format!("cannot start rank {rank}"))?);
+    }
+    // Wait for all; the first failure stops the rest, so that nothing hangs.
+    let mut code = ExitCode::SUCCESS;
+    let mut running: Vec<(u32, std::process::Child)> = (0..gpus).zip(children).collect();
+    while !running.is_empty() {
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait()? {
+                Some(status) => {
+                    let (rank, _) = running.remove(i);
+                    if !status.success() {
+                        eprintln!("error: rank {rank} failed ({status}); stopping the other ranks");
+                        for (_, c) in &mut running {
+                            let _ = c.kill();
+                        }
+                        code = ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8);
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(code)
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds what a GPU call needs, here (the device machine has no Rust and no network):
+# the runtime binary and the plans to run, under target/gpu/. Then run, with the device
+# tool (kind nvidia-h200-x2), carrying target/gpu:  bash scripts/gpu-run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p pipewright-runtime -p pipewright
+rm -rf target/gpu && mkdir -p target/gpu/plans
+cp target/release/pipewright-runtime target/gpu/
+# The correctness plans: (family, ranks, microbatches).
+for case in "dualpipev 1 4" "1f1b 2 4" "zb-h1 2 4" "dualpipe 2 4" "dualpipev 2 6" "interleaved-1f1b 2 4"; do
+  set -- $case
+  name="$1-r$2"
+  sed "s/^schedule = .*/schedule = \"$1\"/; s/^ranks = .*/ranks = $2/; s/^microbatches = .*/microbatches = $3/" \
+    specs/mlp-1f1b.toml > "target/gpu/plans/$name.toml"
+  ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" >/dev/null
+done
+ls target/gpu/plans

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs on the device machine (see gpu-prepare.sh): every plan under target/gpu/plans for one
+# step against the CPU reference, logs under $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+RT=target/gpu/pipewright-runtime
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
+for plan in target/gpu/plans/*/; do
+  name=$(basename "$plan")
+  ranks=$(python3 -c "import json;print(json.load(open('$plan/plan.json'))['world_size'])")
+  echo "== $name ($ranks GPUs)" | tee -a "$OUT/summary.txt"
+  timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --reference > "$OUT/$name.log" 2>&1
+  echo "exit $?" >> "$OUT/$name.log"
+  grep -E "reference|error|exit" "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+done
+# A refused plan: the wrong world size.
+WORLD_SIZE=3 RANK=0 "$RT" check target/gpu/plans/1f1b-r2/ 2>&1 | tee -a "$OUT/summary.txt"; echo "exit $?" | tee -a "$OUT/summary.txt"

@@ -1,0 +1,166 @@
+//! The plan artifact: what the emitter writes for a `[model]` computes the model. Every
+//! family's plan, run on the CPU executor (every rank a thread, NCCL groups as channels),
+//! gives the per-microbatch losses and the weight gradients of the model computed
+//! directly, one microbatch after another; plans are refused when they do not fit.
+
+use pipewright_compiler::emit::emit;
+use pipewright_compiler::families::Family;
+use pipewright_compiler::verify::verify;
+use pipewright_plan::{cpu, data, reference, Dtype, Hashes, Model, Plan, PlanRefusal, Training};
+
+fn model(layers_per_stage: u32) -> Model {
+    Model {
+        kind: "mlp".into(),
+        hidden: 8,
+        ffn: 16,
+        seq: 3,
+        microbatch_size: 2,
+        layers_per_stage,
+        dtype: Dtype::F32,
+        seed: 7,
+    }
+}
+
+fn training() -> Training {
+    Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 }
+}
+
+fn hashes() -> Hashes {
+    Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() }
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Emits `family` at (ranks, m), runs one step on the CPU and compares with the reference.
+fn check(family: Family, ranks: u32, m: u32, layers_per_stage: u32) {
+    let set = family.generate(ranks, m, 2);
+    assert!(verify(&set, pipewright_compiler::cost::CommMode::Blocking, None).unwrap().ok());
+    let model = model(layers_per_stage);
+    let plan = emit(&set, &model, &training(), hashes()).unwrap();
+    plan.validate().unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+    let mut memory = cpu::initial_memory(&plan);
+    cpu::run(&plan, &mut memory, 1).unwrap_or_else(|e| panic!("{}: {e}", family.name()));
+
+    let layers = plan.stages * layers_per_stage;
+    let weights: Vec<_> = (0..layers).map(|l| data::layer_weights(&model, l)).collect();
+    let total = plan.pipes * plan.microbatches;
+    let want = reference::step(&model, &weights, total);
+    // Losses, from whichever rank holds each pipe's last stage.
+    let mut losses = vec![f32::NAN; total as usize];
+    for mem in &memory {
+        if let Some(l) = mem.get("loss") {
+            for (g, v) in l.iter().enumerate() {
+                if *v != 0.0 {
+                    losses[g] = v * total as f32;
+                }
+            }
+        }
+    }
+    let err = rel(&losses, &want.losses);
+    assert!(err <= 1e-5, "{} {ranks}x{m}: losses {losses:?} vs {:?}", family.name(), want.losses);
+    // Gradients: every copy of every layer holds the step's whole gradient.
+    for (l, (g1, g2)) in want.grads.iter().enumerate() {
+        let mut copies = 0;
+        for mem in &memory {
+            if let (Some(a), Some(b)) = (mem.get(&format!("g1.{l}")), mem.get(&format!("g2.{l}"))) {
+                copies += 1;
+                assert!(rel(a, g1) <= 1e-5, "{} layer {l}: dW1 off by {}", family.name(), rel(a, g1));
+                assert!(rel(b, g2) <= 1e-5, "{} layer {l}: dW2 off by {}", family.name(), rel(b, g2));
+            }
+        }
+        assert!(copies >= 1, "{}: layer {l} is held nowhere", family.name());
+        // And the SGD update was applied once: w = w0 − lr·g.
+        let (w0, _) = &weights[l];
+        for mem in &memory {
+            if let Some(w) = mem.get(&format!("w1.{l}")) {
+                let want_w: Vec<f32> = w0.iter().zip(g1).map(|(w, g)| w - 0.1 * g).collect();
+                assert!(rel(w, &want_w) <= 1e-6, "{} layer {l}: update", family.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn every_family_plan_computes_the_model() {
+    check(Family::OneFOneB, 2, 4, 1);
+    check(Family::OneFOneB, 4, 8, 2);
+    check(Family::GPipe, 3, 4, 1);
+    check(Family::ZbH1, 4, 6, 1);
+    check(Family::Interleaved1F1B, 2, 4, 1);
+    check(Family::ZbV, 2, 4, 1);
+    check(Family::DualPipeV, 1, 2, 1);
+    check(Family::DualPipeV, 2, 6, 1);
+    check(Family::DualPipe, 2, 4, 1);
+    check(Family::DualPipe, 4, 8, 1);
+}
+
+#[test]
+fn an_optimised_plan_computes_the_model_too() {
+    let spec_text =
+        "[pipeline]\nschedule = \"zb-v\"\nranks = 2\nmicrobatches = 4\n[costs]\ncomm = \"async\"\np2p = 0.1\n";
+    let spec = pipewright_compiler::spec::parse("t.toml", spec_text).unwrap();
+    let options = pipewright_compiler::optimize::Options { time_limit: 1.0, ..Default::default() };
+    let compiled = pipewright_compiler::compile_with(spec, Some(&options)).unwrap();
+    let model = model(1);
+    let plan = emit(&compiled.programs, &model, &training(), hashes()).unwrap();
+    let mut memory = cpu::initial_memory(&plan);
+    cpu::run(&plan, &mut memory, 1).unwrap();
+    let weights: Vec<_> = (0..plan.stages).map(|l| data::layer_weights(&model, l)).collect();
+    let want = reference::step(&model, &weights, 4);
+    for (l, (g1, _)) in want.grads.iter().enumerate() {
+        let got = memory.iter().find_map(|m| m.get(&format!("g1.{l}"))).unwrap();
+        assert!(rel(got, g1) <= 1e-5, "layer {l}");
+    }
+}
+
+#[test]
+fn the_arena_reuses_slots_as_the_verified_order_allows() {
+    // 1F1B keeps at most ranks − r microbatches in flight on rank r: that many slots.
+    let set = Family::OneFOneB.generate(4, 16, 1);
+    let plan = emit(&set, &model(1), &training(), hashes()).unwrap();
+    for r in &plan.ranks {
+        let slots: std::collections::HashSet<&str> = r
+            .buffers
+            .iter()
+            .filter_map(|b| b.name.strip_prefix("slot0."))
+            .filter_map(|n| n.split('.').next())
+            .collect();
+        assert_eq!(slots.len() as u32, 4 - r.rank, "rank {}: {slots:?}", r.rank);
+    }
+}
+
+#[test]
+fn mismatched_plans_are_refused_with_the_reason() {
+    let set = Family::OneFOneB.generate(2, 4, 1);
+    let plan = emit(&set, &model(1), &training(), hashes()).unwrap();
+    assert_eq!(plan.refuse_mismatch(2, 2, 2, "c"), Ok(()));
+    assert!(matches!(plan.refuse_mismatch(4, 2, 2, "c"), Err(PlanRefusal::WorldSize { plan: 2, job: 4 })));
+    assert!(matches!(plan.refuse_mismatch(2, 2, 1, "c"), Err(PlanRefusal::Gpus { need: 2, visible: 1 })));
+    assert!(matches!(plan.refuse_mismatch(2, 2, 2, "other"), Err(PlanRefusal::CertificateHash { .. })));
+    let mut old = plan.clone();
+    old.version = 0;
+    assert!(matches!(old.validate(), Err(PlanRefusal::Version { found: 0, .. })));
+    // Internal damage: a buffer past the arena, a node naming a missing buffer, a peer
+    // that is the rank itself.
+    let mut bad: Plan = plan.clone();
+    bad.ranks[0].buffers[0].bytes = bad.ranks[0].arena_bytes + 256;
+    assert!(matches!(bad.validate(), Err(PlanRefusal::Malformed { .. })));
+    let mut bad = plan.clone();
+    if let Some(pipewright_plan::Node::Gemm(g)) =
+        bad.ranks[1].nodes.iter_mut().find(|n| matches!(n, pipewright_plan::Node::Gemm(_)))
+    {
+        g.a = 10_000;
+    }
+    assert!(bad.validate().unwrap_err().to_string().contains("buffer 10000"));
+    let mut bad = plan.clone();
+    for n in &mut bad.ranks[0].nodes {
+        if let pipewright_plan::Node::Group { ops, .. } = n {
+            ops[0].peer = 0;
+        }
+    }
+    assert!(bad.validate().unwrap_err().to_string().contains("peer 0"));
+}
