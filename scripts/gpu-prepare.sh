@@ -15,4 +15,14 @@ for case in "dualpipev 1 4" "1f1b 2 4" "zb-h1 2 4" "dualpipe 2 4" "dualpipev 2 6
     specs/mlp-1f1b.toml > "target/gpu/plans/$name.toml"
   ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" >/dev/null
 done
-ls target/gpu/plans
+# Timing plans (no reference: the CPU would take too long): issue 4's first setting.
+mkdir -p target/gpu/bench
+for case in "dualpipev 2 20" "dualpipe 2 20" "1f1b 2 20"; do
+  set -- $case
+  name="$1-r$2-h512"
+  sed "s/^schedule = .*/schedule = \"$1\"/; s/^ranks = .*/ranks = $2/; s/^microbatches = .*/microbatches = $3/;
+       s/^hidden = .*/hidden = 512/; s/^ffn = .*/ffn = 2048/; s/^seq = .*/seq = 256/; s/^microbatch_size = .*/microbatch_size = 3/;
+       s/^layers_per_stage = .*/layers_per_stage = 1/" specs/mlp-1f1b.toml > "target/gpu/bench/$name.toml"
+  ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
+done
+ls target/gpu/plans target/gpu/bench

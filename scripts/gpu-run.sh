@@ -11,9 +11,23 @@ for plan in target/gpu/plans/*/; do
   name=$(basename "$plan")
   ranks=$(python3 -c "import json;print(json.load(open('$plan/plan.json'))['world_size'])")
   echo "== $name ($ranks GPUs)" | tee -a "$OUT/summary.txt"
-  timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --reference > "$OUT/$name.log" 2>&1
+  # Four steps: the first eager, the rest replays of the captured graph; SGD updates in
+  # between, all compared with the CPU executor of the same plan.
+  timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference > "$OUT/$name.log" 2>&1
   echo "exit $?" >> "$OUT/$name.log"
   grep -E "reference|error|exit" "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+done
+# The same without graphs, for one plan.
+timeout 120 "$RT" launch --gpus 2 target/gpu/plans/dualpipe-r2/ --steps 4 --reference --eager > "$OUT/dualpipe-r2-eager.log" 2>&1
+grep -E "reference|error" "$OUT/dualpipe-r2-eager.log" | sed 's/^/eager: /' | tee -a "$OUT/summary.txt"
+# Timing: 30 steps, graph replay and eager.
+for plan in target/gpu/bench/*/; do
+  name=$(basename "$plan")
+  for mode in graph eager; do
+    flag=""; [ "$mode" = eager ] && flag="--eager"
+    timeout 200 "$RT" launch --gpus 2 "$plan" --steps 30 $flag > "$OUT/bench-$name-$mode.log" 2>&1
+    grep -E "median|error" "$OUT/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
+  done
 done
 # A refused plan: the wrong world size.
 WORLD_SIZE=3 RANK=0 "$RT" check target/gpu/plans/1f1b-r2/ 2>&1 | tee -a "$OUT/summary.txt"; echo "exit $?" | tee -a "$OUT/summary.txt"

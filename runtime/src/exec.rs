@@ -1,6 +1,8 @@
-//! Eager execution of a rank's plan: every node issued in order on its stream. (Capturing
-//! the step as one CUDA graph is the next step of the runtime issue; the nodes are already
-//! ordered and stream-assigned the way a capture needs.)
+//! Execution of a rank's plan: every node issued in order on its stream. The first step runs
+//! eagerly (NCCL connects lazily, kernels load); then, unless `eager`, the whole step —
+//! forward, backward, the mirror-gradient sum, the optimizer — is captured once as one CUDA
+//! graph on the compute stream (the other streams join and leave through the plan's own
+//! events) and replayed every step.
 
 use crate::gpu::Gpu;
 use crate::launch::{exchange_id, Place};
@@ -16,12 +18,14 @@ pub struct RunReport {
     /// Per step: the losses of the microbatches this rank's last stages computed (index
     /// over the step's microbatches; NaN where another rank holds them).
     pub losses: Vec<Vec<f32>>,
-    /// Per step, milliseconds.
+    /// Per step, milliseconds (until the losses are back on the host).
     pub step_ms: Vec<f64>,
+    /// Per replayed step, microseconds the host spent launching it (empty when eager).
+    pub launch_us: Vec<f64>,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
-pub fn run(plan: &Plan, place: &Place, steps: u32, cache: &std::path::Path) -> Result<(RunReport, Gpu), RuntimeError> {
+pub fn run(plan: &Plan, place: &Place, steps: u32, eager: bool, cache: &std::path::Path) -> Result<(RunReport, Gpu), RuntimeError> {
     plan.validate()?;
     if plan.model.dtype != Dtype::F32 {
         return Err(RuntimeError::Unsupported {
@@ -51,40 +55,26 @@ pub fn run(plan: &Plan, place: &Place, steps: u32, cache: &std::path::Path) -> R
         None
     };
     let loss = rp.buffers.iter().find(|b| b.name == "loss").cloned();
-    let mut report = RunReport { rank: place.rank, losses: Vec::new(), step_ms: Vec::new() };
-    for _ in 0..steps {
+    let mut report = RunReport { rank: place.rank, losses: Vec::new(), step_ms: Vec::new(), launch_us: Vec::new() };
+    let mut graph: Option<cudarc::driver::CudaGraph> = None;
+    let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
+    for step in 0..steps {
         let began = Instant::now();
-        for (i, node) in rp.nodes.iter().enumerate() {
-            let fail = |what: String| RuntimeError::Node { rank: place.rank, node: i, what };
-            match node {
-                Node::Gemm(g) => {
-                    let off = |b: u32| rp.buffers[b as usize].offset;
-                    gpu.gemm(
-                        g.stream as usize,
-                        (off(g.a), off(g.b), off(g.c)),
-                        (g.m, g.n, g.k),
-                        (g.trans_a, g.trans_b),
-                        g.alpha,
-                        g.beta,
-                    )?
-                }
-                Node::Kernel(k) => {
-                    let offsets: Vec<u64> = k.buffers.iter().map(|&b| rp.buffers[b as usize].offset).collect();
-                    gpu.kernel(k.stream as usize, &k.name, &offsets, k.elements, &k.scalars)?
-                }
-                Node::Group { ops, .. } => {
-                    let comm = comm.as_ref().ok_or_else(|| fail("a p2p group in a one-rank plan".into()))?;
-                    let ops: Vec<(bool, u32, u64, usize)> = ops
-                        .iter()
-                        .map(|o| {
-                            let b = &rp.buffers[o.buffer as usize];
-                            (o.send, o.peer, b.offset, (b.bytes / 4) as usize)
-                        })
-                        .collect();
-                    gpu.group(comm, place.rank, &ops)?
-                }
-                Node::Record { stream, event } => gpu.record(*stream as usize, *event as usize)?,
-                Node::Wait { stream, event } => gpu.wait(*stream as usize, *event as usize)?,
+        if eager || step == 0 {
+            issue(&mut gpu, plan, place.rank, comm.as_ref())?;
+        } else {
+            if graph.is_none() {
+                let capture = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
+                gpu.streams[0].begin_capture(capture).map_err(driver)?;
+                let issued = issue(&mut gpu, plan, place.rank, comm.as_ref());
+                let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+                issued?;
+                graph = Some(captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?);
+            }
+            if let Some(g) = &graph {
+                let launch = Instant::now();
+                g.launch().map_err(driver)?;
+                report.launch_us.push(launch.elapsed().as_secs_f64() * 1e6);
             }
         }
         let losses = match &loss {
@@ -99,4 +89,44 @@ pub fn run(plan: &Plan, place: &Place, steps: u32, cache: &std::path::Path) -> R
         report.losses.push(losses.iter().map(|&v| if v == 0.0 { f32::NAN } else { v * total as f32 }).collect());
     }
     Ok((report, gpu))
+}
+
+/// Issues every node of this rank's step, in order, on its stream.
+fn issue(gpu: &mut Gpu, plan: &Plan, rank: u32, comm: Option<&cudarc::nccl::Comm>) -> Result<(), RuntimeError> {
+    let rp = &plan.ranks[rank as usize];
+    let off = |b: u32| rp.buffers[b as usize].offset;
+    for (i, node) in rp.nodes.iter().enumerate() {
+        match node {
+            Node::Gemm(g) => gpu.gemm(
+                g.stream as usize,
+                (off(g.a), off(g.b), off(g.c)),
+                (g.m, g.n, g.k),
+                (g.trans_a, g.trans_b),
+                g.alpha,
+                g.beta,
+            )?,
+            Node::Kernel(k) => {
+                let offsets: Vec<u64> = k.buffers.iter().map(|&b| off(b)).collect();
+                gpu.kernel(k.stream as usize, &k.name, &offsets, k.elements, &k.scalars)?
+            }
+            Node::Group { ops, .. } => {
+                let comm = comm.ok_or_else(|| RuntimeError::Node {
+                    rank,
+                    node: i,
+                    what: "a p2p group in a one-rank plan".into(),
+                })?;
+                let ops: Vec<(bool, u32, u64, usize)> = ops
+                    .iter()
+                    .map(|o| {
+                        let b = &rp.buffers[o.buffer as usize];
+                        (o.send, o.peer, b.offset, (b.bytes / 4) as usize)
+                    })
+                    .collect();
+                gpu.group(comm, rank, &ops)?
+            }
+            Node::Record { stream, event } => gpu.record(*stream as usize, *event as usize)?,
+            Node::Wait { stream, event } => gpu.wait(*stream as usize, *event as usize)?,
+        }
+    }
+    Ok(())
 }

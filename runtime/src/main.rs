@@ -33,10 +33,13 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 1)]
         steps: u32,
-        /// Also compute the step on the CPU (the reference) and print the largest relative
-        /// error of the losses and of this rank's weight gradients.
+        /// Also run the plan on the CPU executor and print the largest relative error of
+        /// the losses and of this rank's weight gradients and weights.
         #[arg(long)]
         reference: bool,
+        /// Issue every node every step instead of replaying a captured CUDA graph.
+        #[arg(long)]
+        eager: bool,
     },
     /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
     /// others.
@@ -48,6 +51,8 @@ enum Command {
         steps: u32,
         #[arg(long)]
         reference: bool,
+        #[arg(long)]
+        eager: bool,
     },
 }
 
@@ -96,8 +101,8 @@ fn main() -> ExitCode {
                 place.world_size
             );
         }),
-        Command::Run { dir, steps, reference } => run(&dir, steps, reference),
-        Command::Launch { gpus, dir, steps, reference } => match launch(gpus, &dir, steps, reference) {
+        Command::Run { dir, steps, reference, eager } => run(&dir, steps, reference, eager),
+        Command::Launch { gpus, dir, steps, reference, eager } => match launch(gpus, &dir, steps, reference, eager) {
             Ok(code) => return code,
             Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
         },
@@ -111,45 +116,73 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(dir: &Path, steps: u32, reference: bool) -> Result<(), RuntimeError> {
+fn run(dir: &Path, steps: u32, reference: bool, eager: bool) -> Result<(), RuntimeError> {
     let (plan, place) = checked(dir, 1)?;
     let cache = std::env::temp_dir().join("pipewright-kernels");
-    let (report, gpu) = exec::run(&plan, &place, steps, &cache)?;
+    let (report, gpu) = exec::run(&plan, &place, steps, eager, &cache)?;
     for (s, (losses, ms)) in report.losses.iter().zip(&report.step_ms).enumerate() {
         let shown: Vec<String> = losses.iter().filter(|v| !v.is_nan()).map(|v| format!("{v:.6}")).collect();
-        println!("rank {} step {s}: {:.2} ms, losses [{}]", place.rank, ms, shown.join(", "));
+        println!("rank {} step {s}: {:.3} ms, losses [{}]", place.rank, ms, shown.join(", "));
     }
-    if reference && steps == 1 {
-        let layers = plan.stages * plan.model.layers_per_stage;
-        let weights: Vec<_> = (0..layers).map(|l| pipewright_plan::data::layer_weights(&plan.model, l)).collect();
-        let want = pipewright_plan::reference::step(&plan.model, &weights, plan.pipes * plan.microbatches);
+    if steps > 2 {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        println!(
+            "rank {} {}: median step {:.3} ms over steps 2..{steps}, median host launch {:.1} µs",
+            place.rank,
+            if eager { "eager" } else { "graph" },
+            median(&report.step_ms[2..]),
+            median(&report.launch_us)
+        );
+    }
+    if reference {
+        // The same plan on the CPU executor (itself tested against the model computed
+        // directly): losses of every step, and this rank's weights and gradients after.
+        let mut memory = pipewright_plan::cpu::initial_memory(&plan);
+        let total = (plan.pipes * plan.microbatches) as f32;
+        let rp = &plan.ranks[place.rank as usize];
         let mut worst_loss = 0.0f64;
-        for (g, &v) in report.losses[0].iter().enumerate() {
-            if !v.is_nan() {
-                worst_loss = worst_loss.max(((v - want.losses[g]) / want.losses[g]).abs() as f64);
+        for got in &report.losses {
+            pipewright_plan::cpu::run(&plan, &mut memory, 1).map_err(|e| RuntimeError::Environment(format!("CPU reference: {e}")))?;
+            if let Some(want) = memory[place.rank as usize].get("loss") {
+                for (g, &v) in got.iter().enumerate() {
+                    if !v.is_nan() {
+                        let w = want[g] * total;
+                        worst_loss = worst_loss.max(((v - w) / w).abs() as f64);
+                    }
+                }
             }
         }
-        let mut worst_grad = 0.0f64;
-        let rp = &plan.ranks[place.rank as usize];
+        let (mut worst_grad, mut worst_weight) = (0.0f64, 0.0f64);
         for b in &rp.buffers {
-            let Some((kind, l)) = b.name.split_once('.') else { continue };
-            let Ok(l) = l.parse::<usize>() else { continue };
-            let want_g = match kind {
-                "g1" => &want.grads[l].0,
-                "g2" => &want.grads[l].1,
-                _ => continue,
-            };
-            let got = gpu.download(b.offset, want_g.len())?;
-            let num: f64 = got.iter().zip(want_g).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            let den: f64 = want_g.iter().map(|b| (*b as f64).powi(2)).sum();
-            worst_grad = worst_grad.max((num / den.max(1e-30)).sqrt());
+            let is_grad = b.name.starts_with("g1.") || b.name.starts_with("g2.");
+            let is_weight = b.name.starts_with("w1.") || b.name.starts_with("w2.");
+            if !is_grad && !is_weight {
+                continue;
+            }
+            let want = &memory[place.rank as usize][&b.name];
+            let got = gpu.download(b.offset, want.len())?;
+            let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+            let err = (num / den.max(1e-30)).sqrt();
+            if is_grad {
+                worst_grad = worst_grad.max(err);
+            } else {
+                worst_weight = worst_weight.max(err);
+            }
         }
-        println!("rank {} reference: worst loss rel. error {worst_loss:.2e}, worst weight-gradient rel. error {worst_grad:.2e}", place.rank);
+        println!(
+            "rank {} reference ({steps} steps): worst loss rel. error {worst_loss:.2e}, weight-gradient {worst_grad:.2e}, weights {worst_weight:.2e}",
+            place.rank
+        );
     }
     Ok(())
 }
 
-fn launch(gpus: u32, dir: &Path, steps: u32, reference: bool) -> anyhow::Result<ExitCode> {
+fn launch(gpus: u32, dir: &Path, steps: u32, reference: bool, eager: bool) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut children = Vec::new();
@@ -158,6 +191,9 @@ fn launch(gpus: u32, dir: &Path, steps: u32, reference: bool) -> anyhow::Result<
         cmd.arg("run").arg(dir).arg("--steps").arg(steps.to_string());
         if reference {
             cmd.arg("--reference");
+        }
+        if eager {
+            cmd.arg("--eager");
         }
         cmd.env("RANK", rank.to_string())
             .env("WORLD_SIZE", gpus.to_string())
