@@ -24,8 +24,14 @@ extern "C" __global__ void gelu_backward(const float* x, const float* dy, float*
 }
 
 // loss[index] += scale * sum((y - t)^2); dy = 2 * scale * (y - t).
-extern "C" __global__ void mse_loss(const float* y, const float* t, float* dy, float* loss, long long n, float scale, int index) {
+// Deterministic: each block writes its partial sum, and the last block to finish adds the
+// partials in block order (so losses are bitwise reproducible run to run). `partials` holds
+// one float per block, `counter` one unsigned int, zero between launches (the last block
+// resets it).
+extern "C" __global__ void mse_loss(const float* y, const float* t, float* dy, float* loss, float* partials,
+                                    unsigned int* counter, long long n, float scale, int index) {
     __shared__ float partial[256];
+    __shared__ bool last;
     float acc = 0.0f;
     GRID_STRIDE(i, n) {
         float d = y[i] - t[i];
@@ -38,7 +44,19 @@ extern "C" __global__ void mse_loss(const float* y, const float* t, float* dy, f
         if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
         __syncthreads();
     }
-    if (threadIdx.x == 0) atomicAdd(&loss[index], scale * partial[0]);
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = partial[0];
+        __threadfence();
+        last = atomicInc(counter, gridDim.x) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (last && threadIdx.x == 0) {
+        __threadfence();
+        float total = 0.0f;
+        for (unsigned int b = 0; b < gridDim.x; ++b) total += ((volatile float*)partials)[b];
+        loss[index] += scale * total;
+        *counter = 0;
+    }
 }
 
 extern "C" __global__ void accumulate(const float* g, float* acc, long long n) {

@@ -200,10 +200,12 @@ impl<'a> Rank<'a> {
             let target = self.buffer(format!("target.{g}"), t * h, self.model.dtype);
             let loss = self.buffer("loss".into(), self.microbatches_in_step as u64, Dtype::F32);
             let scale = 1.0 / (t * h) as f32 / self.microbatches_in_step as f32;
+            let partials = self.buffer("scratch.loss_partials".into(), pipewright_plan::node::MSE_BLOCKS, Dtype::F32);
+            let counter = self.buffer("scratch.loss_counter".into(), 1, Dtype::F32);
             self.kernel(
                 stream,
                 "mse_loss",
-                vec![slot.x[last], target, slot.dy[last - 1], loss],
+                vec![slot.x[last], target, slot.dy[last - 1], loss, partials, counter],
                 t * h,
                 vec![scale, g as f32],
             );

@@ -11,8 +11,9 @@ pub const KERNELS: &[(&str, &[bool])] = &[
     ("gelu_forward", &[true, true]),
     // dx = dy · gelu'(x)                       (x, dy, dx)
     ("gelu_backward", &[true, true, true]),
-    // loss += mean((y − t)²); dy = 2(y − t)/N  (y, t, dy, loss)
-    ("mse_loss", &[true, true, true, false]),
+    // loss[i] += scale·Σ(y − t)²; dy = 2·scale·(y − t)  (y, t, dy, loss, partials, counter);
+    // partials holds one f32 per block (at most MSE_BLOCKS), counter one u32
+    ("mse_loss", &[true, true, true, false, false, false]),
     // acc(f32) += g                            (g, acc)
     ("accumulate", &[true, true]),
     // w −= lr · g(f32)                         (w, g)
@@ -26,6 +27,9 @@ pub const KERNELS: &[(&str, &[bool])] = &[
     // x = 0                                    (x)
     ("zero", &[true]),
 ];
+
+/// Blocks of the `mse_loss` kernel: the size of its `partials` buffer.
+pub const MSE_BLOCKS: u64 = 128;
 
 /// One matrix product: `C = alpha · op(A) · op(B) + beta · C`, row-major, with op(A) of
 /// shape m × k, op(B) k × n and C m × n (cuBLAS is column-major; the runtime swaps the

@@ -11,10 +11,28 @@ use pipewright_plan::node::Node;
 use pipewright_plan::{cpu, Dtype, Plan};
 use std::time::{Duration, Instant};
 
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run until this step (counted from the start of training, resumed or not).
+    pub steps: u32,
+    /// Issue every node every step instead of replaying a captured graph.
+    pub eager: bool,
+    /// Where checkpoints go (every `training.checkpoint_every` steps) and come from.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Continue from the checkpoint in `checkpoint_dir`.
+    pub resume: bool,
+    /// Write the initial weights, inputs and targets, and the final weights and gradients,
+    /// as safetensors here (for the PyTorch cross-check, `tests/torch_reference.py`).
+    pub dump: Option<std::path::PathBuf>,
+}
+
 /// What a run measured.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub rank: u32,
+    /// The first step run (0, or the resumed checkpoint's step).
+    pub first_step: u32,
     /// Per step: the losses of the microbatches this rank's last stages computed (index
     /// over the step's microbatches; NaN where another rank holds them).
     pub losses: Vec<Vec<f32>>,
@@ -25,7 +43,13 @@ pub struct RunReport {
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
-pub fn run(plan: &Plan, place: &Place, steps: u32, eager: bool, cache: &std::path::Path) -> Result<(RunReport, Gpu), RuntimeError> {
+pub fn run(
+    plan: &Plan,
+    place: &Place,
+    opts: &RunOptions,
+    cache: &std::path::Path,
+) -> Result<(RunReport, Gpu), RuntimeError> {
+    let (steps, eager) = (opts.steps, opts.eager);
     plan.validate()?;
     if plan.model.dtype != Dtype::F32 {
         return Err(RuntimeError::Unsupported {
@@ -42,6 +66,35 @@ pub fn run(plan: &Plan, place: &Place, steps: u32, eager: bool, cache: &std::pat
             gpu.upload(b.offset, &data[..n.min(data.len())])?;
         }
     }
+    let state = |name: &str| name.starts_with("w1.") || name.starts_with("w2.") || name.starts_with("adam.");
+    let checkpoint = opts.checkpoint_dir.as_ref().map(|d| d.join(format!("rank{}.safetensors", place.rank)));
+    let mut first_step = 0;
+    if opts.resume {
+        let path =
+            checkpoint.as_ref().ok_or_else(|| RuntimeError::Environment("--resume needs --checkpoint-dir".into()))?;
+        let (saved, step) = crate::checkpoint::load(path)?;
+        for b in rp.buffers.iter().filter(|b| state(&b.name)) {
+            let data = saved.get(&b.name).ok_or_else(|| {
+                RuntimeError::Environment(format!(
+                    "{} has no {}: it is not this plan's checkpoint",
+                    path.display(),
+                    b.name
+                ))
+            })?;
+            gpu.upload(b.offset, data)?;
+        }
+        first_step = step;
+    }
+    if let Some(dir) = &opts.dump {
+        let keep = |n: &str| {
+            n.starts_with("w1.") || n.starts_with("w2.") || n.starts_with("input.") || n.starts_with("target.")
+        };
+        crate::checkpoint::save(
+            &dir.join(format!("rank{}-initial.safetensors", place.rank)),
+            &tensors(plan, &gpu, place.rank, keep)?,
+            first_step,
+        )?;
+    }
     let comm = if plan.world_size > 1 {
         let id = if place.rank == 0 {
             let id = cudarc::nccl::Id::new().map_err(|e| RuntimeError::Nccl { rank: 0, what: format!("{e:?}") })?;
@@ -55,12 +108,13 @@ pub fn run(plan: &Plan, place: &Place, steps: u32, eager: bool, cache: &std::pat
         None
     };
     let loss = rp.buffers.iter().find(|b| b.name == "loss").cloned();
-    let mut report = RunReport { rank: place.rank, losses: Vec::new(), step_ms: Vec::new(), launch_us: Vec::new() };
+    let mut report =
+        RunReport { rank: place.rank, first_step, losses: Vec::new(), step_ms: Vec::new(), launch_us: Vec::new() };
     let mut graph: Option<cudarc::driver::CudaGraph> = None;
     let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
-    for step in 0..steps {
+    for step in first_step..steps {
         let began = Instant::now();
-        if eager || step == 0 {
+        if eager || step == first_step {
             issue(&mut gpu, plan, place.rank, comm.as_ref())?;
         } else {
             if graph.is_none() {
@@ -69,7 +123,8 @@ pub fn run(plan: &Plan, place: &Place, steps: u32, eager: bool, cache: &std::pat
                 let issued = issue(&mut gpu, plan, place.rank, comm.as_ref());
                 let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
                 issued?;
-                graph = Some(captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?);
+                graph =
+                    Some(captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?);
             }
             if let Some(g) = &graph {
                 let launch = Instant::now();
@@ -87,6 +142,21 @@ pub fn run(plan: &Plan, place: &Place, steps: u32, eager: bool, cache: &std::pat
         report.step_ms.push(began.elapsed().as_secs_f64() * 1e3);
         let total = plan.pipes * plan.microbatches;
         report.losses.push(losses.iter().map(|&v| if v == 0.0 { f32::NAN } else { v * total as f32 }).collect());
+        let every = plan.training.checkpoint_every;
+        if let Some(path) = &checkpoint {
+            if every > 0 && (step + 1) % every == 0 {
+                crate::checkpoint::save(path, &tensors(plan, &gpu, place.rank, state)?, step + 1)?;
+            }
+        }
+    }
+    if let Some(dir) = &opts.dump {
+        let keep =
+            |n: &str| n.starts_with("w1.") || n.starts_with("w2.") || n.starts_with("g1.") || n.starts_with("g2.");
+        crate::checkpoint::save(
+            &dir.join(format!("rank{}-final.safetensors", place.rank)),
+            &tensors(plan, &gpu, place.rank, keep)?,
+            steps,
+        )?;
     }
     Ok((report, gpu))
 }
@@ -129,4 +199,28 @@ fn issue(gpu: &mut Gpu, plan: &Plan, rank: u32, comm: Option<&cudarc::nccl::Comm
         }
     }
     Ok(())
+}
+
+/// The rank's buffers whose names `keep` accepts, read back, with their shapes.
+fn tensors(
+    plan: &Plan,
+    gpu: &Gpu,
+    rank: u32,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<crate::checkpoint::Tensor>, RuntimeError> {
+    let (h, f, t) = (plan.model.hidden as usize, plan.model.ffn as usize, plan.model.tokens() as usize);
+    let mut out = Vec::new();
+    for b in plan.ranks[rank as usize].buffers.iter().filter(|b| keep(&b.name)) {
+        let n = (b.bytes / 4) as usize;
+        let shape = match b.name.split('.').next().unwrap_or("") {
+            "w1" | "g1" => vec![h, f],
+            "w2" | "g2" => vec![f, h],
+            "input" | "target" => vec![t, h],
+            _ if b.name.starts_with("adam.m1") || b.name.starts_with("adam.v1") => vec![h, f],
+            _ if b.name.starts_with("adam.m2") || b.name.starts_with("adam.v2") => vec![f, h],
+            _ => vec![n],
+        };
+        out.push((b.name.clone(), shape, gpu.download(b.offset, n)?));
+    }
+    Ok(out)
 }

@@ -176,7 +176,12 @@ impl Gpu {
         let ptrs: Vec<u64> = buffers.iter().map(|&o| self.addr(o)).collect();
         let n = elements as i64;
         let threads = 256u32;
-        let blocks = (elements.div_ceil(threads as u64)).clamp(1, 4096) as u32;
+        // The loss reduction has a fixed grid (its partials buffer holds one value per block).
+        let blocks = if name == "mse_loss" {
+            pipewright_plan::node::MSE_BLOCKS as u32
+        } else {
+            (elements.div_ceil(threads as u64)).clamp(1, 4096) as u32
+        };
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let stream = &self.streams[stream];
         let mut launch = stream.launch_builder(f);

@@ -5,6 +5,7 @@
 //! time, and a missing one is a clear error ([`RuntimeError::MissingLibrary`]), never a
 //! panic. The runtime depends on the plan format only — not on the compiler, Z3 or egg.
 
+pub mod checkpoint;
 pub mod error;
 pub mod exec;
 pub mod gpu;

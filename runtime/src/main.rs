@@ -40,6 +40,15 @@ enum Command {
         /// Issue every node every step instead of replaying a captured CUDA graph.
         #[arg(long)]
         eager: bool,
+        /// Write checkpoints here every `checkpoint_every` steps of [training].
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Continue from the checkpoint in --checkpoint-dir.
+        #[arg(long, requires = "checkpoint_dir")]
+        resume: bool,
+        /// Write initial and final weights, inputs, targets and gradients (safetensors).
+        #[arg(long)]
+        dump: Option<PathBuf>,
     },
     /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
     /// others.
@@ -53,6 +62,12 @@ enum Command {
         reference: bool,
         #[arg(long)]
         eager: bool,
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        #[arg(long, requires = "checkpoint_dir")]
+        resume: bool,
+        #[arg(long)]
+        dump: Option<PathBuf>,
     },
 }
 
@@ -101,11 +116,17 @@ fn main() -> ExitCode {
                 place.world_size
             );
         }),
-        Command::Run { dir, steps, reference, eager } => run(&dir, steps, reference, eager),
-        Command::Launch { gpus, dir, steps, reference, eager } => match launch(gpus, &dir, steps, reference, eager) {
-            Ok(code) => return code,
-            Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
-        },
+        Command::Run { dir, steps, reference, eager, checkpoint_dir, resume, dump } => {
+            let opts = exec::RunOptions { steps, eager, checkpoint_dir, resume, dump };
+            run(&dir, &opts, reference)
+        }
+        Command::Launch { gpus, dir, steps, reference, eager, checkpoint_dir, resume, dump } => {
+            let opts = exec::RunOptions { steps, eager, checkpoint_dir, resume, dump };
+            match launch(gpus, &dir, &opts, reference) {
+                Ok(code) => return code,
+                Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,15 +137,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(dir: &Path, steps: u32, reference: bool, eager: bool) -> Result<(), RuntimeError> {
+fn run(dir: &Path, opts: &exec::RunOptions, reference: bool) -> Result<(), RuntimeError> {
+    let (steps, eager) = (opts.steps, opts.eager);
     let (plan, place) = checked(dir, 1)?;
     let cache = std::env::temp_dir().join("pipewright-kernels");
-    let (report, gpu) = exec::run(&plan, &place, steps, eager, &cache)?;
-    for (s, (losses, ms)) in report.losses.iter().zip(&report.step_ms).enumerate() {
+    let (report, gpu) = exec::run(&plan, &place, opts, &cache)?;
+    if let Some(d) = &opts.dump {
+        let losses = serde_json::json!({ "first_step": report.first_step, "losses": report.losses });
+        let path = d.join(format!("rank{}-losses.json", place.rank));
+        std::fs::write(&path, losses.to_string())
+            .map_err(|e| RuntimeError::Environment(format!("{}: {e}", path.display())))?;
+    }
+    for (i, (losses, ms)) in report.losses.iter().zip(&report.step_ms).enumerate() {
+        let s = report.first_step as usize + i;
         let shown: Vec<String> = losses.iter().filter(|v| !v.is_nan()).map(|v| format!("{v:.6}")).collect();
         println!("rank {} step {s}: {:.3} ms, losses [{}]", place.rank, ms, shown.join(", "));
     }
-    if steps > 2 {
+    if report.step_ms.len() > 2 {
         let median = |v: &[f64]| {
             let mut v = v.to_vec();
             v.sort_by(|a, b| a.total_cmp(b));
@@ -138,7 +167,7 @@ fn run(dir: &Path, steps: u32, reference: bool, eager: bool) -> Result<(), Runti
             median(&report.launch_us)
         );
     }
-    if reference {
+    if reference && report.first_step == 0 {
         // The same plan on the CPU executor (itself tested against the model computed
         // directly): losses of every step, and this rank's weights and gradients after.
         let mut memory = pipewright_plan::cpu::initial_memory(&plan);
@@ -146,7 +175,8 @@ fn run(dir: &Path, steps: u32, reference: bool, eager: bool) -> Result<(), Runti
         let rp = &plan.ranks[place.rank as usize];
         let mut worst_loss = 0.0f64;
         for got in &report.losses {
-            pipewright_plan::cpu::run(&plan, &mut memory, 1).map_err(|e| RuntimeError::Environment(format!("CPU reference: {e}")))?;
+            pipewright_plan::cpu::run(&plan, &mut memory, 1)
+                .map_err(|e| RuntimeError::Environment(format!("CPU reference: {e}")))?;
             if let Some(want) = memory[place.rank as usize].get("loss") {
                 for (g, &v) in got.iter().enumerate() {
                     if !v.is_nan() {
@@ -182,18 +212,27 @@ fn run(dir: &Path, steps: u32, reference: bool, eager: bool) -> Result<(), Runti
     Ok(())
 }
 
-fn launch(gpus: u32, dir: &Path, steps: u32, reference: bool, eager: bool) -> anyhow::Result<ExitCode> {
+fn launch(gpus: u32, dir: &Path, opts: &exec::RunOptions, reference: bool) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut children = Vec::new();
     for rank in 0..gpus {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("run").arg(dir).arg("--steps").arg(steps.to_string());
+        cmd.arg("run").arg(dir).arg("--steps").arg(opts.steps.to_string());
         if reference {
             cmd.arg("--reference");
         }
-        if eager {
+        if opts.eager {
             cmd.arg("--eager");
+        }
+        if let Some(d) = &opts.checkpoint_dir {
+            cmd.arg("--checkpoint-dir").arg(d);
+        }
+        if opts.resume {
+            cmd.arg("--resume");
+        }
+        if let Some(d) = &opts.dump {
+            cmd.arg("--dump").arg(d);
         }
         cmd.env("RANK", rank.to_string())
             .env("WORLD_SIZE", gpus.to_string())

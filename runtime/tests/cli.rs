@@ -1,0 +1,132 @@
+//! The runtime binary on CPU-only machines (CI): plan loading and validation, refusal of
+//! plans that do not fit the job, and a clear error — exit 2, never a panic — when CUDA is
+//! missing. On a GPU machine the last test runs a plan for real against the CPU executor.
+
+use pipewright_compiler::emit::emit;
+use pipewright_compiler::families::Family;
+use pipewright_plan::{Dtype, Hashes, Model, Training};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn runtime(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipewright-runtime"));
+    cmd.args(args).arg(dir).env_remove("WORLD_SIZE").env_remove("RANK").env_remove("SLURM_NTASKS");
+    cmd.env_remove("SLURM_PROCID").env_remove("CUDA_VISIBLE_DEVICES");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A compiled plan directory: plan.json and a manifest whose hash the plan records.
+fn plan_dir(family: Family, ranks: u32, m: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!("{{\"plan\": \"{}-{ranks}-{m}\"}}", family.name());
+    std::fs::create_dir_all(dir.path().join("proof")).unwrap();
+    std::fs::write(dir.path().join("proof/manifest.json"), &manifest).unwrap();
+    let sha: String = Sha256::digest(manifest.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let model = Model {
+        kind: "mlp".into(),
+        hidden: 16,
+        ffn: 32,
+        seq: 4,
+        microbatch_size: 2,
+        layers_per_stage: 1,
+        dtype: Dtype::F32,
+        seed: 3,
+    };
+    let training = Training { optimizer: "sgd".into(), lr: 0.05, steps: 2, checkpoint_every: 0 };
+    let set = family.generate(ranks, m, 2);
+    let plan =
+        emit(&set, &model, &training, Hashes { spec: "-".into(), programs: "-".into(), certificates: sha }).unwrap();
+    std::fs::write(dir.path().join("plan.json"), serde_json::to_string(&plan).unwrap()).unwrap();
+    dir
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_accepts_a_plan_for_its_world() {
+    let dir = plan_dir(Family::OneFOneB, 2, 4);
+    let out = runtime(dir.path(), &["check"], &[("WORLD_SIZE", "2"), ("RANK", "1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fits this job (rank 1 of 2)"));
+    // Slurm's variables work as well as torchrun's.
+    let out = runtime(dir.path(), &["check"], &[("SLURM_NTASKS", "2"), ("SLURM_PROCID", "0")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn plans_that_do_not_fit_the_job_are_refused_with_the_reason() {
+    let dir = plan_dir(Family::DualPipe, 2, 4);
+    let out = runtime(dir.path(), &["check"], &[("WORLD_SIZE", "4"), ("RANK", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("the plan is for a world of 2 ranks but this job has 4"), "{}", stderr(&out));
+
+    let out = runtime(dir.path(), &["check"], &[("WORLD_SIZE", "2"), ("RANK", "2")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("rank 2 is not in a world of 2"), "{}", stderr(&out));
+
+    // Certificates from another compilation.
+    std::fs::write(dir.path().join("proof/manifest.json"), "{\"plan\": \"another\"}").unwrap();
+    let out = runtime(dir.path(), &["check"], &[("WORLD_SIZE", "2"), ("RANK", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("different compilations"), "{}", stderr(&out));
+}
+
+#[test]
+fn malformed_or_foreign_plans_are_refused() {
+    let dir = plan_dir(Family::OneFOneB, 2, 4);
+    let path = dir.path().join("plan.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"version\":1", "\"version\":99", 1)).unwrap();
+    let out = runtime(dir.path(), &["check"], &[("WORLD_SIZE", "2")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("plan format version 99"), "{}", stderr(&out));
+
+    std::fs::write(&path, "{\"schedule\": 3}").unwrap();
+    let out = runtime(dir.path(), &["check"], &[("WORLD_SIZE", "2")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is not a plan"), "{}", stderr(&out));
+
+    std::fs::remove_file(&path).unwrap();
+    let out = runtime(dir.path(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
+
+fn gpu_present() -> bool {
+    pipewright_runtime::gpu::require_all().is_ok()
+}
+
+#[test]
+fn without_cuda_run_is_a_clear_error_not_a_panic() {
+    if gpu_present() {
+        eprintln!("skipped: the CUDA libraries are present here (this test is for CPU-only machines)");
+        return;
+    }
+    let dir = plan_dir(Family::DualPipeV, 1, 2);
+    let out = runtime(dir.path(), &["run"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot be loaded") && err.contains("LD_LIBRARY_PATH"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn on_a_gpu_a_plan_matches_the_cpu_executor() {
+    if !gpu_present() {
+        eprintln!("skipped: no CUDA libraries (CPU-only machine); scripts/gpu-run.sh runs this on the GPU machine");
+        return;
+    }
+    let dir = plan_dir(Family::DualPipeV, 1, 2);
+    let out = runtime(dir.path(), &["run", "--steps", "3", "--reference"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("reference")).unwrap();
+    let errs: Vec<f64> = line.split(|c: char| c == ' ' || c == ',').filter_map(|w| w.parse::<f64>().ok()).collect();
+    assert!(errs.iter().all(|e| *e <= 1e-5), "{line}");
+}
