@@ -127,6 +127,6 @@ fn on_a_gpu_a_plan_matches_the_cpu_executor() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("reference")).unwrap();
-    let errs: Vec<f64> = line.split(|c: char| c == ' ' || c == ',').filter_map(|w| w.parse::<f64>().ok()).collect();
+    let errs: Vec<f64> = line.split([' ', ',']).filter_map(|w| w.parse::<f64>().ok()).collect();
     assert!(errs.iter().all(|e| *e <= 1e-5), "{line}");
 }
