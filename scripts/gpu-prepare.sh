@@ -25,4 +25,20 @@ for case in "dualpipev 2 20" "dualpipe 2 20" "1f1b 2 20"; do
        s/^layers_per_stage = .*/layers_per_stage = 1/" specs/mlp-1f1b.toml > "target/gpu/bench/$name.toml"
   ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
 done
+# Optimised plans (issue 6) against their families, same model: the correctness plans
+# (small) and the timing plans (hidden 512, 8 microbatches, blocking p2p).
+for fam in zb-h1 interleaved-1f1b zb-v; do
+  name="$fam-r2-opt"
+  sed "s/^schedule = .*/schedule = \"$fam\"/; s/^ranks = .*/ranks = 2/" specs/mlp-1f1b.toml > "target/gpu/plans/$name.toml"
+  ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" --optimize >/dev/null
+  for opt in "" "--optimize"; do
+    tag="$fam-r2-h512${opt:+-opt}"
+    sed "s/^schedule = .*/schedule = \"$fam\"/; s/^ranks = .*/ranks = 2/; s/^microbatches = .*/microbatches = 8/;
+         s/^hidden = .*/hidden = 512/; s/^ffn = .*/ffn = 2048/; s/^seq = .*/seq = 256/; s/^microbatch_size = .*/microbatch_size = 3/;
+         s/^layers_per_stage = .*/layers_per_stage = 1/" specs/mlp-1f1b.toml > "target/gpu/bench/$tag.toml"
+    ./target/release/pipewright compile "target/gpu/bench/$tag.toml" -o "target/gpu/bench/$tag" $opt --json \
+      | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'])" \
+      | tee -a target/gpu/bench/simulated.txt
+  done
+done
 ls target/gpu/plans target/gpu/bench

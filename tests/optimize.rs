@@ -97,7 +97,7 @@ fn compile_optimize_writes_baseline_stats_and_checkable_certificates() {
     let out = tmp.path().join("plan");
     let run = common::bin()
         .arg("compile")
-        .arg(common::root().join("specs/zb-h1.toml"))
+        .arg(common::root().join("specs/interleaved-1f1b.toml"))
         .arg("--optimize")
         .arg("-o")
         .arg(&out)
@@ -110,7 +110,7 @@ fn compile_optimize_writes_baseline_stats_and_checkable_certificates() {
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let base = report["baseline_makespan"].as_f64().unwrap();
     let makespan = report["makespan"].as_f64().unwrap();
-    assert!(makespan < base, "zb-h1 under blocking p2p has headroom: {makespan} vs {base}");
+    assert!(makespan < base, "interleaved-1f1b under blocking p2p has headroom: {makespan} vs {base}");
     assert!(report["lower_bound"].as_f64().unwrap() <= makespan);
     let opt = &report["optimizer"];
     assert!(opt["windows"].as_u64().unwrap() > 0);

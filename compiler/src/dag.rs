@@ -53,6 +53,10 @@ pub enum Dep {
     Match,
     /// An op reads a value another op produces.
     Data,
+    /// A batch cannot complete before a batch tied to it through matches, not directly,
+    /// is posted (NCCL's group atomicity, conservatively). Deadlock-freedom is decided with
+    /// these edges; timing ignores them (in practice NCCL's ops do progress apart).
+    Group,
 }
 
 /// The nodes one event became.
@@ -323,7 +327,70 @@ impl PlanDag {
                 self.matches.push(Match { send: (from, se, so), recv: (to, re, ro) });
             }
         }
+        self.add_group_waits();
         Ok(())
+    }
+
+    /// Group atomicity with one peer, as NCCL gives it: the sends and receives one batch
+    /// holds with one peer run as one NCCL sendrecv and may block each other (NVIDIA: "it is
+    /// not safe to assume that all calls within a group will progress without blocking each
+    /// other"; the documented safe pattern is to post a send and a receive with a peer in
+    /// one group on both sides). So a batch can complete its part with a peer only once every
+    /// batch tied to that part through matches — the partners, their other parts with the
+    /// same peers, and so on — has been posted. A rank that groups a send and a receive with
+    /// a peer that posts them in two batches with work in between therefore deadlocks: seen
+    /// on H200s, where pipewright's first optimised zb-h1 plan hung until this rule existed.
+    /// Parts with different peers are taken to progress apart (NCCL drives them on separate
+    /// connections), which the families' batches rely on.
+    fn add_group_waits(&mut self) {
+        // A node of the tie graph: (rank, event, peer).
+        let mut index: HashMap<(u32, u32, u32), usize> = HashMap::new();
+        let mut parts: Vec<(u32, u32, u32)> = Vec::new();
+        let mut id = |p: (u32, u32, u32), parts: &mut Vec<(u32, u32, u32)>| {
+            *index.entry(p).or_insert_with(|| {
+                parts.push(p);
+                parts.len() - 1
+            })
+        };
+        let pairs: Vec<(usize, usize)> = self
+            .matches
+            .iter()
+            .map(|m| {
+                let (a, b) = (m.send, m.recv);
+                (id((a.0, a.1, b.0), &mut parts), id((b.0, b.1, a.0), &mut parts))
+            })
+            .collect();
+        let mut parent: Vec<usize> = (0..parts.len()).collect();
+        fn find(parent: &mut [usize], mut x: usize) -> usize {
+            while parent[x] != x {
+                parent[x] = parent[parent[x]];
+                x = parent[x];
+            }
+            x
+        }
+        for (a, b) in pairs {
+            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+            parent[ra] = rb;
+        }
+        // Ordered maps: the edges (and so the certificates) are the same on every run.
+        let mut components: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+        for p in 0..parts.len() {
+            let root = find(&mut parent, p);
+            components.entry(root).or_default().push(p);
+        }
+        for members in components.values() {
+            for &x in members {
+                for &y in members {
+                    let (px, py) = (parts[x], parts[y]);
+                    if (px.0, px.1) != (py.0, py.1) {
+                        let (nx, ny) = (self.at(px.0, px.1), self.at(py.0, py.1));
+                        if self.graph.find_edge(ny.ready, nx.last).is_none() {
+                            self.graph.add_edge(ny.ready, nx.last, Dep::Group);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn add_data_deps(

@@ -11,7 +11,7 @@
 //! arrived, and the rank waits for it.
 
 use crate::cost::MemoryModel;
-use crate::dag::{NodeKind, PlanDag, PlanError, UnitKey};
+use crate::dag::{Dep, NodeKind, PlanDag, PlanError, UnitKey};
 use crate::ir::{ProgramSet, UnitKind};
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
@@ -59,7 +59,8 @@ pub struct Simulation {
 pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -> Result<Simulation, PlanError> {
     let g = &dag.graph;
     let end = finish_times(dag);
-    let stuck = stuck_events(dag, &end);
+    // A plan that may hang on NCCL is refused, even if it would run when NCCL is kind.
+    let stuck = stuck_events(dag, &finish_times_strict(dag));
     if let Some(&(rank, event)) = stuck.first() {
         let text = set.programs[rank as usize][event as usize].to_string();
         let others = stuck[1..]
@@ -104,19 +105,35 @@ pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -
 }
 
 /// Finish time of every node: a longest-path pass in topological order (Kahn's
-/// algorithm). Nodes on or behind a cycle never become ready and stay NaN.
+/// algorithm). Nodes on or behind a cycle never become ready and stay NaN. Timing follows
+/// the waits NCCL makes in practice: [`Dep::Group`] edges are left out (see
+/// [`finish_times_strict`] for deciding deadlock-freedom).
 pub fn finish_times(dag: &PlanDag) -> Vec<f64> {
+    longest_paths(dag, false)
+}
+
+/// [`finish_times`] with every wait NCCL is allowed to make, group atomicity included: a
+/// node left NaN here may hang on real hardware. Deadlock-freedom is decided with this.
+pub fn finish_times_strict(dag: &PlanDag) -> Vec<f64> {
+    longest_paths(dag, true)
+}
+
+fn longest_paths(dag: &PlanDag, strict: bool) -> Vec<f64> {
+    use petgraph::visit::EdgeRef;
     let g = &dag.graph;
     let n = g.node_count();
-    let mut indegree: Vec<u32> =
-        (0..n).map(|i| g.neighbors_directed(NodeIndex::new(i), Direction::Incoming).count() as u32).collect();
+    let counts = |e: &petgraph::graph::EdgeReference<'_, Dep>| strict || *e.weight() != Dep::Group;
+    let mut indegree: Vec<u32> = (0..n)
+        .map(|i| g.edges_directed(NodeIndex::new(i), Direction::Incoming).filter(|e| counts(e)).count() as u32)
+        .collect();
     let mut ready_at = vec![0.0f64; n];
     let mut end = vec![f64::NAN; n];
     let mut queue: Vec<NodeIndex> = (0..n).filter(|&i| indegree[i] == 0).map(NodeIndex::new).collect();
     while let Some(v) = queue.pop() {
         let finish = ready_at[v.index()] + g[v].duration;
         end[v.index()] = finish;
-        for w in g.neighbors_directed(v, Direction::Outgoing) {
+        for e in g.edges_directed(v, Direction::Outgoing).filter(|e| counts(e)) {
+            let w = e.target();
             let wi = w.index();
             ready_at[wi] = ready_at[wi].max(finish);
             indegree[wi] -= 1;

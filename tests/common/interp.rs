@@ -1,7 +1,9 @@
 //! An independent interpreter of NCCL point-to-point semantics under blocking batches, for
 //! checking the verifier: ranks step through their programs; a COMM batch is posted when
-//! its rank reaches it and completes once every one of its ops has a posted partner (the
-//! k-th send a→b pairs with the k-th receive on b from a), and the rank waits for it. A
+//! its rank reaches it and completes once every batch tied to it has been posted: its
+//! partners (the k-th send a→b pairs with the k-th receive on b from a) and, since the ops
+//! a batch holds with one peer run as one NCCL sendrecv, the partners' other ops with the
+//! same peers, transitively. The rank waits for it. A
 //! compute op never waits: every earlier batch has completed, and a value that only a
 //! later op provides is simply not there (an order error, not a hang). It shares no code
 //! with the Plan DAG.
@@ -48,6 +50,48 @@ pub fn runs_to_completion(set: &ProgramSet) -> bool {
             }
         }
     }
+    // The batches tied to each batch through matches, per peer: the ops a batch holds with
+    // one peer run as one NCCL sendrecv, so they wait for every batch tied to them; parts
+    // with different peers progress apart (breadth-first search over (batch, peer) parts).
+    let mut peer_partners: HashMap<(Batch, usize), Vec<Option<(Batch, usize)>>> = HashMap::new();
+    for (ch, s) in &sends {
+        let rv = recvs.get(ch).cloned().unwrap_or_default();
+        for (k, &x) in s.iter().enumerate() {
+            let y = rv.get(k).copied();
+            peer_partners.entry((x, ch.1)).or_default().push(y.map(|y| (y, ch.0)));
+            if let Some(y) = y {
+                peer_partners.entry((y, ch.0)).or_default().push(Some((x, ch.1)));
+            }
+        }
+    }
+    for (ch, rv) in &recvs {
+        let s = sends.get(ch).cloned().unwrap_or_default();
+        for (k, &y) in rv.iter().enumerate() {
+            if s.get(k).is_none() {
+                peer_partners.entry((y, ch.0)).or_default().push(None);
+            }
+        }
+    }
+    let mut component: HashMap<Batch, Vec<Option<Batch>>> = HashMap::new();
+    for &start in peer_partners.keys() {
+        let mut seen: HashSet<(Batch, usize)> = HashSet::from([start]);
+        let mut todo = vec![start];
+        let mut members: Vec<Option<Batch>> = Vec::new();
+        while let Some(part) = todo.pop() {
+            for p in peer_partners.get(&part).into_iter().flatten() {
+                match p {
+                    None => members.push(None),
+                    Some(q) if seen.insert(*q) => {
+                        members.push(Some(q.0));
+                        todo.push(*q);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        component.entry(start.0).or_default().extend(members);
+    }
+    let partners = component;
     let mut pc = vec![0usize; ranks];
     let mut posted: HashSet<(usize, usize)> = HashSet::new();
     loop {

@@ -29,7 +29,7 @@
 use crate::cost::{CommMode, CostModel};
 use crate::dag::PlanDag;
 use crate::ir::{Chunk, CommKind, CommOp, Event, Layout, ProgramSet, UnitKind};
-use crate::sim::{finish_times, stuck_events};
+use crate::sim::{finish_times_strict, stuck_events};
 use std::collections::HashMap;
 
 /// A transferred value: (pipe, stage of the producing module, microbatch, is a gradient).
@@ -166,9 +166,12 @@ pub fn insert(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
 pub fn repair(set: &mut ProgramSet) -> Option<usize> {
     let layout = set.resolved_layout()?;
     let costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
-    for round in 0.. {
+    // Every round moves or splits something; a placement that needs more rounds than it
+    // has events is not converging (a split undone by a later merge), and gets lockstep.
+    let limit = set.programs.iter().map(|p| p.len()).sum::<usize>() + 16;
+    for round in 0..limit {
         let dag = PlanDag::build(set, &costs).ok().filter(|d| d.mismatches.is_empty() && d.misordered.is_empty())?;
-        let end = finish_times(&dag);
+        let end = finish_times_strict(&dag);
         let stuck = stuck_events(&dag, &end);
         if stuck.is_empty() {
             return Some(round);
@@ -181,6 +184,25 @@ pub fn repair(set: &mut ProgramSet) -> Option<usize> {
             .map(|m| m.send)
             .collect();
         let mut moved = false;
+        for &(rank, event) in &stuck {
+            // A batch holding a send to and a receive from one peer ties them into one NCCL
+            // sendrecv; when the peer posts them apart, that can hang: post the sends, then
+            // the receives, as two batches.
+            if let Event::Comm { ops } = &set.programs[rank as usize][event as usize] {
+                let tied =
+                    ops.iter().any(|a| a.kind.is_send() && ops.iter().any(|b| !b.kind.is_send() && b.peer == a.peer));
+                if tied {
+                    let (sends, recvs): (Vec<CommOp>, Vec<CommOp>) = ops.iter().partition(|o| o.kind.is_send());
+                    let program = &mut set.programs[rank as usize];
+                    program[event as usize] = Event::Comm { ops: sends };
+                    program.insert(event as usize + 1, Event::Comm { ops: recvs });
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            continue;
+        }
         for (rank, event) in stuck {
             let Event::Comm { ops } = &set.programs[rank as usize][event as usize] else { continue };
             let delay: Vec<bool> = (0..ops.len() as u32).map(|j| waiting.contains(&(rank, event, j))).collect();

@@ -12,7 +12,7 @@ use crate::cost::{CommMode, CostModel, MemoryModel};
 use crate::dag::PlanDag;
 use crate::families::comm;
 use crate::ir::{Event, Layout, ProgramSet, UnitKind};
-use crate::sim::{finish_times, stuck_events};
+use crate::sim::{finish_times, finish_times_strict, stuck_events};
 use crate::verify::worst_case_memory;
 
 /// The fixed part of an optimisation.
@@ -130,7 +130,7 @@ impl Problem {
             return None;
         }
         let end = finish_times(&dag);
-        if !stuck_events(&dag, &end).is_empty() {
+        if !stuck_events(&dag, &finish_times_strict(&dag)).is_empty() {
             return None;
         }
         if let Some(m) = &self.memory {

@@ -52,6 +52,7 @@ pub fn deadlock_cycle(set: &ProgramSet, dag: &PlanDag, end: &[f64]) -> Violation
         let why = match dag.graph.find_edge(p, n).map(|e| dag.graph[e]) {
             Some(Dep::Match) => "its p2p partner: rendezvous",
             Some(Dep::Data) => "its input",
+            Some(Dep::Group) => "a batch its NCCL group is tied to (ops of one group may block each other)",
             _ => "program order",
         };
         let _ = write!(

@@ -32,7 +32,7 @@ pub mod counterexample;
 use crate::cost::{CommMode, CostModel, MemoryModel};
 use crate::dag::{unit_name, PlanDag, PlanError, UnitKey};
 use crate::ir::{CommKind, Event, Layout, ProgramSet, UnitKind};
-use crate::sim::finish_times;
+use crate::sim::finish_times_strict;
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
@@ -136,7 +136,7 @@ fn check(
                     violations.push(Violation::Completeness { at: Some((*rank, *event)), reason: m.to_string() });
                 }
             }
-            let end = finish_times(dag);
+            let end = finish_times_strict(dag);
             if end.iter().any(|t| t.is_nan()) {
                 deadlock_free = false;
                 violations.push(counterexample::deadlock_cycle(set, dag, &end));
