@@ -14,6 +14,9 @@ use std::collections::{HashMap, HashSet};
 /// A batch: (rank, event index).
 type Batch = (usize, usize);
 
+/// A batch's ops with one peer: (batch, peer).
+type Part = (Batch, usize);
+
 /// Whether every rank reaches the end of its program.
 pub fn runs_to_completion(set: &ProgramSet) -> bool {
     let ranks = set.programs.len();
@@ -53,7 +56,7 @@ pub fn runs_to_completion(set: &ProgramSet) -> bool {
     // The batches tied to each batch through matches, per peer: the ops a batch holds with
     // one peer run as one NCCL sendrecv, so they wait for every batch tied to them; parts
     // with different peers progress apart (breadth-first search over (batch, peer) parts).
-    let mut peer_partners: HashMap<(Batch, usize), Vec<Option<(Batch, usize)>>> = HashMap::new();
+    let mut peer_partners: HashMap<Part, Vec<Option<Part>>> = HashMap::new();
     for (ch, s) in &sends {
         let rv = recvs.get(ch).cloned().unwrap_or_default();
         for (k, &x) in s.iter().enumerate() {
@@ -74,7 +77,7 @@ pub fn runs_to_completion(set: &ProgramSet) -> bool {
     }
     let mut component: HashMap<Batch, Vec<Option<Batch>>> = HashMap::new();
     for &start in peer_partners.keys() {
-        let mut seen: HashSet<(Batch, usize)> = HashSet::from([start]);
+        let mut seen: HashSet<Part> = HashSet::from([start]);
         let mut todo = vec![start];
         let mut members: Vec<Option<Batch>> = Vec::new();
         while let Some(part) = todo.pop() {
