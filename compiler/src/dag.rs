@@ -379,14 +379,18 @@ impl PlanDag {
             components.entry(root).or_default().push(p);
         }
         for members in components.values() {
-            for &x in members {
-                for &y in members {
-                    let (px, py) = (parts[x], parts[y]);
-                    if (px.0, px.1) != (py.0, py.1) {
-                        let (nx, ny) = (self.at(px.0, px.1), self.at(py.0, py.1));
-                        if self.graph.find_edge(ny.ready, nx.last).is_none() {
-                            self.graph.add_edge(ny.ready, nx.last, Dep::Group);
-                        }
+            // Two parts: a send and its receive, already tied by their Match edges.
+            if members.len() <= 2 {
+                continue;
+            }
+            let mut batches: Vec<(u32, u32)> = members.iter().map(|&p| (parts[p].0, parts[p].1)).collect();
+            batches.sort();
+            batches.dedup();
+            for &x in &batches {
+                for &y in &batches {
+                    if x != y {
+                        let (nx, ny) = (self.at(x.0, x.1), self.at(y.0, y.1));
+                        self.graph.add_edge(ny.ready, nx.last, Dep::Group);
                     }
                 }
             }

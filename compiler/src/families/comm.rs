@@ -166,9 +166,10 @@ pub fn insert(layout: &Layout, order: &[Vec<Event>]) -> Vec<Vec<Event>> {
 pub fn repair(set: &mut ProgramSet) -> Option<usize> {
     let layout = set.resolved_layout()?;
     let costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
-    // Every round moves or splits something; a placement that needs more rounds than it
-    // has events is not converging (a split undone by a later merge), and gets lockstep.
-    let limit = set.programs.iter().map(|p| p.len()).sum::<usize>() + 16;
+    // Every round moves or splits something. Converging placements take a few dozen
+    // rounds (zb-v at 16 × 64: 62); one that needs more is oscillating (a split undone by
+    // a later merge), and gets lockstep.
+    let limit = 64 + 2 * set.ranks as usize;
     for round in 0..limit {
         let dag = PlanDag::build(set, &costs).ok().filter(|d| d.mismatches.is_empty() && d.misordered.is_empty())?;
         let end = finish_times_strict(&dag);
