@@ -209,8 +209,7 @@ impl<'a> Rank<'a> {
                 t * h,
                 vec![scale, g as f32],
             );
-        } else if let Some((r, d2)) = self.layout.locate(pipe, stage + 1).filter(|&(r, _)| r == self.rank) {
-            let _ = r;
+        } else if let Some((_, d2)) = self.layout.locate(pipe, stage + 1).filter(|&(r, _)| r == self.rank) {
             let next = self.slot(d2, mb);
             self.kernel(stream, "copy", vec![slot.x[last], next.x[0]], t * h, vec![]);
         }

@@ -250,8 +250,7 @@ impl Gpu {
 
 /// Compiles a kernel file for sm_90, reusing a cached PTX keyed by the source's hash.
 fn compile_cached(file: &str, source: &str, cache: &std::path::Path) -> Result<Ptx, RuntimeError> {
-    use sha2::{Digest, Sha256};
-    let hash: String = Sha256::digest(source.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::sha256_hex(source.as_bytes());
     let path = cache.join(format!("{}-{}.ptx", file.trim_end_matches(".cu"), &hash[..16]));
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok(Ptx::from_src(text));

@@ -12,3 +12,9 @@ pub mod gpu;
 pub mod launch;
 
 pub use error::RuntimeError;
+
+/// Lower-case hex sha256 of `bytes` (plan hashes, the kernel cache key).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

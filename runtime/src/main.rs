@@ -80,8 +80,7 @@ fn load(dir: &Path) -> Result<(Plan, String), RuntimeError> {
     let manifest = dir.join("proof/manifest.json");
     let bytes = std::fs::read(&manifest)
         .map_err(|source| RuntimeError::Read { path: manifest.display().to_string(), source })?;
-    use sha2::{Digest, Sha256};
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha = pipewright_runtime::sha256_hex(&bytes);
     Ok((plan, sha))
 }
 
