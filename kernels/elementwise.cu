@@ -89,3 +89,27 @@ extern "C" __global__ void adamw_update(float* w, const float* g, float* m, floa
 extern "C" __global__ void zero(float* x, long long n) {
     GRID_STRIDE(i, n) { x[i] = 0.0f; }
 }
+
+// The synthetic dataset (plan/src/data.rs, synth_value): element e of the array (tag,
+// index) of step `step[0]` is a standard normal from a counter-based splitmix64 hash, in
+// f64 like the CPU. The seed arrives as four exact 16-bit pieces.
+__device__ unsigned long long mix64(unsigned long long x) {
+    unsigned long long z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+extern "C" __global__ void synth_normal(float* x, const float* step, long long n, float tag, float index, float s0,
+                                        float s1, float s2, float s3) {
+    unsigned long long seed = (unsigned long long)s0 | ((unsigned long long)s1 << 16) |
+                              ((unsigned long long)s2 << 32) | ((unsigned long long)s3 << 48);
+    unsigned long long st = (unsigned long long)step[0];
+    unsigned long long base = mix64(mix64(mix64(seed) ^ (unsigned long long)tag) ^ ((st << 32) | (unsigned long long)index));
+    GRID_STRIDE(i, n) {
+        unsigned long long h = mix64(base ^ ((unsigned long long)i * 0xD1B54A32D192ED03ull));
+        double u1 = ((double)(h >> 40) + 0.5) / 16777216.0;
+        double u2 = (double)(h & 0xFFFFFFull) / 16777216.0;
+        x[i] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+}

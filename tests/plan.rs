@@ -48,7 +48,7 @@ fn check(family: Family, ranks: u32, m: u32, layers_per_stage: u32) {
     let layers = plan.stages * layers_per_stage;
     let weights: Vec<_> = (0..layers).map(|l| data::layer_weights(&model, l)).collect();
     let total = plan.pipes * plan.microbatches;
-    let want = reference::step(&model, &weights, total);
+    let want = reference::step(&model, &weights, total, 0);
     // Losses, from whichever rank holds each pipe's last stage.
     let mut losses = vec![f32::NAN; total as usize];
     for mem in &memory {
@@ -99,6 +99,81 @@ fn every_family_plan_computes_the_model() {
 }
 
 #[test]
+fn every_step_trains_on_fresh_data() {
+    // Three SGD steps of a DualPipe plan on the CPU executor against the model computed
+    // directly, step by step, each on its own data (the plan regenerates it in place).
+    let set = Family::DualPipe.generate(2, 4, 1);
+    let model = model(1);
+    let plan = emit(&set, &model, &training(), hashes()).unwrap();
+    let mut memory = cpu::initial_memory(&plan);
+    let total = plan.pipes * plan.microbatches;
+    let mut weights: Vec<_> = (0..plan.stages).map(|l| data::layer_weights(&model, l)).collect();
+    for step in 0..3 {
+        cpu::run(&plan, &mut memory, 1).unwrap();
+        let want = reference::step(&model, &weights, total, step);
+        let mut losses = vec![f32::NAN; total as usize];
+        for mem in &memory {
+            for (g, v) in mem.get("loss").into_iter().flatten().enumerate() {
+                if *v != 0.0 {
+                    losses[g] = v * total as f32;
+                }
+            }
+        }
+        assert!(rel(&losses, &want.losses) <= 1e-5, "step {step}: {losses:?} vs {:?}", want.losses);
+        // Fresh data: the same weights on the previous step's data give other losses.
+        if step > 0 {
+            let stale = reference::step(&model, &weights, total, step - 1);
+            assert!(rel(&losses, &stale.losses) > 1e-2, "step {step} repeats the previous step's data");
+        }
+        for (w, g) in weights.iter_mut().zip(&want.grads) {
+            w.0.iter_mut().zip(&g.0).for_each(|(w, g)| *w -= 0.1 * g);
+            w.1.iter_mut().zip(&g.1).for_each(|(w, g)| *w -= 0.1 * g);
+        }
+    }
+    // The generator is counter-based: any element on its own equals the array's.
+    let x = data::input(&model, 2, 5);
+    assert_eq!(x[7], data::synth_value(model.seed, data::INPUT_TAG, 2, 5, 7));
+    assert_ne!(data::input(&model, 1, 5), x);
+}
+
+#[test]
+fn a_bf16_plan_keeps_f32_master_weights_and_gradients() {
+    let set = Family::DualPipeV.generate(2, 4, 1);
+    let model = Model { dtype: Dtype::Bf16, ..model(1) };
+    let plan = emit(&set, &model, &training(), hashes()).unwrap();
+    plan.validate().unwrap();
+    for r in &plan.ranks {
+        let dtype = |name: &str| r.buffers.iter().find(|b| b.name == name).map(|b| b.dtype);
+        for b in r.buffers.iter().filter(|b| b.name.starts_with("w1.")) {
+            assert_eq!(b.dtype, Dtype::Bf16, "{}", b.name);
+            assert_eq!(dtype(&format!("master.{}", b.name)), Some(Dtype::F32), "master of {}", b.name);
+            assert_eq!(dtype(&b.name.replacen("w1.", "g1.", 1)), Some(Dtype::F32), "gradient of {}", b.name);
+        }
+        let kernels: Vec<&str> = r
+            .nodes
+            .iter()
+            .filter_map(|n| match n {
+                pipewright_plan::node::Node::Kernel(k) => Some(k.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        for k in ["gelu_forward_bf16", "gelu_backward_bf16", "cast_bf16"] {
+            assert!(kernels.contains(&k), "rank {}: no {k}", r.rank);
+        }
+        assert!(!kernels.contains(&"gelu_forward"), "rank {}: an f32 kernel on bf16 activations", r.rank);
+    }
+    // The CPU executor holds f32, so the bf16 plan computes the f32 model exactly there.
+    let mut memory = cpu::initial_memory(&plan);
+    cpu::run(&plan, &mut memory, 1).unwrap();
+    let weights: Vec<_> = (0..plan.stages).map(|l| data::layer_weights(&model, l)).collect();
+    let want = reference::step(&model, &weights, 4, 0);
+    for (l, (g1, _)) in want.grads.iter().enumerate() {
+        let got = memory.iter().find_map(|m| m.get(&format!("g1.{l}"))).unwrap();
+        assert!(rel(got, g1) <= 1e-5, "layer {l}");
+    }
+}
+
+#[test]
 fn an_optimised_plan_computes_the_model_too() {
     let spec_text =
         "[pipeline]\nschedule = \"zb-v\"\nranks = 2\nmicrobatches = 4\n[costs]\ncomm = \"async\"\np2p = 0.1\n";
@@ -110,7 +185,7 @@ fn an_optimised_plan_computes_the_model_too() {
     let mut memory = cpu::initial_memory(&plan);
     cpu::run(&plan, &mut memory, 1).unwrap();
     let weights: Vec<_> = (0..plan.stages).map(|l| data::layer_weights(&model, l)).collect();
-    let want = reference::step(&model, &weights, 4);
+    let want = reference::step(&model, &weights, 4, 0);
     for (l, (g1, _)) in want.grads.iter().enumerate() {
         let got = memory.iter().find_map(|m| m.get(&format!("g1.{l}"))).unwrap();
         assert!(rel(got, g1) <= 1e-5, "layer {l}");

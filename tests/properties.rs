@@ -2,15 +2,17 @@
 //! - every required unit of work appears exactly once, on the rank that owns its stage;
 //! - every dependency holds in the simulated timeline (checked from the programs and the
 //!   timeline alone, independently of the Plan DAG's edges);
-//! - the makespan is at least every rank's total work.
+//! - the makespan is at least every rank's total work;
+//! - the spec's lower bound is below the family's and the optimiser's makespans, also with
+//!   heterogeneous stage costs.
 
 mod common;
 
 use pipewright_compiler::cost::{CommMode, CostModel};
 use pipewright_compiler::families::Family;
 use pipewright_compiler::ir::{Event, ProgramSet, UnitKind};
-use pipewright_compiler::lower_and_simulate;
 use pipewright_compiler::sim::Simulation;
+use pipewright_compiler::{lower_and_simulate, optimize};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -139,6 +141,32 @@ proptest! {
     #[test]
     fn families_are_complete_ordered_and_bounded((family, ranks, m) in case(), c in costs()) {
         check(family, ranks, m, c)?;
+    }
+
+    /// The lower bound holds under heterogeneous stage costs too, for the family's plan
+    /// and for the optimiser's (the tightest schedules at hand), which is where the
+    /// order-statistic releases of `bound.rs` could be wrong.
+    #[test]
+    fn the_lower_bound_holds_for_heterogeneous_stages(
+        (family, ranks, m) in case(),
+        c in costs(),
+        scale in proptest::collection::vec(0.4f64..2.5, 32),
+    ) {
+        let set = family.generate(ranks, m, 2);
+        let layout = set.layout.clone().unwrap();
+        let mut costs = CostModel::uniform(layout.stages, c.0, c.1, c.2, c.3, c.4);
+        costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
+        for (s, k) in scale.iter().cycle().take(layout.stages as usize).enumerate() {
+            for v in [&mut costs.forward, &mut costs.backward, &mut costs.weight, &mut costs.overlapped] {
+                v[s] *= k;
+            }
+        }
+        let bound = pipewright_compiler::bound::spec_lower_bound(&layout, &costs);
+        let (_, sim, _) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert!(bound <= sim.makespan + 1e-9, "bound {} above the family's makespan {}", bound, sim.makespan);
+        let options = optimize::Options { time_limit: 0.3, ..Default::default() };
+        let best = optimize::optimize(&set, &costs, None, &options).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert!(bound <= best.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, best.makespan);
     }
 
     #[test]

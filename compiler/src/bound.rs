@@ -165,6 +165,9 @@ fn lower_bound(layout: &Layout, units: &[Vec<UnitKey>], cost: impl Fn(&UnitKey) 
         }
     }
     let critical = order.iter().map(|u| at(&head, u) + cost(u) + at(&tail, u)).fold(0.0, f64::max);
+    // Order statistics (see `throughput_releases`): `release[ix(k)]` bounds the start of the
+    // k-th unit of its group to start, `delivery[ix(k)]` the time after the k-th to end last.
+    let (release, delivery) = throughput_releases(&order, &ix, &inputs, &cost, &hop);
     let per_rank = units
         .iter()
         .enumerate()
@@ -180,7 +183,13 @@ fn lower_bound(layout: &Layout, units: &[Vec<UnitKey>], cost: impl Fn(&UnitKey) 
             // with release dates (heads) and delivery times (tails).
             let work: f64 = units.iter().map(&cost).sum();
             if busy >= work - 1e-9 {
-                let jobs: Vec<(f64, f64, f64)> = units.iter().map(|u| (at(&head, u), cost(u), at(&tail, u))).collect();
+                let jobs: Vec<(f64, f64, f64)> = units
+                    .iter()
+                    .map(|u| {
+                        let reversed = UnitKey { mb: (mbs as u32 - 1).saturating_sub(u.mb), ..*u };
+                        (at(&release, u), cost(u), at(&delivery, &reversed))
+                    })
+                    .collect();
                 simple.max(preemptive_jackson(jobs))
             } else {
                 simple
@@ -188,6 +197,62 @@ fn lower_bound(layout: &Layout, units: &[Vec<UnitKey>], cost: impl Fn(&UnitKey) 
         })
         .fold(0.0, f64::max);
     critical.max(per_rank)
+}
+
+/// Release and delivery times by order statistics. The units of one group (kind, pipe,
+/// stage: one per microbatch) run on one rank, one at a time, at one cost, and microbatches
+/// are interchangeable; so whatever the schedule, the k-th unit of a group to start needs
+/// k + 1 distinct microbatches to have finished each of its inputs' groups, and a group's
+/// (k+1)-th completion is at least the single-machine schedule of its first k + 1
+/// releases: `fin(k) = max(fin(k−1), release(k)) + cost`. This is what makes a rank that
+/// is fed by a slower one idle during the fill, which per-unit heads miss (every
+/// microbatch has the same head). The same recursion on the reversed dependencies gives
+/// delivery times for the k-th unit to end, counted from the last. Units are indexed with
+/// the order statistic k in place of the microbatch.
+fn throughput_releases(
+    order: &[UnitKey],
+    ix: &Index,
+    inputs: &impl Fn(&UnitKey) -> [Option<UnitKey>; 2],
+    cost: &impl Fn(&UnitKey) -> f64,
+    hop: &impl Fn(&UnitKey, &UnitKey) -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    // Groups in dependency order: the order of microbatch 0's units.
+    let groups: Vec<UnitKey> = order.iter().filter(|u| u.mb == 0).copied().collect();
+    let with_mb = |u: &UnitKey, k: usize| UnitKey { mb: k as u32, ..*u };
+    let mut release = vec![0.0f64; ix.len()];
+    let mut finish = vec![0.0f64; ix.len()];
+    for g in &groups {
+        let mut prev = 0.0f64;
+        for k in 0..ix.mbs {
+            let u = with_mb(g, k);
+            let Some(i) = ix.of(&u) else { continue };
+            let r = inputs(&u)
+                .iter()
+                .flatten()
+                .filter_map(|p| ix.of(p).map(|j| finish[j] + hop(p, &u)))
+                .fold(0.0, f64::max);
+            release[i] = r;
+            prev = prev.max(r) + cost(&u);
+            finish[i] = prev;
+        }
+    }
+    let mut delivery = vec![0.0f64; ix.len()];
+    let mut rfinish = vec![0.0f64; ix.len()];
+    for g in groups.iter().rev() {
+        let mut prev = 0.0f64;
+        for k in 0..ix.mbs {
+            let u = with_mb(g, k);
+            let Some(i) = ix.of(&u) else { continue };
+            prev = prev.max(delivery[i]) + cost(&u);
+            rfinish[i] = prev;
+            for p in inputs(&u).iter().flatten() {
+                if let Some(j) = ix.of(p) {
+                    delivery[j] = delivery[j].max(prev + hop(p, &u));
+                }
+            }
+        }
+    }
+    (release, delivery)
 }
 
 /// The optimum of one machine with release dates, processing times and delivery times

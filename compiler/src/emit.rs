@@ -21,7 +21,7 @@
 use crate::dag::payload;
 use crate::ir::{CommKind, Event, Layout, ProgramSet, UnitKind};
 use pipewright_plan::node::{Gemm, Kernel, Node, P2p};
-use pipewright_plan::{Buffer, Dtype, Hashes, Model, Plan, RankPlan, Training, PLAN_VERSION};
+use pipewright_plan::{Buffer, Dtype, Hashes, Model, OpSpan, Plan, RankPlan, Training, PLAN_VERSION};
 use std::collections::{BTreeMap, HashMap};
 use thiserror::Error;
 
@@ -174,6 +174,14 @@ impl<'a> Rank<'a> {
         }));
     }
 
+    /// The variant of element-wise kernel `name` for the model's activation dtype.
+    fn act_kernel(&self, name: &str) -> String {
+        match self.model.dtype {
+            Dtype::F32 => name.into(),
+            Dtype::Bf16 => format!("{name}_bf16"),
+        }
+    }
+
     fn kernel(&mut self, stream: u32, name: &str, buffers: Vec<u32>, elements: u64, scalars: Vec<f32>) {
         self.nodes.push(Node::Kernel(Kernel { stream, name: name.into(), buffers, elements, scalars }));
     }
@@ -192,7 +200,8 @@ impl<'a> Rank<'a> {
             let (w1, w2, _, _) = self.weights(stage, l as u32);
             let x = if l == 0 { x0 } else { slot.x[l] };
             self.gemm(stream, (x, w1, slot.h[l]), (t, f, h), (false, false), 0.0);
-            self.kernel(stream, "gelu_forward", vec![slot.h[l], slot.a[l]], t * f, vec![]);
+            let gelu = self.act_kernel("gelu_forward");
+            self.kernel(stream, &gelu, vec![slot.h[l], slot.a[l]], t * f, vec![]);
             self.gemm(stream, (slot.a[l], w2, slot.x[l + 1]), (t, h, f), (false, false), 0.0);
         }
         let last = self.model.layers_per_stage as usize;
@@ -202,16 +211,18 @@ impl<'a> Rank<'a> {
             let scale = 1.0 / (t * h) as f32 / self.microbatches_in_step as f32;
             let partials = self.buffer("scratch.loss_partials".into(), pipewright_plan::node::MSE_BLOCKS, Dtype::F32);
             let counter = self.buffer("scratch.loss_counter".into(), 1, Dtype::F32);
+            let mse = self.act_kernel("mse_loss");
             self.kernel(
                 stream,
-                "mse_loss",
+                &mse,
                 vec![slot.x[last], target, slot.dy[last - 1], loss, partials, counter],
                 t * h,
                 vec![scale, g as f32],
             );
         } else if let Some((_, d2)) = self.layout.locate(pipe, stage + 1).filter(|&(r, _)| r == self.rank) {
             let next = self.slot(d2, mb);
-            self.kernel(stream, "copy", vec![slot.x[last], next.x[0]], t * h, vec![]);
+            let copy = self.act_kernel("copy");
+            self.kernel(stream, &copy, vec![slot.x[last], next.x[0]], t * h, vec![]);
         }
     }
 
@@ -223,7 +234,8 @@ impl<'a> Rank<'a> {
         for l in (0..self.model.layers_per_stage as usize).rev() {
             let (w1, w2, _, _) = self.weights(stage, l as u32);
             self.gemm(stream, (slot.dy[l], w2, da), (t, f, h), (false, true), 0.0);
-            self.kernel(stream, "gelu_backward", vec![slot.h[l], da, slot.dh[l]], t * f, vec![]);
+            let gelu = self.act_kernel("gelu_backward");
+            self.kernel(stream, &gelu, vec![slot.h[l], da, slot.dh[l]], t * f, vec![]);
             if l > 0 {
                 self.gemm(stream, (slot.dh[l], w1, slot.dy[l - 1]), (t, h, f), (false, true), 0.0);
             } else if stage > 0 {
@@ -234,7 +246,8 @@ impl<'a> Rank<'a> {
             if let Some((_, d2)) = self.layout.locate(pipe, stage - 1).filter(|&(r, _)| r == self.rank) {
                 let prev = self.slot(d2, mb);
                 let top = prev.dy[self.model.layers_per_stage as usize - 1];
-                self.kernel(stream, "copy", vec![slot.dx0, top], t * h, vec![]);
+                let copy = self.act_kernel("copy");
+                self.kernel(stream, &copy, vec![slot.dx0, top], t * h, vec![]);
             }
         }
     }
@@ -294,8 +307,10 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             microbatches_in_step,
         };
         prologue(&mut rank);
+        let mut spans = Vec::with_capacity(program.len());
         for (i, event) in program.iter().enumerate() {
             let fail = |what: String| EmitError::Event { rank: r as u32, event: i as u32, what };
+            let first = rank.nodes.len() as u32;
             match event {
                 Event::Comm { ops } => {
                     let mut p2p = Vec::with_capacity(ops.len());
@@ -334,6 +349,7 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
                     }
                 }
             }
+            spans.push(span(&rank, event, first));
         }
         mirror_sum(&mut rank);
         optimizer(&mut rank, training);
@@ -345,6 +361,7 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             streams: 3,
             events: 4,
             nodes: rank.nodes,
+            ops: spans,
         });
     }
     Ok(Plan {
@@ -361,6 +378,28 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
     })
 }
 
+/// The span of nodes from `first` to the last emitted, which implement `event`.
+fn span(rank: &Rank, event: &Event, first: u32) -> OpSpan {
+    let last = rank.nodes.len() as u32 - 1;
+    let stage = |dir: u32| rank.stage(dir).1;
+    let (kind, stages, stream, first, last, bytes) = match event {
+        // The group itself, on the communication stream (the Wait before it to the Group).
+        Event::Comm { .. } => {
+            let bytes = match rank.nodes.get(first as usize + 2) {
+                Some(Node::Group { ops: p2p, .. }) => p2p.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum(),
+                _ => 0,
+            };
+            ("COMM", vec![], COMM, first + 1, first + 2, bytes)
+        }
+        Event::FB { f, b } => ("FB", vec![stage(f.dir), stage(b.dir)], COMPUTE, first, last, 0),
+        Event::F { dir, .. } => ("F", vec![stage(*dir)], COMPUTE, first, last, 0),
+        Event::B { dir, .. } => ("B", vec![stage(*dir)], COMPUTE, first, last, 0),
+        Event::I { dir, .. } => ("I", vec![stage(*dir)], COMPUTE, first, last, 0),
+        Event::W { dir, .. } => ("W", vec![stage(*dir)], COMPUTE, first, last, 0),
+    };
+    OpSpan { label: event.to_string(), kind: kind.into(), stages, stream, first, last, bytes }
+}
+
 /// Zeroes the gradients and the losses: the step starts clean (`optimizer.zero_grad()`).
 fn prologue(rank: &mut Rank) {
     let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
@@ -373,6 +412,28 @@ fn prologue(rank: &mut Rank) {
         }
     }
     let holds_last = rank.layout.modules[rank.rank as usize].iter().any(|m| m.stage + 1 == rank.layout.stages);
+    // This step's inputs and targets, generated in place (data::synth_value) from the step
+    // counter `data.step`, which the epilogue advances.
+    let (t, seed) = (rank.model.tokens(), pipewright_plan::data::seed_scalars(rank.model.seed));
+    for m in rank.layout.modules[rank.rank as usize].clone() {
+        let tag = if m.stage == 0 {
+            pipewright_plan::data::INPUT_TAG
+        } else if m.stage + 1 == rank.layout.stages {
+            pipewright_plan::data::TARGET_TAG
+        } else {
+            continue;
+        };
+        let step = rank.buffer("data.step".into(), 1, Dtype::F32);
+        for mb in 0..rank.layout.microbatches {
+            let g = rank.global_mb(m.pipe, mb);
+            let name = if m.stage == 0 { format!("input.{g}") } else { format!("target.{g}") };
+            let x = rank.buffer(name, t * h, rank.model.dtype);
+            let mut scalars = vec![tag as f32, g as f32];
+            scalars.extend(seed);
+            let synth = rank.act_kernel("synth_normal");
+            rank.kernel(COMPUTE, &synth, vec![x, step], t * h, scalars);
+        }
+    }
     if holds_last {
         let loss = rank.buffer("loss".into(), rank.microbatches_in_step as u64, Dtype::F32);
         rank.kernel(COMPUTE, "zero", vec![loss], rank.microbatches_in_step as u64, vec![]);
@@ -423,6 +484,9 @@ fn optimizer(rank: &mut Rank, training: &Training) {
     let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
     let lr = training.lr as f32;
     let adam = training.optimizer == "adamw";
+    if let Some(&data_step) = rank.by_name.get("data.step") {
+        rank.kernel(COMPUTE, "tick", vec![data_step], 1, vec![]);
+    }
     let step = adam.then(|| rank.buffer("adam.step".into(), 1, Dtype::F32));
     if let Some(step) = step {
         rank.kernel(COMPUTE, "tick", vec![step], 1, vec![]);
@@ -433,6 +497,10 @@ fn optimizer(rank: &mut Rank, training: &Training) {
             let gl = rank.global_layer(stage, l);
             let (w1, w2, g1, g2) = rank.weights(stage, l);
             for (w, g, n, which) in [(w1, g1, h * f, 1), (w2, g2, f * h, 2)] {
+                // bf16: the optimizer updates f32 master weights, then refreshes the copy.
+                let bf16 = rank.model.dtype == Dtype::Bf16;
+                let copy = w;
+                let w = if bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
                 match step {
                     Some(step) => {
                         let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
@@ -446,6 +514,9 @@ fn optimizer(rank: &mut Rank, training: &Training) {
                         );
                     }
                     None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
+                }
+                if bf16 {
+                    rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
                 }
             }
         }

@@ -36,13 +36,16 @@ pub fn initial_memory(plan: &Plan) -> Memory {
 
 /// The initial contents of the buffer named `name`, if it has any (weights, inputs, targets).
 pub fn init(plan: &Plan, name: &str) -> Option<Vec<f32>> {
+    // bf16 plans keep f32 master weights beside the bf16 copies: the same values.
+    let name = name.strip_prefix("master.").unwrap_or(name);
     let (kind, index) = name.split_once('.')?;
     let index: u32 = index.parse().ok()?;
     match kind {
         "w1" => Some(data::layer_weights(&plan.model, index).0),
         "w2" => Some(data::layer_weights(&plan.model, index).1),
-        "input" => Some(data::input(&plan.model, index)),
-        "target" => Some(data::target(&plan.model, index)),
+        // Step 0's data, which the plan's `synth_normal` kernels regenerate every step.
+        "input" => Some(data::input(&plan.model, 0, index)),
+        "target" => Some(data::target(&plan.model, 0, index)),
         _ => None,
     }
 }
@@ -130,7 +133,8 @@ fn kernel(k: &Kernel, mem: &mut HashMap<String, Vec<f32>>, name: &dyn Fn(u32) ->
         }
     };
     let s = |i: usize| k.scalars.get(i).copied().unwrap_or(0.0);
-    match k.name.as_str() {
+    // bf16 variants compute the same; this executor holds every buffer in f32.
+    match k.name.trim_end_matches("_bf16") {
         "gelu_forward" => {
             let x = get(mem, 0);
             set(mem, 1, x[..n].iter().map(|&v| gelu(v)).collect());
@@ -155,7 +159,7 @@ fn kernel(k: &Kernel, mem: &mut HashMap<String, Vec<f32>>, name: &dyn Fn(u32) ->
             acc[..n].iter_mut().zip(&g).for_each(|(a, v)| *a += v);
             set(mem, 1, acc[..n].to_vec());
         }
-        "copy" => {
+        "copy" | "cast" => {
             let x = get(mem, 0);
             set(mem, 1, x[..n].to_vec());
         }
@@ -185,6 +189,12 @@ fn kernel(k: &Kernel, mem: &mut HashMap<String, Vec<f32>>, name: &dyn Fn(u32) ->
             set(mem, 3, v[..n].to_vec());
         }
         "zero" => set(mem, 0, vec![0.0; n]),
+        "synth_normal" => {
+            // scalars: [tag, index, seed in four 16-bit pieces]; buffer 1 holds the step.
+            let step = get(mem, 1)[0] as u32;
+            let seed = data::seed_from_scalars(&k.scalars[2.min(k.scalars.len())..]);
+            set(mem, 0, data::synth(seed, s(0) as u32, step, s(1) as u32, n as u64));
+        }
         other => return Err(format!("unknown kernel {other}")),
     }
     Ok(())

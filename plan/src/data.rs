@@ -4,8 +4,8 @@
 //!
 //! A weight is identified by its *global* layer (`stage · layers_per_stage + layer`), so a
 //! 2-stage plan with 2 layers per stage and a 4-stage plan with 1 trains the same model.
-//! Microbatch `g` (numbered over the whole step: DualPipe's pipe 1 holds the second half)
-//! has its inputs and targets.
+//! Microbatch `g` of step `s` (numbered over the whole step: DualPipe's pipe 1 holds the
+//! second half) has its inputs and targets, fresh every step.
 
 use crate::Model;
 
@@ -59,12 +59,59 @@ pub fn layer_weights(m: &Model, layer: u32) -> (Vec<f32>, Vec<f32>) {
     (w1, w2)
 }
 
-/// Inputs of microbatch `g` (tokens × hidden).
-pub fn input(m: &Model, g: u32) -> Vec<f32> {
-    Rng::new(m.seed, INPUT, g as u64).fill(m.tokens() as usize * m.hidden as usize, 1.0)
+/// Tag of the inputs in [`synth_value`].
+pub const INPUT_TAG: u32 = INPUT as u32;
+/// Tag of the targets in [`synth_value`].
+pub const TARGET_TAG: u32 = TARGET as u32;
+
+/// Inputs of microbatch `g` of step `step` (tokens × hidden).
+pub fn input(m: &Model, step: u32, g: u32) -> Vec<f32> {
+    synth(m.seed, INPUT_TAG, step, g, m.tokens() * m.hidden as u64)
 }
 
-/// Targets of microbatch `g` (tokens × hidden).
-pub fn target(m: &Model, g: u32) -> Vec<f32> {
-    Rng::new(m.seed, TARGET, g as u64).fill(m.tokens() as usize * m.hidden as usize, 1.0)
+/// Targets of microbatch `g` of step `step` (tokens × hidden).
+pub fn target(m: &Model, step: u32, g: u32) -> Vec<f32> {
+    synth(m.seed, TARGET_TAG, step, g, m.tokens() * m.hidden as u64)
+}
+
+/// `n` values of the synthetic dataset (see [`synth_value`]).
+pub fn synth(seed: u64, tag: u32, step: u32, index: u32, n: u64) -> Vec<f32> {
+    let base = synth_base(seed, tag, step, index);
+    (0..n).map(|e| synth_normal(base, e)).collect()
+}
+
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn synth_base(seed: u64, tag: u32, step: u32, index: u32) -> u64 {
+    mix(mix(mix(seed) ^ tag as u64) ^ (((step as u64) << 32) | index as u64))
+}
+
+fn synth_normal(base: u64, element: u64) -> f32 {
+    let h = mix(base ^ element.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let u1 = ((h >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
+    let u2 = (h & 0xFF_FFFF) as f64 / (1u64 << 24) as f64;
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+/// Element `element` of the synthetic dataset's array (`tag`, `step`, `index`): a standard
+/// normal from a counter-based hash, so that any element can be computed on its own — the
+/// plan's `synth_normal` kernel (`kernels/elementwise.cu`) generates each step's inputs and
+/// targets on the GPU, inside the captured graph, with exactly this arithmetic (f64).
+pub fn synth_value(seed: u64, tag: u32, step: u32, index: u32, element: u64) -> f32 {
+    synth_normal(synth_base(seed, tag, step, index), element)
+}
+
+/// The seed as four 16-bit pieces, each exact in an f32 kernel scalar.
+pub fn seed_scalars(seed: u64) -> [f32; 4] {
+    [0, 16, 32, 48].map(|s| ((seed >> s) & 0xFFFF) as f32)
+}
+
+/// The seed back from [`seed_scalars`].
+pub fn seed_from_scalars(s: &[f32]) -> u64 {
+    s.iter().take(4).enumerate().fold(0, |acc, (i, &v)| acc | ((v as u64 & 0xFFFF) << (16 * i)))
 }

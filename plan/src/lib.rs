@@ -111,6 +111,26 @@ pub struct RankPlan {
     pub events: u32,
     /// The rank's step, in issue order.
     pub nodes: Vec<Node>,
+    /// Which nodes implement each op of the rank's program (for `profile`), in order.
+    #[serde(default)]
+    pub ops: Vec<OpSpan>,
+}
+
+/// The nodes `first..=last` implement one op of the program; `stream` is where the op
+/// begins and ends (the communication stream for a p2p batch, else the compute stream).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct OpSpan {
+    /// The op as the programs print it, e.g. `F0.3`, `FB(F1.2,B0.0)`, `[>1f0.3 <1b0.1]`.
+    pub label: String,
+    /// F, B, I, W, FB or COMM.
+    pub kind: String,
+    /// The stages computed: one, or an FB's forward stage then its backward stage.
+    pub stages: Vec<u32>,
+    pub stream: u32,
+    pub first: u32,
+    pub last: u32,
+    /// Bytes a COMM op moves (sent + received); 0 for compute.
+    pub bytes: u64,
 }
 
 /// The whole plan.

@@ -14,16 +14,16 @@ pub struct Step {
     pub grads: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
-/// Runs one step of `model` with `layers` layers in all over `microbatches` microbatches,
+/// Runs step `step` (its data: [`data::input`]) of `model` with `layers` layers in all over `microbatches` microbatches,
 /// from the weights `weights` (per global layer; [`data::layer_weights`] initially).
-pub fn step(model: &Model, weights: &[(Vec<f32>, Vec<f32>)], microbatches: u32) -> Step {
+pub fn step(model: &Model, weights: &[(Vec<f32>, Vec<f32>)], microbatches: u32, step: u32) -> Step {
     let (h, f, t) = (model.hidden as usize, model.ffn as usize, model.tokens() as usize);
     let layers = weights.len();
     let mut grads: Vec<(Vec<f32>, Vec<f32>)> = (0..layers).map(|_| (vec![0.0; h * f], vec![0.0; f * h])).collect();
     let mut losses = Vec::new();
     let scale = 1.0 / (t * h) as f32 / microbatches as f32;
     for g in 0..microbatches {
-        let mut xs = vec![data::input(model, g)];
+        let mut xs = vec![data::input(model, step, g)];
         let mut hs = Vec::new();
         let mut acts = Vec::new();
         for (w1, w2) in weights {
@@ -37,7 +37,7 @@ pub fn step(model: &Model, weights: &[(Vec<f32>, Vec<f32>)], microbatches: u32) 
             acts.push(a);
             xs.push(y);
         }
-        let target = data::target(model, g);
+        let target = data::target(model, step, g);
         let y = xs.last().cloned().unwrap_or_default();
         let d: Vec<f32> = y.iter().zip(&target).map(|(a, b)| a - b).collect();
         let mse: f64 = d.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / (t * h) as f64;

@@ -27,8 +27,6 @@ pub enum RuntimeError {
     Nccl { rank: u32, what: String },
     #[error("rank {rank}, node {node}: {what}")]
     Node { rank: u32, node: usize, what: String },
-    #[error("this runtime executes {what} only in a later version: {detail}")]
-    Unsupported { what: String, detail: String },
 }
 
 impl RuntimeError {
@@ -41,8 +39,7 @@ impl RuntimeError {
             | RuntimeError::Plan(_)
             | RuntimeError::Read { .. }
             | RuntimeError::NotAPlan { .. }
-            | RuntimeError::Environment(_)
-            | RuntimeError::Unsupported { .. } => 2,
+            | RuntimeError::Environment(_) => 2,
             _ => 1,
         }
     }

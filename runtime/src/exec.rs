@@ -4,11 +4,15 @@
 //! graph on the compute stream (the other streams join and leave through the plan's own
 //! events) and replayed every step.
 
-use crate::gpu::Gpu;
+use crate::gpu::{Communicator, Gpu, HostMark};
 use crate::launch::{exchange_id, Place};
+use crate::watchdog::Watchdog;
 use crate::RuntimeError;
+use cudarc::driver::CudaEvent;
 use pipewright_plan::node::Node;
-use pipewright_plan::{cpu, Dtype, Plan};
+use pipewright_plan::{cpu, Plan};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to run.
@@ -25,6 +29,12 @@ pub struct RunOptions {
     /// Write the initial weights, inputs and targets, and the final weights and gradients,
     /// as safetensors here (for the PyTorch cross-check, `tests/torch_reference.py`).
     pub dump: Option<std::path::PathBuf>,
+    /// End the rank when a step (or joining the communicator) makes no progress for this
+    /// long (zero: never; NCCL errors still end it). See [`crate::watchdog`].
+    pub watchdog: Duration,
+    /// Time every op of the program with CUDA events (eager steps only; see
+    /// [`crate::profile`]).
+    pub profile: bool,
 }
 
 /// What a run measured.
@@ -40,6 +50,8 @@ pub struct RunReport {
     pub step_ms: Vec<f64>,
     /// Per replayed step, microseconds the host spent launching it (empty when eager).
     pub launch_us: Vec<f64>,
+    /// With `profile`: per step, each op's (start, duration) in ms from the step's start.
+    pub op_times: Vec<Vec<(f64, f64)>>,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
@@ -51,22 +63,15 @@ pub fn run(
 ) -> Result<(RunReport, Gpu), RuntimeError> {
     let (steps, eager) = (opts.steps, opts.eager);
     plan.validate()?;
-    if plan.model.dtype != Dtype::F32 {
-        return Err(RuntimeError::Unsupported {
-            what: "bf16 plans".into(),
-            detail: "this build executes f32 plans; recompile with dtype = \"f32\"".into(),
-        });
-    }
     let rp = &plan.ranks[place.rank as usize];
     let mut gpu = Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache)?;
     // Initial weights, inputs and targets: the same generator as the CPU reference.
     for b in &rp.buffers {
         if let Some(data) = cpu::init(plan, &b.name) {
-            let n = (b.bytes / 4) as usize;
-            gpu.upload(b.offset, &data[..n.min(data.len())])?;
+            gpu.upload(b, &data)?;
         }
     }
-    let state = |name: &str| name.starts_with("w1.") || name.starts_with("w2.") || name.starts_with("adam.");
+    let state = |name: &str| ["w1.", "w2.", "master.", "adam.", "data."].iter().any(|p| name.starts_with(p));
     let checkpoint = opts.checkpoint_dir.as_ref().map(|d| d.join(format!("rank{}.safetensors", place.rank)));
     let mut first_step = 0;
     if opts.resume {
@@ -81,7 +86,7 @@ pub fn run(
                     b.name
                 ))
             })?;
-            gpu.upload(b.offset, data)?;
+            gpu.upload(b, data)?;
         }
         first_step = step;
     }
@@ -95,6 +100,7 @@ pub fn run(
             first_step,
         )?;
     }
+    let dog = Watchdog::start(place.rank, opts.watchdog);
     let comm = if plan.world_size > 1 {
         let id = if place.rank == 0 {
             let id = cudarc::nccl::Id::new().map_err(|e| RuntimeError::Nccl { rank: 0, what: format!("{e:?}") })?;
@@ -103,24 +109,42 @@ pub fn run(
             None
         };
         let id = exchange_id(place, id, Duration::from_secs(60))?;
-        Some(gpu.communicator(place.rank, plan.world_size, id)?)
+        dog.phase(format!("joining the NCCL communicator of {} ranks", plan.world_size));
+        let comm = gpu.communicator(place.rank, plan.world_size, id)?;
+        dog.done();
+        dog.watch_comm(comm.raw());
+        let mark = Arc::new(HostMark::new(&gpu.ctx)?);
+        dog.watch_progress(mark.clone(), describe_groups(plan, place.rank));
+        Some((comm, mark))
     } else {
         None
     };
+    let comm = comm.as_ref().map(|(c, m)| (c, m.as_ref()));
     let loss = rp.buffers.iter().find(|b| b.name == "loss").cloned();
-    let mut report =
-        RunReport { rank: place.rank, first_step, losses: Vec::new(), step_ms: Vec::new(), launch_us: Vec::new() };
+    let mut report = RunReport {
+        rank: place.rank,
+        first_step,
+        losses: Vec::new(),
+        step_ms: Vec::new(),
+        launch_us: Vec::new(),
+        op_times: Vec::new(),
+    };
     let mut graph: Option<cudarc::driver::CudaGraph> = None;
     let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
     for step in first_step..steps {
         let began = Instant::now();
-        if eager || step == first_step {
-            issue(&mut gpu, plan, place.rank, comm.as_ref())?;
+        dog.phase(format!("step {step}{}", if eager || step == first_step { " (eager)" } else { " (graph replay)" }));
+        if opts.profile {
+            let mut timer = OpTimer::new(&gpu, &plan.ranks[place.rank as usize].ops)?;
+            issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
+            report.op_times.push(timer.times()?);
+        } else if eager || step == first_step {
+            issue(&mut gpu, plan, place.rank, comm, None)?;
         } else {
             if graph.is_none() {
                 let capture = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
                 gpu.streams[0].begin_capture(capture).map_err(driver)?;
-                let issued = issue(&mut gpu, plan, place.rank, comm.as_ref());
+                let issued = issue(&mut gpu, plan, place.rank, comm, None);
                 let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
                 issued?;
                 graph =
@@ -133,12 +157,13 @@ pub fn run(
             }
         }
         let losses = match &loss {
-            Some(b) => gpu.download(b.offset, (b.bytes / 4) as usize)?,
+            Some(b) => gpu.download(b, usize::MAX)?,
             None => {
-                gpu.download(0, 0)?;
+                gpu.synchronize()?;
                 Vec::new()
             }
         };
+        dog.done();
         report.step_ms.push(began.elapsed().as_secs_f64() * 1e3);
         let total = plan.pipes * plan.microbatches;
         report.losses.push(losses.iter().map(|&v| if v == 0.0 { f32::NAN } else { v * total as f32 }).collect());
@@ -162,14 +187,30 @@ pub fn run(
 }
 
 /// Issues every node of this rank's step, in order, on its stream.
-fn issue(gpu: &mut Gpu, plan: &Plan, rank: u32, comm: Option<&cudarc::nccl::Comm>) -> Result<(), RuntimeError> {
+/// With more than one rank, `comm` is the communicator and the watchdog's progress mark:
+/// zeroed when the step starts, then after each p2p group node i set to i + 1.
+/// With `timer`, every op of the program is timed.
+fn issue(
+    gpu: &mut Gpu,
+    plan: &Plan,
+    rank: u32,
+    comm: Option<(&Communicator, &HostMark)>,
+    mut timer: Option<&mut OpTimer>,
+) -> Result<(), RuntimeError> {
     let rp = &plan.ranks[rank as usize];
     let off = |b: u32| rp.buffers[b as usize].offset;
+    let operand = |b: u32| (rp.buffers[b as usize].offset, rp.buffers[b as usize].dtype);
+    if let Some((_, mark)) = comm {
+        gpu.mark(mark, 0)?;
+    }
     for (i, node) in rp.nodes.iter().enumerate() {
+        if let Some(t) = timer.as_deref_mut() {
+            t.before(gpu, i)?;
+        }
         match node {
             Node::Gemm(g) => gpu.gemm(
                 g.stream as usize,
-                (off(g.a), off(g.b), off(g.c)),
+                (operand(g.a), operand(g.b), operand(g.c)),
                 (g.m, g.n, g.k),
                 (g.trans_a, g.trans_b),
                 g.alpha,
@@ -180,7 +221,7 @@ fn issue(gpu: &mut Gpu, plan: &Plan, rank: u32, comm: Option<&cudarc::nccl::Comm
                 gpu.kernel(k.stream as usize, &k.name, &offsets, k.elements, &k.scalars)?
             }
             Node::Group { ops, .. } => {
-                let comm = comm.ok_or_else(|| RuntimeError::Node {
+                let (comm, mark) = comm.ok_or_else(|| RuntimeError::Node {
                     rank,
                     node: i,
                     what: "a p2p group in a one-rank plan".into(),
@@ -189,16 +230,101 @@ fn issue(gpu: &mut Gpu, plan: &Plan, rank: u32, comm: Option<&cudarc::nccl::Comm
                     .iter()
                     .map(|o| {
                         let b = &rp.buffers[o.buffer as usize];
-                        (o.send, o.peer, b.offset, (b.bytes / 4) as usize)
+                        (o.send, o.peer, b.offset, b.bytes as usize)
                     })
                     .collect();
-                gpu.group(comm, rank, &ops)?
+                gpu.group(comm, rank, &ops)?;
+                gpu.mark(mark, i as u32 + 1)?
             }
             Node::Record { stream, event } => gpu.record(*stream as usize, *event as usize)?,
             Node::Wait { stream, event } => gpu.wait(*stream as usize, *event as usize)?,
         }
+        if let Some(t) = timer.as_deref_mut() {
+            t.after(gpu, i)?;
+        }
     }
     Ok(())
+}
+
+/// CUDA events around every op of one step (eager): a start event before the op's first
+/// node and an end event after its last, on the op's stream, and one at the step's start.
+struct OpTimer {
+    origin: CudaEvent,
+    /// Op index by its first and its last node.
+    starts: HashMap<usize, usize>,
+    ends: HashMap<usize, usize>,
+    streams: Vec<usize>,
+    events: Vec<(Option<CudaEvent>, Option<CudaEvent>)>,
+}
+
+impl OpTimer {
+    fn new(gpu: &Gpu, ops: &[pipewright_plan::OpSpan]) -> Result<OpTimer, RuntimeError> {
+        let origin = gpu.streams[0].record_event(Some(TIMED)).map_err(driver)?;
+        Ok(OpTimer {
+            origin,
+            starts: ops.iter().enumerate().map(|(i, o)| (o.first as usize, i)).collect(),
+            ends: ops.iter().enumerate().map(|(i, o)| (o.last as usize, i)).collect(),
+            streams: ops.iter().map(|o| o.stream as usize).collect(),
+            events: ops.iter().map(|_| (None, None)).collect(),
+        })
+    }
+
+    fn before(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
+        if let Some(&op) = self.starts.get(&node) {
+            self.events[op].0 = Some(gpu.streams[self.streams[op]].record_event(Some(TIMED)).map_err(driver)?);
+        }
+        Ok(())
+    }
+
+    fn after(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
+        if let Some(&op) = self.ends.get(&node) {
+            self.events[op].1 = Some(gpu.streams[self.streams[op]].record_event(Some(TIMED)).map_err(driver)?);
+        }
+        Ok(())
+    }
+
+    /// Each op's (start, duration) in ms from the step's start (waits for the step).
+    fn times(&self) -> Result<Vec<(f64, f64)>, RuntimeError> {
+        self.events
+            .iter()
+            .map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => {
+                    let start = self.origin.elapsed_ms(a).map_err(driver)? as f64;
+                    Ok((start, a.elapsed_ms(b).map_err(driver)? as f64))
+                }
+                _ => Ok((f64::NAN, f64::NAN)),
+            })
+            .collect()
+    }
+}
+
+const TIMED: cudarc::driver::sys::CUevent_flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+
+fn driver(e: cudarc::driver::DriverError) -> RuntimeError {
+    RuntimeError::Driver(format!("{e:?}"))
+}
+
+/// For the watchdog's messages: each p2p group node described by its ops (`None` for other
+/// nodes).
+fn describe_groups(plan: &Plan, rank: u32) -> Vec<Option<String>> {
+    let rp = &plan.ranks[rank as usize];
+    rp.nodes
+        .iter()
+        .map(|n| match n {
+            Node::Group { ops, .. } => Some(format!(
+                "p2p group [{}]",
+                ops.iter()
+                    .map(|o| {
+                        let b = &rp.buffers[o.buffer as usize];
+                        let dir = if o.send { "send to" } else { "recv from" };
+                        format!("{dir} rank {} {} ({} bytes)", o.peer, b.name, b.bytes)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The rank's buffers whose names `keep` accepts, read back, with their shapes.
@@ -211,8 +337,8 @@ fn tensors(
     let (h, f, t) = (plan.model.hidden as usize, plan.model.ffn as usize, plan.model.tokens() as usize);
     let mut out = Vec::new();
     for b in plan.ranks[rank as usize].buffers.iter().filter(|b| keep(&b.name)) {
-        let n = (b.bytes / 4) as usize;
-        let shape = match b.name.split('.').next().unwrap_or("") {
+        let n = (b.bytes / b.dtype.size()) as usize;
+        let shape = match b.name.trim_start_matches("master.").split('.').next().unwrap_or("") {
             "w1" | "g1" => vec![h, f],
             "w2" | "g2" => vec![f, h],
             "input" | "target" => vec![t, h],
@@ -220,7 +346,7 @@ fn tensors(
             _ if b.name.starts_with("adam.m2") || b.name.starts_with("adam.v2") => vec![f, h],
             _ => vec![n],
         };
-        out.push((b.name.clone(), shape, gpu.download(b.offset, n)?));
+        out.push((b.name.clone(), shape, gpu.download(b, n)?));
     }
     Ok(out)
 }

@@ -4,13 +4,30 @@
 use crate::RuntimeError;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nccl::{Comm, Id};
+use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use pipewright_plan::{Buffer, Dtype};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The kernel sources, built into the binary.
-pub const KERNEL_SOURCES: &[(&str, &str)] = &[("elementwise.cu", include_str!("../../kernels/elementwise.cu"))];
+pub const KERNEL_SOURCES: &[(&str, &str)] = &[
+    ("elementwise.cu", include_str!("../../kernels/elementwise.cu")),
+    ("progress.cu", include_str!("../../kernels/progress.cu")),
+    ("bf16.cu", include_str!("../../kernels/bf16.cu")),
+];
+
+/// The watchdog's progress kernel (`kernels/progress.cu`), beside the plan's kernels.
+const MARK_KERNEL: &str = "mark_progress";
+
+/// The functions each kernel file defines.
+fn functions_of(file: &str) -> Vec<&'static str> {
+    match file {
+        "progress.cu" => vec![MARK_KERNEL],
+        "bf16.cu" => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| n.ends_with("_bf16")).collect(),
+        _ => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_bf16")).collect(),
+    }
+}
 
 /// Checks that a CUDA library can be loaded, without letting cudarc panic when it cannot.
 pub fn require_library(name: &str) -> Result<(), RuntimeError> {
@@ -81,9 +98,9 @@ impl Gpu {
         for (file, source) in KERNEL_SOURCES {
             let ptx = compile_cached(file, source, cache)?;
             let module = ctx.load_module(ptx).map_err(driver)?;
-            for (name, _) in pipewright_plan::node::KERNELS {
+            for name in functions_of(file) {
                 let f = module.load_function(name).map_err(driver)?;
-                kernels.insert((*name).to_owned(), f);
+                kernels.insert(name.to_owned(), f);
             }
         }
         Ok(Gpu { ctx, streams, events: (0..events).map(|_| None).collect(), blas, kernels, arena })
@@ -95,31 +112,61 @@ impl Gpu {
         base + offset
     }
 
-    /// Copies `data` to the arena at byte `offset`.
-    pub fn upload(&mut self, offset: u64, data: &[f32]) -> Result<(), RuntimeError> {
-        let start = (offset / 4) as usize;
-        let mut view = self.arena.slice_mut(start..start + data.len());
-        self.streams[0].memcpy_htod(data, &mut view).map_err(driver)
+    /// Copies `data` into `buffer` (at most its elements), converted to its dtype.
+    pub fn upload(&mut self, buffer: &Buffer, data: &[f32]) -> Result<(), RuntimeError> {
+        let n = data.len().min((buffer.bytes / buffer.dtype.size()) as usize);
+        self.synchronize()?;
+        let dst = self.addr(buffer.offset);
+        // SAFETY: the buffer lies inside the arena (validated plan) and holds n elements of
+        // its dtype; the copy is synchronous and every stream is idle.
+        match buffer.dtype {
+            Dtype::F32 => unsafe { cudarc::driver::result::memcpy_htod_sync(dst, &data[..n]) },
+            Dtype::Bf16 => {
+                let words: Vec<u16> = data[..n].iter().map(|&x| bf16_bits(x)).collect();
+                // SAFETY: as above.
+                unsafe { cudarc::driver::result::memcpy_htod_sync(dst, &words) }
+            }
+        }
+        .map_err(driver)
     }
 
-    /// Reads `len` f32 from the arena at byte `offset`.
-    pub fn download(&self, offset: u64, len: usize) -> Result<Vec<f32>, RuntimeError> {
+    /// Reads the first `len` elements of `buffer` (at most all), as f32.
+    pub fn download(&self, buffer: &Buffer, len: usize) -> Result<Vec<f32>, RuntimeError> {
+        self.synchronize()?;
+        let len = len.min((buffer.bytes / buffer.dtype.size()) as usize);
+        let src = self.addr(buffer.offset);
+        match buffer.dtype {
+            Dtype::F32 => {
+                let mut out = vec![0.0f32; len];
+                // SAFETY: as in `upload`; the destination holds exactly the bytes copied.
+                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut out, src) }.map_err(driver)?;
+                Ok(out)
+            }
+            Dtype::Bf16 => {
+                let mut words = vec![0u16; len];
+                // SAFETY: as in `upload`; the destination holds exactly the bytes copied.
+                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut words, src) }.map_err(driver)?;
+                Ok(words.into_iter().map(|w| f32::from_bits((w as u32) << 16)).collect())
+            }
+        }
+    }
+
+    /// Waits for every stream.
+    pub fn synchronize(&self) -> Result<(), RuntimeError> {
         for s in &self.streams {
             s.synchronize().map_err(driver)?;
         }
-        let start = (offset / 4) as usize;
-        let view = self.arena.slice(start..start + len);
-        let mut out = vec![0.0f32; len];
-        self.streams[0].memcpy_dtoh(&view, &mut out).map_err(driver)?;
-        Ok(out)
+        Ok(())
     }
 
-    /// Row-major `C = alpha·op(A)·op(B) + beta·C` (f32) on `stream`; offsets in bytes.
+    /// Row-major `C = alpha·op(A)·op(B) + beta·C` on `stream`; operands (byte offset,
+    /// dtype). All f32: SGEMM. Otherwise cublasGemmEx with f32 accumulation (bf16 inputs;
+    /// C in bf16 for activations, f32 for gradients).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
         stream: usize,
-        (a, b, c): (u64, u64, u64),
+        (a, b, c): ((u64, Dtype), (u64, Dtype), (u64, Dtype)),
         (m, n, k): (u64, u64, u64),
         (trans_a, trans_b): (bool, bool),
         alpha: f32,
@@ -140,6 +187,40 @@ impl Gpu {
         // Row-major C (m×n) is column-major Cᵀ (n×m) = op(B)ᵀ·op(A)ᵀ: swap the operands.
         let ldb = if trans_b { k } else { n };
         let lda = if trans_a { m } else { k };
+        let dtypes = (a.1, b.1, c.1);
+        let (a, b, c) = (a.0, b.0, c.0);
+        if dtypes != (Dtype::F32, Dtype::F32, Dtype::F32) {
+            let ty = |d: Dtype| match d {
+                Dtype::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+                Dtype::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+            };
+            // SAFETY: as for SGEMM below; alpha and beta are f32, as CUBLAS_COMPUTE_32F
+            // requires, and each operand's type is its buffer's dtype.
+            return unsafe {
+                blas::gemm_ex(
+                    blas_handle,
+                    op(trans_b),
+                    op(trans_a),
+                    n as i32,
+                    m as i32,
+                    k as i32,
+                    &alpha as *const f32 as *const _,
+                    self.addr(b) as *const _,
+                    ty(dtypes.1),
+                    ldb as i32,
+                    self.addr(a) as *const _,
+                    ty(dtypes.0),
+                    lda as i32,
+                    &beta as *const f32 as *const _,
+                    self.addr(c) as *mut _,
+                    ty(dtypes.2),
+                    n as i32,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| RuntimeError::Blas(format!("{e:?}")));
+        }
         // SAFETY: the three operands lie inside the arena (the plan was validated: each
         // holds at least its rows × columns), and the handle is bound to `stream`.
         unsafe {
@@ -177,7 +258,7 @@ impl Gpu {
         let n = elements as i64;
         let threads = 256u32;
         // The loss reduction has a fixed grid (its partials buffer holds one value per block).
-        let blocks = if name == "mse_loss" {
+        let blocks = if name.starts_with("mse_loss") {
             pipewright_plan::node::MSE_BLOCKS as u32
         } else {
             (elements.div_ceil(threads as u64)).clamp(1, 4096) as u32
@@ -191,7 +272,7 @@ impl Gpu {
         let index: i32;
         match name {
             "tick" => {}
-            "mse_loss" => {
+            "mse_loss" | "mse_loss_bf16" => {
                 index = scalars.get(1).copied().unwrap_or(0.0) as i32;
                 launch.arg(&n);
                 launch.arg(&scalars[0]);
@@ -224,28 +305,158 @@ impl Gpu {
         }
     }
 
-    /// The NCCL communicator of this rank, on the communication stream.
-    pub fn communicator(&self, rank: u32, world: u32, id: [u8; 128]) -> Result<Comm, RuntimeError> {
-        let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
-        Comm::from_rank(self.streams[2].clone(), rank as usize, world as usize, id)
-            .map_err(|e| RuntimeError::Nccl { rank, what: format!("{e:?}") })
+    /// The NCCL communicator of this rank (blocks until every rank has joined).
+    pub fn communicator(&self, rank: u32, world: u32, id: [u8; 128]) -> Result<Communicator, RuntimeError> {
+        let id = nccl_sys::ncclUniqueId { internal: id.map(|b| b as std::ffi::c_char) };
+        let mut raw = std::mem::MaybeUninit::uninit();
+        // SAFETY: `raw` is written by ncclCommInitRank before it is read; on error it is
+        // never read.
+        unsafe { nccl_result::comm_init_rank(raw.as_mut_ptr(), world as i32, id, rank as i32) }
+            .map_err(|e| RuntimeError::Nccl { rank, what: format!("creating the communicator: {e:?}") })?;
+        // SAFETY: initialised by the successful call above.
+        Ok(Communicator { raw: unsafe { raw.assume_init() } })
     }
 
-    /// One NCCL group of p2p ops: (send?, peer, byte offset, f32 elements).
-    pub fn group(&mut self, comm: &Comm, rank: u32, ops: &[(bool, u32, u64, usize)]) -> Result<(), RuntimeError> {
-        let nccl = |e: cudarc::nccl::result::NcclError| RuntimeError::Nccl { rank, what: format!("{e:?}") };
-        cudarc::nccl::result::group_start().map_err(nccl)?;
+    /// One NCCL group of p2p ops on the communication stream: (send?, peer, byte offset,
+    /// bytes). Buffers move as bytes, whatever their dtype.
+    pub fn group(
+        &mut self,
+        comm: &Communicator,
+        rank: u32,
+        ops: &[(bool, u32, u64, usize)],
+    ) -> Result<(), RuntimeError> {
+        let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("{e:?}") };
+        let stream = self.streams[2].cu_stream() as nccl_sys::cudaStream_t;
+        nccl_result::group_start().map_err(nccl)?;
         for &(send, peer, offset, len) in ops {
-            let start = (offset / 4) as usize;
-            if send {
-                comm.send(&self.arena.slice(start..start + len), peer as i32).map_err(nccl)?;
-            } else {
-                comm.recv(&mut self.arena.slice_mut(start..start + len), peer as i32).map_err(nccl)?;
+            let ptr = self.addr(offset) as *mut std::ffi::c_void;
+            let bytes = nccl_sys::ncclDataType_t::ncclUint8;
+            // SAFETY: [offset, offset + len) lies in the arena (the validated plan sizes
+            // every buffer), the communicator is live, and the stream belongs to this
+            // context.
+            unsafe {
+                if send {
+                    nccl_result::send(ptr, len, bytes, peer as i32, comm.raw, stream)
+                } else {
+                    nccl_result::recv(ptr, len, bytes, peer as i32, comm.raw, stream)
+                }
             }
+            .map_err(nccl)?;
         }
-        cudarc::nccl::result::group_end().map_err(nccl)?;
+        nccl_result::group_end().map_err(nccl)?;
         Ok(())
     }
+
+    /// Writes `value` into `mark` once the communication stream gets here.
+    pub fn mark(&self, mark: &HostMark, value: u32) -> Result<(), RuntimeError> {
+        let f =
+            self.kernels.get(MARK_KERNEL).ok_or_else(|| RuntimeError::Driver(format!("{MARK_KERNEL} not loaded")))?;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = self.streams[2].launch_builder(f);
+        launch.arg(&mark.device);
+        launch.arg(&value);
+        // SAFETY: the signature is (unsigned int*, unsigned int); `mark.device` is the
+        // device address of live page-locked host memory holding one u32.
+        unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
+    }
+}
+
+/// This rank's NCCL communicator. Aborted on drop (never left with pending work).
+#[derive(Debug)]
+pub struct Communicator {
+    raw: nccl_sys::ncclComm_t,
+}
+
+// SAFETY: NCCL communicators may be used from any thread; the runtime issues work from one
+// thread, and the watchdog only calls ncclCommGetAsyncError and ncclCommAbort, which NCCL
+// documents as callable from another thread.
+unsafe impl Send for Communicator {}
+unsafe impl Sync for Communicator {}
+
+impl Communicator {
+    /// The raw handle as an integer, for the watchdog.
+    pub fn raw(&self) -> usize {
+        self.raw as usize
+    }
+}
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        nccl_abort(self.raw as usize);
+    }
+}
+
+/// The asynchronous error of communicator `raw`, if it has one.
+pub fn nccl_async_error(raw: usize) -> Option<String> {
+    let mut result = nccl_sys::ncclResult_t::ncclSuccess;
+    // SAFETY: `raw` is a live communicator (the watchdog clears it before aborting).
+    let call = unsafe { nccl_sys::ncclCommGetAsyncError(raw as nccl_sys::ncclComm_t, &mut result) };
+    match (call, result) {
+        (nccl_sys::ncclResult_t::ncclSuccess, nccl_sys::ncclResult_t::ncclSuccess)
+        | (nccl_sys::ncclResult_t::ncclSuccess, nccl_sys::ncclResult_t::ncclInProgress) => None,
+        (nccl_sys::ncclResult_t::ncclSuccess, err) => Some(format!("{err:?}")),
+        (err, _) => Some(format!("ncclCommGetAsyncError failed: {err:?}")),
+    }
+}
+
+/// Aborts communicator `raw`: its pending operations end, and it is freed.
+pub fn nccl_abort(raw: usize) {
+    // SAFETY: `raw` is a live communicator, aborted at most once (the watchdog swaps its
+    // copy out, and exits the process before the owner's drop could run).
+    let _ = unsafe { nccl_result::comm_abort(raw as nccl_sys::ncclComm_t) };
+}
+
+/// One u32 of page-locked host memory that the device can write (the watchdog's progress
+/// mark): `device` is its device address.
+#[derive(Debug)]
+pub struct HostMark {
+    host: *mut u32,
+    device: u64,
+}
+
+// SAFETY: the memory is only read (volatile) by the host and written by the device; the
+// pointer stays valid until drop.
+unsafe impl Send for HostMark {}
+unsafe impl Sync for HostMark {}
+
+impl HostMark {
+    /// Allocates the mark in `ctx`, zeroed.
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<HostMark, RuntimeError> {
+        ctx.bind_to_thread().map_err(driver)?;
+        let flags = cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP | cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE;
+        // SAFETY: a 4-byte page-locked allocation; written (zeroed) before any read.
+        let host = unsafe { cudarc::driver::result::malloc_host(4, flags) }.map_err(driver)? as *mut u32;
+        // SAFETY: `host` is a valid, aligned u32 we own.
+        unsafe { std::ptr::write_volatile(host, 0) };
+        let mut device = 0;
+        // SAFETY: `host` was allocated with DEVICEMAP, so it has a device address.
+        unsafe { cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut device, host as *mut _, 0) }
+            .result()
+            .map_err(driver)?;
+        Ok(HostMark { host, device })
+    }
+
+    /// The last value the device wrote.
+    pub fn read(&self) -> u32 {
+        // SAFETY: valid until drop; volatile, because the device writes it behind our back.
+        unsafe { std::ptr::read_volatile(self.host) }
+    }
+}
+
+impl Drop for HostMark {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc in `new`, freed once.
+        let _ = unsafe { cudarc::driver::result::free_host(self.host as *mut _) };
+    }
+}
+
+/// f32 → bf16, rounding to nearest even (as `kernels/bf16.cu` does).
+pub fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        return ((u >> 16) | if u & 0xffff != 0 { 0x40 } else { 0 }) as u16;
+    }
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
 /// Compiles a kernel file for sm_90, reusing a cached PTX keyed by the source's hash.

@@ -10,6 +10,8 @@ pub mod error;
 pub mod exec;
 pub mod gpu;
 pub mod launch;
+pub mod profile;
+pub mod watchdog;
 
 pub use error::RuntimeError;
 

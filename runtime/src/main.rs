@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! pipewright-runtime check DIR                 # load and validate DIR/plan.json against this job
-//! pipewright-runtime run DIR [--steps K] [--reference]
-//! pipewright-runtime launch --gpus N DIR [--steps K] [--reference]
+//! pipewright-runtime run DIR [--steps K] [--reference] [--eager] [--watchdog S] ...
+//! pipewright-runtime launch --gpus N DIR [same options as run]
 //! ```
 
 use anyhow::Context;
@@ -28,27 +28,24 @@ enum Command {
     /// certificate hash). Exit 0 when it would run, 2 with the reason when not.
     Check { dir: PathBuf },
     /// Run this rank's part of the plan (rank and world from RANK/WORLD_SIZE/LOCAL_RANK or
-    /// SLURM_*), eagerly, and print the losses per step.
+    /// SLURM_*) and print the losses per step.
     Run {
         dir: PathBuf,
-        #[arg(long, default_value_t = 1)]
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Measure every op of the plan with CUDA events over K eager steps on N local GPUs;
+    /// write OUT/costs.toml (a [costs] table for the spec), OUT/measured-trace.json (the
+    /// measured timeline, to compare with the simulated trace.json) and OUT/rank<r>.json.
+    Profile {
+        #[arg(long)]
+        gpus: u32,
+        dir: PathBuf,
+        #[arg(long, default_value_t = 6)]
         steps: u32,
-        /// Also run the plan on the CPU executor and print the largest relative error of
-        /// the losses and of this rank's weight gradients and weights.
-        #[arg(long)]
-        reference: bool,
-        /// Issue every node every step instead of replaying a captured CUDA graph.
-        #[arg(long)]
-        eager: bool,
-        /// Write checkpoints here every `checkpoint_every` steps of [training].
-        #[arg(long)]
-        checkpoint_dir: Option<PathBuf>,
-        /// Continue from the checkpoint in --checkpoint-dir.
-        #[arg(long, requires = "checkpoint_dir")]
-        resume: bool,
-        /// Write initial and final weights, inputs, targets and gradients (safetensors).
-        #[arg(long)]
-        dump: Option<PathBuf>,
+        /// Output directory (default: DIR/profile).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
     },
     /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
     /// others.
@@ -56,19 +53,79 @@ enum Command {
         #[arg(long)]
         gpus: u32,
         dir: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        steps: u32,
-        #[arg(long)]
-        reference: bool,
-        #[arg(long)]
-        eager: bool,
-        #[arg(long)]
-        checkpoint_dir: Option<PathBuf>,
-        #[arg(long, requires = "checkpoint_dir")]
-        resume: bool,
-        #[arg(long)]
-        dump: Option<PathBuf>,
+        #[command(flatten)]
+        args: RunArgs,
     },
+}
+
+/// The options of `run`, which `launch` passes on to every rank.
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[arg(long, default_value_t = 1)]
+    steps: u32,
+    /// Also run the plan on the CPU executor and print the largest relative error of
+    /// the losses and of this rank's weight gradients and weights.
+    #[arg(long)]
+    reference: bool,
+    /// Issue every node every step instead of replaying a captured CUDA graph.
+    #[arg(long)]
+    eager: bool,
+    /// Write checkpoints here every `checkpoint_every` steps of [training].
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in --checkpoint-dir.
+    #[arg(long, requires = "checkpoint_dir")]
+    resume: bool,
+    /// Write initial and final weights, inputs, targets and gradients (safetensors).
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Seconds without progress (a step, or joining the communicator) after which the
+    /// rank aborts NCCL and exits with code 3, naming the p2p group it is stuck in
+    /// (0: never).
+    #[arg(long, default_value_t = 30.0)]
+    watchdog: f64,
+    /// Time every op (eager steps) and write this rank's profile to DIR/rank<r>.json
+    /// (what `profile` runs on every rank).
+    #[arg(long)]
+    profile_out: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn options(&self) -> exec::RunOptions {
+        exec::RunOptions {
+            steps: self.steps,
+            eager: self.eager,
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            resume: self.resume,
+            dump: self.dump.clone(),
+            watchdog: std::time::Duration::from_secs_f64(self.watchdog.max(0.0)),
+            profile: self.profile_out.is_some(),
+        }
+    }
+
+    /// The same options as command-line arguments of `run`.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = vec![
+            "--steps".into(),
+            self.steps.to_string().into(),
+            "--watchdog".into(),
+            self.watchdog.to_string().into(),
+        ];
+        for (on, flag) in [(self.reference, "--reference"), (self.eager, "--eager"), (self.resume, "--resume")] {
+            if on {
+                out.push(flag.into());
+            }
+        }
+        let paths =
+            [(&self.checkpoint_dir, "--checkpoint-dir"), (&self.dump, "--dump"), (&self.profile_out, "--profile-out")];
+        for (path, flag) in paths {
+            if let Some(p) = path {
+                out.push(flag.into());
+                out.push(p.clone().into());
+            }
+        }
+        out
+    }
 }
 
 fn load(dir: &Path) -> Result<(Plan, String), RuntimeError> {
@@ -115,17 +172,15 @@ fn main() -> ExitCode {
                 place.world_size
             );
         }),
-        Command::Run { dir, steps, reference, eager, checkpoint_dir, resume, dump } => {
-            let opts = exec::RunOptions { steps, eager, checkpoint_dir, resume, dump };
-            run(&dir, &opts, reference)
-        }
-        Command::Launch { gpus, dir, steps, reference, eager, checkpoint_dir, resume, dump } => {
-            let opts = exec::RunOptions { steps, eager, checkpoint_dir, resume, dump };
-            match launch(gpus, &dir, &opts, reference) {
-                Ok(code) => return code,
-                Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
-            }
-        }
+        Command::Run { dir, args } => run(&dir, &args, args.reference),
+        Command::Profile { gpus, dir, steps, out } => match profile(gpus, &dir, steps, out) {
+            Ok(code) => return code,
+            Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
+        },
+        Command::Launch { gpus, dir, args } => match launch(gpus, &dir, &args) {
+            Ok(code) => return code,
+            Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,11 +191,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(dir: &Path, opts: &exec::RunOptions, reference: bool) -> Result<(), RuntimeError> {
-    let (steps, eager) = (opts.steps, opts.eager);
+fn run(dir: &Path, args: &RunArgs, reference: bool) -> Result<(), RuntimeError> {
+    let opts = &args.options();
+    let (steps, eager) = (opts.steps, opts.eager || opts.profile);
     let (plan, place) = checked(dir, 1)?;
     let cache = std::env::temp_dir().join("pipewright-kernels");
     let (report, gpu) = exec::run(&plan, &place, opts, &cache)?;
+    if let Some(out) = &args.profile_out {
+        let p = pipewright_runtime::profile::rank_profile(&plan, place.rank, &report);
+        let path = out.join(format!("rank{}.json", place.rank));
+        std::fs::create_dir_all(out)
+            .and_then(|_| std::fs::write(&path, serde_json::to_string_pretty(&p).unwrap_or_default()))
+            .map_err(|e| RuntimeError::Environment(format!("{}: {e}", path.display())))?;
+    }
     if let Some(d) = &opts.dump {
         let losses = serde_json::json!({ "first_step": report.first_step, "losses": report.losses });
         let path = d.join(format!("rank{}-losses.json", place.rank));
@@ -193,7 +256,7 @@ fn run(dir: &Path, opts: &exec::RunOptions, reference: bool) -> Result<(), Runti
                 continue;
             }
             let want = &memory[place.rank as usize][&b.name];
-            let got = gpu.download(b.offset, want.len())?;
+            let got = gpu.download(b, want.len())?;
             let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
             let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
             let err = (num / den.max(1e-30)).sqrt();
@@ -211,28 +274,53 @@ fn run(dir: &Path, opts: &exec::RunOptions, reference: bool) -> Result<(), Runti
     Ok(())
 }
 
-fn launch(gpus: u32, dir: &Path, opts: &exec::RunOptions, reference: bool) -> anyhow::Result<ExitCode> {
+fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use pipewright_runtime::profile::{chrome_trace, costs_toml, RankProfile};
+    let out = out.unwrap_or_else(|| dir.join("profile"));
+    let args = RunArgs {
+        steps,
+        reference: false,
+        eager: true,
+        checkpoint_dir: None,
+        resume: false,
+        dump: None,
+        watchdog: 60.0,
+        profile_out: Some(out.clone()),
+    };
+    let code = launch(gpus, dir, &args)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let (plan, _) = load(dir)?;
+    let mut profiles = Vec::new();
+    for r in 0..plan.world_size {
+        let path = out.join(format!("rank{r}.json"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        profiles.push(serde_json::from_str::<RankProfile>(&text).with_context(|| path.display().to_string())?);
+    }
+    std::fs::write(out.join("costs.toml"), costs_toml(&plan, &profiles, "this machine"))?;
+    std::fs::write(out.join("measured-trace.json"), chrome_trace(&profiles).to_string())?;
+    let ideal = profiles.iter().map(|p| p.compute_ms).fold(0.0, f64::max);
+    for p in &profiles {
+        println!(
+            "rank {}: compute {:.3} ms per step, eager step with timing {:.3} ms",
+            p.rank, p.compute_ms, p.step_ms
+        );
+    }
+    println!(
+        "ideal step (busiest rank's compute) {ideal:.3} ms; wrote {}/costs.toml and measured-trace.json",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut children = Vec::new();
     for rank in 0..gpus {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("run").arg(dir).arg("--steps").arg(opts.steps.to_string());
-        if reference {
-            cmd.arg("--reference");
-        }
-        if opts.eager {
-            cmd.arg("--eager");
-        }
-        if let Some(d) = &opts.checkpoint_dir {
-            cmd.arg("--checkpoint-dir").arg(d);
-        }
-        if opts.resume {
-            cmd.arg("--resume");
-        }
-        if let Some(d) = &opts.dump {
-            cmd.arg("--dump").arg(d);
-        }
+        cmd.arg("run").arg(dir).args(args.to_args());
         cmd.env("RANK", rank.to_string())
             .env("WORLD_SIZE", gpus.to_string())
             .env("LOCAL_RANK", rank.to_string())

@@ -11,6 +11,7 @@
 
 use super::problem::Problem;
 use crate::ir::{Chunk, Event, UnitKind};
+use pipewright_plan::data::Rng;
 use std::collections::VecDeque;
 
 /// How a rank chooses among ready ops.
@@ -27,18 +28,27 @@ pub struct Policy {
     pub in_flight: Option<u32>,
     /// Run a ready forward and a ready backward as one overlapped FB when that is cheaper.
     pub pair: bool,
+    /// Randomise the choices (seeded): which module's ready forward or backward runs,
+    /// and now and then the other kind than `backward_first` says. The rule-based
+    /// policies fix every tie the same way; sampling around them finds fills and drains
+    /// they miss on uneven stages.
+    pub jitter: Option<u64>,
 }
+
+/// How often a jittered policy goes against `backward_first`.
+const JITTER_FLIP: f64 = 0.2;
 
 impl Policy {
     /// A short name for reports.
     pub fn name(&self) -> String {
         format!(
-            "list({}{}{}{}{})",
+            "list({}{}{}{}{}{})",
             if self.backward_first { "b-first" } else { "f-first" },
             if self.split { ",split" } else { "" },
             if self.pair { ",pair" } else { "" },
             if self.headroom < 1.0 { format!(",mem {:.0}%", self.headroom * 100.0) } else { String::new() },
             self.in_flight.map(|c| format!(",cap {c}")).unwrap_or_default(),
+            self.jitter.map(|j| format!(",jitter {j}")).unwrap_or_default(),
         )
     }
 }
@@ -87,6 +97,7 @@ pub fn schedule(p: &Problem, policy: &Policy) -> Option<Vec<Vec<Event>>> {
     let total: usize = l.modules.iter().map(|m| m.len()).sum::<usize>() * mbs as usize;
     let mut done_back = 0usize;
     let hop = |from: u32, to: u32| if from != to { p.costs.p2p } else { 0.0 };
+    let mut rng = policy.jitter.map(|seed| Rng::new(seed, 0x4a17, 0));
 
     while done_back < total || wq.iter().any(|q| !q.is_empty()) {
         let mut best: Option<(f64, usize, Pick)> = None;
@@ -142,12 +153,15 @@ pub fn schedule(p: &Problem, policy: &Policy) -> Option<Vec<Vec<Event>>> {
                 continue;
             }
             let t = free[r].max(earliest);
-            let ready_f = fwd.iter().filter(|x| x.0 <= t).min_by_key(|x| (mods[r][x.1 as usize].next_f, x.1));
-            let ready_b = back.iter().filter(|x| x.0 <= t).min_by_key(|x| (mods[r][x.1 as usize].next_b, x.1));
-            let pick = match (ready_f, ready_b) {
+            // The earliest microbatch first (module order breaks ties), or, jittered, any.
+            let ready_f = choose(&fwd, t, |d| mods[r][d as usize].next_f, rng.as_mut());
+            let ready_b = choose(&back, t, |d| mods[r][d as usize].next_b, rng.as_mut());
+            let flip = rng.as_mut().is_some_and(|rng| rng.uniform() < JITTER_FLIP);
+            let backward_first = policy.backward_first != flip;
+            let pick = match (ready_f.as_ref(), ready_b.as_ref()) {
                 (Some(&(_, fd)), Some(&(_, bd))) if policy.pair && pair_pays(p, ru, fd, bd) => Pick::Pair(fd, bd),
                 (Some(&(_, fd)), Some(&(_, bd))) => {
-                    if policy.backward_first {
+                    if backward_first {
                         Pick::Back(bd)
                     } else {
                         Pick::F(fd)
@@ -219,6 +233,18 @@ pub fn schedule(p: &Problem, policy: &Policy) -> Option<Vec<Vec<Event>>> {
         }
     }
     Some(out.into_iter().map(merge_adjacent).collect())
+}
+
+/// Of the candidates ready at `t`, the earliest microbatch (module order breaks ties) or,
+/// jittered, any.
+fn choose(cands: &[(f64, u32)], t: f64, next: impl Fn(u32) -> u32, rng: Option<&mut Rng>) -> Option<(f64, u32)> {
+    let ready: Vec<(f64, u32)> = cands.iter().filter(|x| x.0 <= t).copied().collect();
+    match rng {
+        Some(rng) if ready.len() > 1 => {
+            Some(ready[((rng.uniform() * ready.len() as f64) as usize).min(ready.len() - 1)])
+        }
+        _ => ready.into_iter().min_by_key(|x| (next(x.1), x.1)),
+    }
 }
 
 /// Whether an overlapped pair costs less than its two halves on `rank`.

@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 /// How many of the best seeds the e-graph refinement starts from.
 const REFINED_SEEDS: usize = 3;
 
+/// Share of the time limit spent sampling jittered list schedules (see [`list::Policy`]).
+const JITTER_SHARE: f64 = 0.25;
+
 /// What the optimiser minimises.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
 #[serde(rename_all = "snake_case")]
@@ -78,6 +81,8 @@ pub struct Stats {
     pub windows: usize,
     /// Windows whose extraction, spliced in, lowered the makespan.
     pub improved: usize,
+    /// Jittered list schedules sampled (only those that entered the pool are in `seeds`).
+    pub sampled: usize,
     /// Candidates simulated in all.
     pub evaluated: usize,
     /// Candidates that deadlocked or broke the budget (discarded).
@@ -168,12 +173,34 @@ pub fn optimize_from(
         consider(start.schedule.clone(), as_is, &mut stats, &mut pool);
         consider(format!("{} (re-placed)", start.schedule), problem.evaluate(order), &mut stats, &mut pool);
     }
-    for policy in seed_policies(&problem) {
+    let policies = seed_policies(&problem);
+    for &policy in &policies {
         if Instant::now() > deadline {
             break;
         }
         let seed = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order));
         consider(policy.name(), seed, &mut stats, &mut pool);
+    }
+    // Sample around the two best rule-based policies for a share of the time: the best
+    // sample joins the pool when it beats one there.
+    let mut ranked: Vec<(f64, list::Policy)> = Vec::new();
+    for (name, m) in &stats.seeds {
+        if let (Some(m), Some(policy)) = (m, policies.iter().find(|p| &p.name() == name)) {
+            ranked.push((*m, *policy));
+        }
+    }
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    ranked.truncate(2);
+    let sampling_ends = Instant::now() + Duration::from_secs_f64(options.time_limit.max(0.0) * JITTER_SHARE);
+    let mut sample = 0u64;
+    while !ranked.is_empty() && Instant::now() < sampling_ends.min(deadline) {
+        let policy = list::Policy { jitter: Some(sample), ..ranked[sample as usize % ranked.len()].1 };
+        sample += 1;
+        stats.sampled += 1;
+        let Some(c) = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order)) else { continue };
+        if pool.len() < REFINED_SEEDS || pool.last().is_some_and(|(_, w)| c.makespan < w.makespan - 1e-9) {
+            consider(policy.name(), Some(c), &mut stats, &mut pool);
+        }
     }
     if pool.is_empty() {
         return Err(OptimizeError::NothingFits { budget: memory.map_or(0, |m| m.budget) });
@@ -225,7 +252,7 @@ fn seed_policies(p: &Problem) -> Vec<list::Policy> {
             for &backward_first in &[true, false] {
                 for &headroom in headrooms {
                     for &in_flight in &caps {
-                        out.push(list::Policy { split, backward_first, headroom, in_flight, pair });
+                        out.push(list::Policy { split, backward_first, headroom, in_flight, pair, jitter: None });
                     }
                 }
             }
