@@ -1,44 +1,53 @@
 #!/usr/bin/env bash
-# Builds what a GPU call needs, here (the device machine has no Rust and no network):
+# Builds what a GPU call needs, here (the device machine has no Rust, no Z3 and no network):
 # the runtime binary and the plans to run, under target/gpu/. Then run, with the device
-# tool (kind nvidia-h200-x2), carrying target/gpu:  bash scripts/gpu-run.sh
+# tool (kind nvidia-h200-x4), carrying target/gpu:  bash scripts/gpu-run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p pipewright-runtime -p pipewright
-rm -rf target/gpu && mkdir -p target/gpu/plans
+rm -rf target/gpu && mkdir -p target/gpu/plans target/gpu/bench
 cp target/release/pipewright-runtime target/gpu/
-# The correctness plans: (family, ranks, microbatches).
-for case in "dualpipev 1 4" "1f1b 2 4" "zb-h1 2 4" "dualpipe 2 4" "dualpipev 2 6" "interleaved-1f1b 2 4"; do
+
+# spec OUT.toml schedule ranks microbatches [key=value ...]: specs/mlp-1f1b.toml with
+# those settings (keys of [model]/[training]: hidden, ffn, seq, microbatch_size, dtype, ...).
+spec() {
+  local out=$1 schedule=$2 ranks=$3 mbs=$4; shift 4
+  local script="s/^schedule = .*/schedule = \"$schedule\"/; s/^ranks = .*/ranks = $ranks/; s/^microbatches = .*/microbatches = $mbs/;"
+  for kv in "$@"; do
+    local k=${kv%%=*} v=${kv#*=}
+    script="$script s/^$k = .*/$k = $v/;"
+  done
+  sed "$script" specs/mlp-1f1b.toml > "$out"
+}
+
+# Correctness: (family, ranks, microbatches, dtype); each runs against the CPU reference.
+for case in "dualpipev 1 4 f32" "1f1b 2 4 f32" "zb-h1 2 4 f32" "dualpipe 2 4 f32" "dualpipev 2 6 f32" \
+            "interleaved-1f1b 2 4 f32" "1f1b 4 8 f32" "zb-h1 4 8 f32" "dualpipe 4 8 f32" "dualpipev 4 8 f32" \
+            "dualpipev 1 4 bf16" "1f1b 2 4 bf16" "zb-h1 4 8 bf16" "dualpipe 4 8 bf16" "dualpipev 4 8 bf16"; do
   set -- $case
-  name="$1-r$2"
-  sed "s/^schedule = .*/schedule = \"$1\"/; s/^ranks = .*/ranks = $2/; s/^microbatches = .*/microbatches = $3/" \
-    specs/mlp-1f1b.toml > "target/gpu/plans/$name.toml"
+  name="$1-r$2-$4"
+  spec "target/gpu/plans/$name.toml" "$1" "$2" "$3" "dtype=\"$4\""
   ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" >/dev/null
 done
-# Timing plans (no reference: the CPU would take too long): issue 4's first setting.
-mkdir -p target/gpu/bench
-for case in "dualpipev 2 20" "dualpipe 2 20" "1f1b 2 20"; do
-  set -- $case
-  name="$1-r$2-h512"
-  sed "s/^schedule = .*/schedule = \"$1\"/; s/^ranks = .*/ranks = $2/; s/^microbatches = .*/microbatches = $3/;
-       s/^hidden = .*/hidden = 512/; s/^ffn = .*/ffn = 2048/; s/^seq = .*/seq = 256/; s/^microbatch_size = .*/microbatch_size = 3/;
-       s/^layers_per_stage = .*/layers_per_stage = 1/" specs/mlp-1f1b.toml > "target/gpu/bench/$name.toml"
-  ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
-done
-# Optimised plans (issue 6) against their families, same model: the correctness plans
-# (small) and the timing plans (hidden 512, 8 microbatches, blocking p2p).
-for fam in zb-h1 interleaved-1f1b zb-v; do
-  name="$fam-r2-opt"
-  sed "s/^schedule = .*/schedule = \"$fam\"/; s/^ranks = .*/ranks = 2/" specs/mlp-1f1b.toml > "target/gpu/plans/$name.toml"
-  ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" --optimize >/dev/null
-  for opt in "" "--optimize"; do
-    tag="$fam-r2-h512${opt:+-opt}"
-    sed "s/^schedule = .*/schedule = \"$fam\"/; s/^ranks = .*/ranks = 2/; s/^microbatches = .*/microbatches = 8/;
-         s/^hidden = .*/hidden = 512/; s/^ffn = .*/ffn = 2048/; s/^seq = .*/seq = 256/; s/^microbatch_size = .*/microbatch_size = 3/;
-         s/^layers_per_stage = .*/layers_per_stage = 1/" specs/mlp-1f1b.toml > "target/gpu/bench/$tag.toml"
-    ./target/release/pipewright compile "target/gpu/bench/$tag.toml" -o "target/gpu/bench/$tag" $opt --json \
-      | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'])" \
-      | tee -a target/gpu/bench/simulated.txt
+
+# Benchmarks on 4 GPUs (issue 4): dualpipev and dualpipe at three settings.
+for setting in "h512 512 256 3 20 f32" "h2048 2048 2048 2 16 bf16" "h4096 4096 4096 1 16 bf16"; do
+  set -- $setting
+  tag=$1 hidden=$2 seq=$3 mbsize=$4 mbs=$5 dtype=$6
+  for fam in dualpipev dualpipe; do
+    name="$fam-r4-$tag"
+    spec "target/gpu/bench/$name.toml" "$fam" 4 "$mbs" "hidden=$hidden" "ffn=$((4 * hidden))" "seq=$seq" \
+      "microbatch_size=$mbsize" "layers_per_stage=1" "dtype=\"$dtype\"" "checkpoint_every=0"
+    ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
   done
 done
-ls target/gpu/plans target/gpu/bench
+
+# An optimised plan (issue 6) against its family, same model, 2 GPUs, blocking p2p.
+for opt in "" "--optimize"; do
+  tag="zb-v-r2-h512${opt:+-opt}"
+  spec "target/gpu/bench/$tag.toml" zb-v 2 8 "hidden=512" "ffn=2048" "seq=256" "microbatch_size=3" "layers_per_stage=1"
+  ./target/release/pipewright compile "target/gpu/bench/$tag.toml" -o "target/gpu/bench/$tag" $opt --json \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'])" \
+    | tee -a target/gpu/bench/simulated.txt
+done
+du -sh target/gpu

@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# Runs on the device machine (see gpu-prepare.sh): every plan under target/gpu/plans for one
-# step against the CPU reference, logs under $OUT.
+# Runs on the device machine, 4 GPUs (see gpu-prepare.sh): correctness of every plan under
+# target/gpu/plans against the CPU reference and PyTorch, checkpoint/resume, the watchdog
+# on a killed rank, GEMM rates, and the benchmarks of target/gpu/bench. Logs under $OUT;
+# the summary in $OUT/summary.txt, the benchmark table in $OUT/bench.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
+# watchdog, GEMM rates) or bench (needs the GEMM rates of a correctness run in $OUT).
+PART="${1:-all}"
 export NCCL_NVLS_ENABLE=0
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 RT=target/gpu/pipewright-runtime
+ranks_of() { python3 -c "import json;print(json.load(open('$1/plan.json'))['world_size'])"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
+
+if [ "$PART" != bench ]; then
+echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CPU executor" | tee -a "$OUT/summary.txt"
 for plan in target/gpu/plans/*/; do
-  name=$(basename "$plan")
-  ranks=$(python3 -c "import json;print(json.load(open('$plan/plan.json'))['world_size'])")
-  echo "== $name ($ranks GPUs)" | tee -a "$OUT/summary.txt"
-  # Four steps: the first eager, the rest replays of the captured graph; SGD updates in
-  # between, all compared with the CPU executor of the same plan.
-  timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference > "$OUT/$name.log" 2>&1
+  name=$(basename "$plan"); ranks=$(ranks_of "$plan")
+  timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference > "$OUT/$name.log" 2>&1
   echo "exit $?" >> "$OUT/$name.log"
-  grep -E "reference|error|exit" "$OUT/$name.log" | tee -a "$OUT/summary.txt"
+  python3 - "$name" "$OUT/$name.log" <<'PY' | tee -a "$OUT/summary.txt"
+import re, sys
+name, log = sys.argv[1], open(sys.argv[2]).read()
+limit = 2e-2 if name.endswith("bf16") else 1e-5
+errs = [tuple(map(float, m)) for m in re.findall(r"loss rel. error (\S+), weight-gradient (\S+), weights (\S+)", log)]
+worst = [max(e[i] for e in errs) for i in range(3)] if errs else [float("nan")] * 3
+ok = errs and all(w <= limit for w in worst) and "exit 0" in log
+print(f"{'PASS' if ok else 'FAIL'} {name}: worst loss {worst[0]:.2e}, gradient {worst[1]:.2e}, weights {worst[2]:.2e} (limit {limit:g}, {len(errs)} ranks)")
+PY
 done
-# PyTorch cross-check (float64 autograd) of the runtime's first step.
-for name in 1f1b-r2 dualpipe-r2 dualpipev-r1; do
-  plan=target/gpu/plans/$name
-  ranks=$(python3 -c "import json;print(json.load(open('$plan/plan.json'))['world_size'])")
+
+echo "== PyTorch (float64 autograd) on the runtime's first step" | tee -a "$OUT/summary.txt"
+for name in dualpipev-r1-f32 1f1b-r2-f32 dualpipe-r4-f32 dualpipev-r4-f32; do
+  plan=target/gpu/plans/$name; ranks=$(ranks_of "$plan")
   timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --dump "$OUT/dump-$name" > /dev/null 2>&1
   python3 tests/torch_reference.py "$OUT/dump-$name" 2>&1 | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
 done
 rm -rf "$OUT"/dump-*
-# Checkpoint, kill, resume: the resumed steps' losses equal an uninterrupted run's, bitwise.
-plan=target/gpu/plans/1f1b-r2
+
+echo "== checkpoint, stop, resume: the resumed steps' losses equal an uninterrupted run's" | tee -a "$OUT/summary.txt"
+plan=target/gpu/plans/1f1b-r2-f32
 timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckA --dump /tmp/dA > "$OUT/ckpt.log" 2>&1
 timeout 120 "$RT" launch --gpus 2 "$plan" --steps 2 --checkpoint-dir /tmp/ckB >> "$OUT/ckpt.log" 2>&1
 timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckB --resume --dump /tmp/dB >> "$OUT/ckpt.log" 2>&1
@@ -38,17 +52,44 @@ assert b["first_step"] == 2, b
 same = a[2:4] == b["losses"]
 print(f"checkpoint/resume: steps 2-3 losses {'bitwise equal' if same else 'DIFFER'}: {a[2:4]} vs {b['losses']}")
 PY
-# The same without graphs, for one plan.
-timeout 120 "$RT" launch --gpus 2 target/gpu/plans/dualpipe-r2/ --steps 4 --reference --eager > "$OUT/dualpipe-r2-eager.log" 2>&1
-grep -E "reference|error" "$OUT/dualpipe-r2-eager.log" | sed 's/^/eager: /' | tee -a "$OUT/summary.txt"
-# Timing: 30 steps, graph replay and eager.
+
+echo "== watchdog: rank 2 of 4 killed mid-run; every other rank must end within 60 s, naming its op" | tee -a "$OUT/summary.txt"
+plan=target/gpu/bench/dualpipe-r4-h512
+pids=()
+for r in 0 1 2 3; do
+  RANK=$r WORLD_SIZE=4 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
+    "$RT" run "$plan" --steps 100000000 --watchdog 20 > "$OUT/kill-rank$r.log" 2>&1 &
+  pids+=($!)
+done
+sleep 12
+kill -9 "${pids[2]}"; killed=$(date +%s.%N)
+for r in 0 1 3; do
+  timeout 90 tail --pid="${pids[$r]}" -f /dev/null; wait "${pids[$r]}"; code=$?
+  took=$(python3 -c "import time; print(f'{time.time() - $killed:.1f}')")
+  echo "rank $r: exit $code, $took s after the kill: $(grep -m1 '^error' "$OUT/kill-rank$r.log" | cut -c1-400)" | tee -a "$OUT/summary.txt"
+done
+for r in 0 1 3; do kill -9 "${pids[$r]}" 2>/dev/null; done
+
+echo "== GEMM rates (the FLOP floor)" | tee -a "$OUT/summary.txt"
+for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf16 8192 8192 8192" "f32 8192 8192 8192"; do
+  set -- $shape
+  "$RT" gemm-rate --dtype "$1" --m "$2" --n "$3" --k "$4" 2>&1 | tee -a "$OUT/summary.txt" "$OUT/gemm.txt"
+done
+
+fi
+if [ "$PART" != correctness ]; then
+echo "== benchmarks: profile (ideal), graph replay and eager, 15 steps each" | tee -a "$OUT/summary.txt"
 for plan in target/gpu/bench/*/; do
-  name=$(basename "$plan")
+  name=$(basename "$plan"); ranks=$(ranks_of "$plan")
+  timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 6 -o "$OUT/profile-$name" > "$OUT/bench-$name-profile.log" 2>&1
   for mode in graph eager; do
     flag=""; [ "$mode" = eager ] && flag="--eager"
-    timeout 200 "$RT" launch --gpus 2 "$plan" --steps 30 $flag > "$OUT/bench-$name-$mode.log" 2>&1
+    timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 $flag > "$OUT/bench-$name-$mode.log" 2>&1
     grep -E "median|error" "$OUT/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
   done
 done
-# A refused plan: the wrong world size.
-WORLD_SIZE=3 RANK=0 "$RT" check target/gpu/plans/1f1b-r2/ 2>&1 | tee -a "$OUT/summary.txt"; echo "exit $?" | tee -a "$OUT/summary.txt"
+python3 scripts/bench-table.py "$OUT" | tee "$OUT/bench.md" | tee -a "$OUT/summary.txt"
+fi
+
+echo "== a refused plan: the wrong world size" | tee -a "$OUT/summary.txt"
+WORLD_SIZE=3 RANK=0 "$RT" check target/gpu/plans/1f1b-r2-f32/ 2>&1 | tee -a "$OUT/summary.txt"; echo "exit $?" | tee -a "$OUT/summary.txt"

@@ -307,7 +307,8 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             microbatches_in_step,
         };
         prologue(&mut rank);
-        let mut spans = Vec::with_capacity(program.len());
+        let mut spans = Vec::with_capacity(program.len() + 2);
+        spans.extend(step_span("prologue", 0, rank.nodes.len() as u32));
         for (i, event) in program.iter().enumerate() {
             let fail = |what: String| EmitError::Event { rank: r as u32, event: i as u32, what };
             let first = rank.nodes.len() as u32;
@@ -351,8 +352,10 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             }
             spans.push(span(&rank, event, first));
         }
+        let epilogue = rank.nodes.len() as u32;
         mirror_sum(&mut rank);
         optimizer(&mut rank, training);
+        spans.extend(step_span("epilogue", epilogue, rank.nodes.len() as u32));
         let arena_bytes = rank.end.div_ceil(256) * 256;
         ranks.push(RankPlan {
             rank: r as u32,
@@ -375,6 +378,20 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
         model: model.clone(),
         training: training.clone(),
         ranks,
+    })
+}
+
+/// The nodes `first..end` outside the program's ops (zeroing and data before them; the
+/// mirror-gradient sum and the optimizer after), timed as kind STEP; none when empty.
+fn step_span(label: &str, first: u32, end: u32) -> Option<OpSpan> {
+    (end > first).then(|| OpSpan {
+        label: label.into(),
+        kind: "STEP".into(),
+        stages: vec![],
+        stream: COMPUTE,
+        first,
+        last: end - 1,
+        bytes: 0,
     })
 }
 

@@ -147,8 +147,10 @@ pub fn run(
                 let issued = issue(&mut gpu, plan, place.rank, comm, None);
                 let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
                 issued?;
-                graph =
-                    Some(captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?);
+                let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
+                // Upload once, so that replays only launch.
+                g.upload().map_err(driver)?;
+                graph = Some(g);
             }
             if let Some(g) = &graph {
                 let launch = Instant::now();

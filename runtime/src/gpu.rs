@@ -478,3 +478,22 @@ fn compile_cached(file: &str, source: &str, cache: &std::path::Path) -> Result<P
     }
     Ok(ptx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bf16_bits;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even word.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(-2.0), 0xc000);
+        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+        assert!(bf16_bits(f32::NAN) & 0x7f != 0 || bf16_bits(f32::NAN) == 0x7fc0);
+        // Round trip of a representable value is exact.
+        let x = f32::from_bits(0x4049_0000);
+        assert_eq!(f32::from_bits((bf16_bits(x) as u32) << 16), x);
+    }
+}

@@ -47,6 +47,20 @@ enum Command {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+    /// Measure this GPU's GEMM rate at one shape (C[m×n] = A[m×k]·B[k×n], f32 or bf16
+    /// inputs, f32 accumulation): the rate behind the benchmarks' FLOP floor.
+    GemmRate {
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[arg(long)]
+        m: u64,
+        #[arg(long)]
+        n: u64,
+        #[arg(long)]
+        k: u64,
+        #[arg(long, default_value_t = 50)]
+        iters: u32,
+    },
     /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
     /// others.
     Launch {
@@ -172,6 +186,7 @@ fn main() -> ExitCode {
                 place.world_size
             );
         }),
+        Command::GemmRate { dtype, m, n, k, iters } => gemm_rate(&dtype, (m, n, k), iters),
         Command::Run { dir, args } => run(&dir, &args, args.reference),
         Command::Profile { gpus, dir, steps, out } => match profile(gpus, &dir, steps, out) {
             Ok(code) => return code,
@@ -271,6 +286,36 @@ fn run(dir: &Path, args: &RunArgs, reference: bool) -> Result<(), RuntimeError> 
             place.rank
         );
     }
+    Ok(())
+}
+
+fn gemm_rate(dtype: &str, (m, n, k): (u64, u64, u64), iters: u32) -> Result<(), RuntimeError> {
+    use pipewright_plan::Dtype;
+    let dt = match dtype {
+        "f32" => Dtype::F32,
+        "bf16" => Dtype::Bf16,
+        other => return Err(RuntimeError::Environment(format!("--dtype {other}: use f32 or bf16"))),
+    };
+    let align = |x: u64| x.div_ceil(256) * 256;
+    let (a, b) = (0, align(m * k * dt.size()));
+    let c = b + align(k * n * dt.size());
+    let bytes = c + align(m * n * dt.size());
+    let cache = std::env::temp_dir().join("pipewright-kernels");
+    let gpu = pipewright_runtime::gpu::Gpu::open(0, 1, 0, bytes, &cache)?;
+    let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
+    let run = || gpu.gemm(0, ((a, dt), (b, dt), (c, dt)), (m, n, k), (false, false), 1.0, 0.0);
+    for _ in 0..3 {
+        run()?;
+    }
+    let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = gpu.streams[0].record_event(timed).map_err(driver)?;
+    for _ in 0..iters {
+        run()?;
+    }
+    let end = gpu.streams[0].record_event(timed).map_err(driver)?;
+    let ms = start.elapsed_ms(&end).map_err(driver)? as f64 / iters as f64;
+    let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
+    println!("gemm {dtype} {m}x{n}x{k}: {ms:.4} ms, {tflops:.1} TFLOP/s");
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //!   time), so that the simulator predicts real runs;
 //! - the measured per-rank timeline as a Chrome trace (`measured-trace.json`), to set
 //!   beside the simulated `trace.json` that `compile` writes;
-//! - each rank's compute time per step: the bubble-free ideal step is the busiest rank's.
+//! - each rank's compute time per step (its ops, and the step's own work before and after
+//!   them): the bubble-free ideal step is the busiest rank's.
 //!
 //! Per-op durations are medians over the profiled steps after the first (which connects
 //! NCCL and warms caches). A p2p batch's time is the 10th percentile of the batches'
@@ -36,7 +37,8 @@ pub struct RankProfile {
     pub rank: u32,
     /// Median eager step time with timing events, ms.
     pub step_ms: f64,
-    /// Sum of the rank's compute ops (F, B, I, W, FB), ms.
+    /// Sum of the rank's compute: its ops (F, B, I, W, FB) and the step's own work (STEP:
+    /// zeroing, data, the mirror-gradient sum, the optimizer), ms.
     pub compute_ms: f64,
     pub ops: Vec<OpTime>,
 }
@@ -91,6 +93,7 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     for op in profiles.iter().flat_map(|p| &p.ops) {
         match op.kind.as_str() {
             "COMM" => comm.push(op.ms),
+            "STEP" => {}
             "FB" => {
                 for &s in &op.stages {
                     by.entry(("FB", s)).or_default().push(op.ms);

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// Exit code of a rank the watchdog ended.
 pub const EXIT_CODE: i32 = 3;
 
+/// How long the watchdog waits for `ncclCommAbort` before exiting anyway.
+const ABORT_GRACE: Duration = Duration::from_secs(10);
+
 /// The progress mark and the description of each p2p group node (by node index).
 type Progress = (Arc<HostMark>, Vec<Option<String>>);
 
@@ -132,7 +135,20 @@ fn fail(s: &Shared, why: &str) -> ! {
     );
     let comm = s.comm.swap(0, Ordering::SeqCst);
     if comm != 0 {
-        crate::gpu::nccl_abort(comm);
+        // Abort on another thread, and exit regardless after a while: an abort that itself
+        // hangs (a wedged driver) must not keep the rank alive.
+        let (done, aborted) = std::sync::mpsc::channel();
+        let _ = std::thread::Builder::new().name("nccl-abort".into()).spawn(move || {
+            crate::gpu::nccl_abort(comm);
+            let _ = done.send(());
+        });
+        if aborted.recv_timeout(ABORT_GRACE).is_err() {
+            eprintln!(
+                "error: rank {}: ncclCommAbort did not return within {} s; exiting anyway",
+                s.rank,
+                ABORT_GRACE.as_secs()
+            );
+        }
     }
     std::process::exit(EXIT_CODE);
 }
