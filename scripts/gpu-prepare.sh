@@ -30,15 +30,20 @@ for case in "dualpipev 1 4 f32" "1f1b 2 4 f32" "zb-h1 2 4 f32" "dualpipe 2 4 f32
   ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" >/dev/null
 done
 
-# Benchmarks on 4 GPUs (issue 4): dualpipev and dualpipe at three settings.
+# Benchmarks (issue 4): dualpipev and dualpipe at three settings, on 4 GPUs (the issue's
+# setting), on 2 (what runs when only 2 are lent) and dualpipev on 1 (no NCCL: a baseline
+# for the host launch time); gpu-run.sh runs those that fit.
 for setting in "h512 512 256 3 20 f32" "h2048 2048 2048 2 16 bf16" "h4096 4096 4096 1 16 bf16"; do
   set -- $setting
   tag=$1 hidden=$2 seq=$3 mbsize=$4 mbs=$5 dtype=$6
-  for fam in dualpipev dualpipe; do
-    name="$fam-r4-$tag"
-    spec "target/gpu/bench/$name.toml" "$fam" 4 "$mbs" "hidden=$hidden" "ffn=$((4 * hidden))" "seq=$seq" \
-      "microbatch_size=$mbsize" "layers_per_stage=1" "dtype=\"$dtype\"" "checkpoint_every=0"
-    ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
+  for ranks in 4 2 1; do
+    for fam in dualpipev dualpipe; do
+      [ "$ranks" = 1 ] && [ "$fam" = dualpipe ] && continue   # dualpipe needs an even rank count
+      name="$fam-r$ranks-$tag"
+      spec "target/gpu/bench/$name.toml" "$fam" "$ranks" "$mbs" "hidden=$hidden" "ffn=$((4 * hidden))" "seq=$seq" \
+        "microbatch_size=$mbsize" "layers_per_stage=1" "dtype=\"$dtype\"" "checkpoint_every=0"
+      ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
+    done
   done
 done
 

@@ -2,25 +2,35 @@
 # Runs on the device machine, 4 GPUs (see gpu-prepare.sh): correctness of every plan under
 # target/gpu/plans against the CPU reference and PyTorch, checkpoint/resume, the watchdog
 # on a killed rank, GEMM rates, and the benchmarks of target/gpu/bench. Logs under $OUT;
-# the summary in $OUT/summary.txt, the benchmark table in $OUT/bench.md.
+# the summary in $OUT/summary.txt, the benchmark table in $OUT/bench.md, every log in
+# $OUT/logs.tgz (the device tool brings back only a few files). BENCH_FILTER=REGEX limits
+# the benchmarks to the plans whose names match.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
-# watchdog, GEMM rates) or bench (needs the GEMM rates of a correctness run in $OUT).
+# watchdog) or bench (GEMM rates, then the benchmarks).
 PART="${1:-all}"
 export NCCL_NVLS_ENABLE=0
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+LOGS=$(mktemp -d); trap 'tar czf "$OUT/logs.tgz" -C "$LOGS" .' EXIT
 RT=target/gpu/pipewright-runtime
 ranks_of() { python3 -c "import json;print(json.load(open('$1/plan.json'))['world_size'])"; }
+GPUS=$(nvidia-smi -L | wc -l)
+# fits PLAN: the plan needs no more GPUs than this machine has (else say so, and skip it).
+fits() {
+  local n; n=$(ranks_of "$1")
+  if [ "$n" -gt "$GPUS" ]; then echo "SKIP $(basename "$1"): needs $n GPUs, this machine has $GPUS" | tee -a "$OUT/summary.txt"; return 1; fi
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 
 if [ "$PART" != bench ]; then
 echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CPU executor" | tee -a "$OUT/summary.txt"
 for plan in target/gpu/plans/*/; do
+  fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
-  timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference > "$OUT/$name.log" 2>&1
-  echo "exit $?" >> "$OUT/$name.log"
-  python3 - "$name" "$OUT/$name.log" <<'PY' | tee -a "$OUT/summary.txt"
+  timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference > "$LOGS/$name.log" 2>&1
+  echo "exit $?" >> "$LOGS/$name.log"
+  python3 - "$name" "$LOGS/$name.log" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
 name, log = sys.argv[1], open(sys.argv[2]).read()
 limit = 2e-2 if name.endswith("bf16") else 1e-5
@@ -33,17 +43,17 @@ done
 
 echo "== PyTorch (float64 autograd) on the runtime's first step" | tee -a "$OUT/summary.txt"
 for name in dualpipev-r1-f32 1f1b-r2-f32 dualpipe-r4-f32 dualpipev-r4-f32; do
-  plan=target/gpu/plans/$name; ranks=$(ranks_of "$plan")
-  timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --dump "$OUT/dump-$name" > /dev/null 2>&1
-  python3 tests/torch_reference.py "$OUT/dump-$name" 2>&1 | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
+  plan=target/gpu/plans/$name; fits "$plan" || continue; ranks=$(ranks_of "$plan")
+  timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --dump "$LOGS/dump-$name" > /dev/null 2>&1
+  python3 tests/torch_reference.py "$LOGS/dump-$name" 2>&1 | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
 done
-rm -rf "$OUT"/dump-*
+rm -rf "$LOGS"/dump-*
 
 echo "== checkpoint, stop, resume: the resumed steps' losses equal an uninterrupted run's" | tee -a "$OUT/summary.txt"
 plan=target/gpu/plans/1f1b-r2-f32
-timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckA --dump /tmp/dA > "$OUT/ckpt.log" 2>&1
-timeout 120 "$RT" launch --gpus 2 "$plan" --steps 2 --checkpoint-dir /tmp/ckB >> "$OUT/ckpt.log" 2>&1
-timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckB --resume --dump /tmp/dB >> "$OUT/ckpt.log" 2>&1
+timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckA --dump /tmp/dA > "$LOGS/ckpt.log" 2>&1
+timeout 120 "$RT" launch --gpus 2 "$plan" --steps 2 --checkpoint-dir /tmp/ckB >> "$LOGS/ckpt.log" 2>&1
+timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckB --resume --dump /tmp/dB >> "$LOGS/ckpt.log" 2>&1
 python3 - <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
 import json
 a = json.load(open("/tmp/dA/rank1-losses.json"))["losses"]
@@ -53,42 +63,45 @@ same = a[2:4] == b["losses"]
 print(f"checkpoint/resume: steps 2-3 losses {'bitwise equal' if same else 'DIFFER'}: {a[2:4]} vs {b['losses']}")
 PY
 
-echo "== watchdog: rank 2 of 4 killed mid-run; every other rank must end within 60 s, naming its op" | tee -a "$OUT/summary.txt"
-plan=target/gpu/bench/dualpipe-r4-h512
+W=$((GPUS >= 4 ? 4 : 2)); victim=$((W - 1))
+echo "== watchdog: rank $victim of $W killed mid-run; every other rank must end within 60 s, naming its op" | tee -a "$OUT/summary.txt"
+plan=target/gpu/bench/dualpipe-r$W-h512
 pids=()
-for r in 0 1 2 3; do
-  RANK=$r WORLD_SIZE=4 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
-    "$RT" run "$plan" --steps 100000000 --watchdog 20 > "$OUT/kill-rank$r.log" 2>&1 &
+for r in $(seq 0 $((W - 1))); do
+  RANK=$r WORLD_SIZE=$W LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
+    "$RT" run "$plan" --steps 100000000 --watchdog 20 > "$LOGS/kill-rank$r.log" 2>&1 &
   pids+=($!)
 done
 sleep 12
-kill -9 "${pids[2]}"; killed=$(date +%s.%N)
-for r in 0 1 3; do
+kill -9 "${pids[$victim]}"; killed=$(date +%s.%N)
+for r in $(seq 0 $((W - 2))); do
   timeout 90 tail --pid="${pids[$r]}" -f /dev/null; wait "${pids[$r]}"; code=$?
   took=$(python3 -c "import time; print(f'{time.time() - $killed:.1f}')")
-  echo "rank $r: exit $code, $took s after the kill: $(grep -m1 '^error' "$OUT/kill-rank$r.log" | cut -c1-400)" | tee -a "$OUT/summary.txt"
+  echo "rank $r: exit $code, $took s after the kill: $(grep -m1 '^error' "$LOGS/kill-rank$r.log" | cut -c1-400)" | tee -a "$OUT/summary.txt"
 done
-for r in 0 1 3; do kill -9 "${pids[$r]}" 2>/dev/null; done
-
-echo "== GEMM rates (the FLOP floor)" | tee -a "$OUT/summary.txt"
-for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf16 8192 8192 8192" "f32 8192 8192 8192"; do
-  set -- $shape
-  "$RT" gemm-rate --dtype "$1" --m "$2" --n "$3" --k "$4" 2>&1 | tee -a "$OUT/summary.txt" "$OUT/gemm.txt"
-done
+for r in $(seq 0 $((W - 2))); do kill -9 "${pids[$r]}" 2>/dev/null; done
 
 fi
 if [ "$PART" != correctness ]; then
+echo "== GEMM rates (the FLOP floor)" | tee -a "$OUT/summary.txt"
+for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf16 8192 8192 8192" "f32 8192 8192 8192"; do
+  set -- $shape
+  "$RT" gemm-rate --dtype "$1" --m "$2" --n "$3" --k "$4" 2>&1 | tee -a "$OUT/summary.txt" "$LOGS/gemm.txt"
+done
+
 echo "== benchmarks: profile (ideal), graph replay and eager, 15 steps each" | tee -a "$OUT/summary.txt"
 for plan in target/gpu/bench/*/; do
+  [[ $(basename "$plan") =~ ${BENCH_FILTER:-.} ]] || continue
+  fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
-  timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 6 -o "$OUT/profile-$name" > "$OUT/bench-$name-profile.log" 2>&1
+  timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 6 -o "$LOGS/profile-$name" > "$LOGS/bench-$name-profile.log" 2>&1
   for mode in graph eager; do
     flag=""; [ "$mode" = eager ] && flag="--eager"
-    timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 $flag > "$OUT/bench-$name-$mode.log" 2>&1
-    grep -E "median|error" "$OUT/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
+    timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 $flag > "$LOGS/bench-$name-$mode.log" 2>&1
+    grep -E "median|error" "$LOGS/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
   done
 done
-python3 scripts/bench-table.py "$OUT" | tee "$OUT/bench.md" | tee -a "$OUT/summary.txt"
+python3 scripts/bench-table.py "$LOGS" | tee "$OUT/bench.md" | tee -a "$OUT/summary.txt"
 fi
 
 echo "== a refused plan: the wrong world size" | tee -a "$OUT/summary.txt"

@@ -27,6 +27,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a plan on this node's GPUs: `pipewright-runtime run|launch|profile|gemm-rate`,
+    /// with the same arguments (e.g. `pipewright launch --gpus 4 out/plan --steps 10`).
+    /// The runtime is its own binary (no Z3, no egg), found beside this one or on PATH.
+    #[command(name = "run", disable_help_flag = true)]
+    RuntimeRun(RuntimeArgs),
+    #[command(
+        name = "launch",
+        disable_help_flag = true,
+        about = "Start N local ranks of `run` (pipewright-runtime launch)"
+    )]
+    RuntimeLaunch(RuntimeArgs),
+    #[command(
+        name = "profile",
+        disable_help_flag = true,
+        about = "Measure every op of a plan on GPUs (pipewright-runtime profile)"
+    )]
+    RuntimeProfile(RuntimeArgs),
     /// Compile a schedule spec into a plan directory.
     ///
     /// Writes DIR/programs.json (per-rank programs, interchange format), DIR/report.json
@@ -166,6 +183,32 @@ struct EplbArgs {
     output: Option<PathBuf>,
 }
 
+/// Arguments passed through to `pipewright-runtime`.
+#[derive(clap::Args, Debug)]
+struct RuntimeArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+/// Runs `pipewright-runtime COMMAND ARGS…` and returns its exit code.
+fn forward_to_runtime(command: &str, args: &[std::ffi::OsString]) -> Result<u8, Failure> {
+    let name = format!("pipewright-runtime{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(&name)));
+    let exe = match beside.filter(|p| p.is_file()) {
+        Some(p) => p,
+        None => PathBuf::from(&name),
+    };
+    let status = std::process::Command::new(&exe).arg(command).args(args).status().map_err(|e| Failure {
+        code: 2,
+        message: format!(
+            "error: cannot start {} ({e}): build it with `cargo build --release -p pipewright-runtime`, \
+             and put it beside pipewright or on PATH",
+            exe.display()
+        ),
+    })?;
+    Ok(status.code().map_or(1, |c| c.clamp(0, 255) as u8))
+}
+
 /// An error with the exit code it maps to.
 struct Failure {
     code: u8,
@@ -185,7 +228,23 @@ fn plan_failure(context: &str, e: PlanError) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let forwarded = match &cli.command {
+        Command::RuntimeRun(a) => Some(("run", &a.args)),
+        Command::RuntimeLaunch(a) => Some(("launch", &a.args)),
+        Command::RuntimeProfile(a) => Some(("profile", &a.args)),
+        _ => None,
+    };
+    if let Some((command, args)) = forwarded {
+        return match forward_to_runtime(command, args) {
+            Ok(code) => ExitCode::from(code),
+            Err(f) => {
+                eprintln!("{}", f.message);
+                ExitCode::from(f.code)
+            }
+        };
+    }
     let result = match cli.command {
+        Command::RuntimeRun(_) | Command::RuntimeLaunch(_) | Command::RuntimeProfile(_) => Ok(()),
         Command::Compile { spec, output, json, text, optimize } => run_compile(&spec, &output, json, text, optimize),
         Command::Suite { dir, json, time_limit } => run_suite(&dir, json.as_deref(), time_limit),
         Command::Simulate { programs, spec, output, json } => {

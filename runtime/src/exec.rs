@@ -110,16 +110,16 @@ pub fn run(
         };
         let id = exchange_id(place, id, Duration::from_secs(60))?;
         dog.phase(format!("joining the NCCL communicator of {} ranks", plan.world_size));
-        let comm = gpu.communicator(place.rank, plan.world_size, id)?;
+        let comm = Arc::new(gpu.communicator(place.rank, plan.world_size, id)?);
         dog.done();
-        dog.watch_comm(comm.raw());
+        dog.watch_comm(comm.clone());
         let mark = Arc::new(HostMark::new(&gpu.ctx)?);
         dog.watch_progress(mark.clone(), describe_groups(plan, place.rank));
         Some((comm, mark))
     } else {
         None
     };
-    let comm = comm.as_ref().map(|(c, m)| (c, m.as_ref()));
+    let comm = comm.as_ref().map(|(c, m)| (c.as_ref(), m.as_ref()));
     let loss = rp.buffers.iter().find(|b| b.name == "loss").cloned();
     let mut report = RunReport {
         rank: place.rank,
@@ -202,8 +202,10 @@ fn issue(
     let rp = &plan.ranks[rank as usize];
     let off = |b: u32| rp.buffers[b as usize].offset;
     let operand = |b: u32| (rp.buffers[b as usize].offset, rp.buffers[b as usize].dtype);
+    // The reset goes on the compute stream: the step (and a graph capture) starts there,
+    // and the communication stream only joins through the plan's events, which follow.
     if let Some((_, mark)) = comm {
-        gpu.mark(mark, 0)?;
+        gpu.mark(0, mark, 0)?;
     }
     for (i, node) in rp.nodes.iter().enumerate() {
         if let Some(t) = timer.as_deref_mut() {
@@ -236,7 +238,7 @@ fn issue(
                     })
                     .collect();
                 gpu.group(comm, rank, &ops)?;
-                gpu.mark(mark, i as u32 + 1)?
+                gpu.mark(2, mark, i as u32 + 1)?
             }
             Node::Record { stream, event } => gpu.record(*stream as usize, *event as usize)?,
             Node::Wait { stream, event } => gpu.wait(*stream as usize, *event as usize)?,

@@ -347,12 +347,12 @@ impl Gpu {
         Ok(())
     }
 
-    /// Writes `value` into `mark` once the communication stream gets here.
-    pub fn mark(&self, mark: &HostMark, value: u32) -> Result<(), RuntimeError> {
+    /// Writes `value` into `mark` once `stream` gets here.
+    pub fn mark(&self, stream: usize, mark: &HostMark, value: u32) -> Result<(), RuntimeError> {
         let f =
             self.kernels.get(MARK_KERNEL).ok_or_else(|| RuntimeError::Driver(format!("{MARK_KERNEL} not loaded")))?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = self.streams[2].launch_builder(f);
+        let mut launch = self.streams[stream].launch_builder(f);
         launch.arg(&mark.device);
         launch.arg(&value);
         // SAFETY: the signature is (unsigned int*, unsigned int); `mark.device` is the

@@ -360,6 +360,27 @@ fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::R
 }
 
 fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Refuse a plan that cannot run before starting anything: one message, not N.
+    let refuse = |e: RuntimeError| {
+        eprintln!("error: {e}");
+        Ok(ExitCode::from(e.exit_code()))
+    };
+    match load(dir) {
+        Err(e) => return refuse(e),
+        Ok((plan, _)) => {
+            if let Err(e) = plan.validate() {
+                return refuse(e.into());
+            }
+            if plan.world_size != gpus {
+                return refuse(RuntimeError::Environment(format!(
+                    "{} is a plan for {} ranks, not --gpus {gpus}; use --gpus {} or recompile with ranks = {gpus}",
+                    dir.display(),
+                    plan.world_size,
+                    plan.world_size
+                )));
+            }
+        }
+    }
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut children = Vec::new();
@@ -383,7 +404,8 @@ fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {
             match running[i].1.try_wait()? {
                 Some(status) => {
                     let (rank, _) = running.remove(i);
-                    if !status.success() {
+                    if !status.success() && code == ExitCode::SUCCESS {
+                        // The first failure names the cause; the ranks stopped after it do not.
                         eprintln!("error: rank {rank} failed ({status}); stopping the other ranks");
                         for (_, c) in &mut running {
                             let _ = c.kill();

@@ -8,9 +8,9 @@
 //!   them): the bubble-free ideal step is the busiest rank's.
 //!
 //! Per-op durations are medians over the profiled steps after the first (which connects
-//! NCCL and warms caches). A p2p batch's time is the 10th percentile of the batches'
-//! durations on the communication stream: most batches also wait for their peer, the
-//! fastest ones show the transfer itself.
+//! NCCL and warms caches). A p2p batch's time is the fastest batch's duration on the
+//! communication stream: most batches also wait for their peer (rendezvous), the fastest
+//! comes closest to the transfer itself.
 
 use crate::exec::RunReport;
 use pipewright_plan::Plan;
@@ -116,7 +116,7 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let weights: Vec<f64> = (0..stages).map(|s| weight[s].unwrap_or(backward[s] / 2.0)).collect();
     let overlapped: Vec<f64> = (0..stages).map(|s| get("FB", s).unwrap_or(forward[s] + backward[s])).collect();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
-    let p2p = percentile(comm, 0.1);
+    let p2p = percentile(comm, 0.0);
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches),\n\
          # milliseconds per op (medians over the profiled steps after the first). Replace the spec's\n\

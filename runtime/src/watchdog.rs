@@ -11,7 +11,7 @@
 //! `kernels/progress.cu`), and 0 when a step starts. Marks are kernels, so they are part
 //! of the captured CUDA graph and work in replays too.
 
-use crate::gpu::HostMark;
+use crate::gpu::{Communicator, HostMark};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,8 +30,10 @@ struct Shared {
     timeout: Duration,
     /// What the rank is blocked in, and since when (`None`: not blocked).
     phase: Mutex<Option<(String, Instant)>>,
-    /// The raw `ncclComm_t` (0: none yet).
+    /// The raw `ncclComm_t` (0: none yet, or aborted).
     comm: AtomicUsize,
+    /// Keeps the communicator alive while this thread may still use `comm`.
+    owner: Mutex<Option<Arc<Communicator>>>,
     /// Progress mark and the description of each p2p group node (by node index).
     mark: Mutex<Option<Progress>>,
     stop: AtomicBool,
@@ -53,6 +55,7 @@ impl Watchdog {
             timeout,
             phase: Mutex::new(None),
             comm: AtomicUsize::new(0),
+            owner: Mutex::new(None),
             mark: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
@@ -75,9 +78,13 @@ impl Watchdog {
         }
     }
 
-    /// Watch this communicator for asynchronous errors, and abort it on failure.
-    pub fn watch_comm(&self, raw: usize) {
-        self.shared.comm.store(raw, Ordering::SeqCst);
+    /// Watch this communicator for asynchronous errors, and abort it on failure. The
+    /// watchdog holds it until it stops, so it is never polled after being freed.
+    pub fn watch_comm(&self, comm: Arc<Communicator>) {
+        self.shared.comm.store(comm.raw(), Ordering::SeqCst);
+        if let Ok(mut o) = self.shared.owner.lock() {
+            *o = Some(comm);
+        }
     }
 
     /// Read progress from `mark`; `groups[i]` describes node i when it is a p2p group.
@@ -93,6 +100,11 @@ impl Drop for Watchdog {
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // Only now may the communicator go (when its other owner has let it go too).
+        self.shared.comm.store(0, Ordering::SeqCst);
+        if let Ok(mut o) = self.shared.owner.lock() {
+            o.take();
         }
     }
 }
@@ -150,5 +162,8 @@ fn fail(s: &Shared, why: &str) -> ! {
             );
         }
     }
-    std::process::exit(EXIT_CODE);
+    // Leave without running exit handlers: CUDA's and NCCL's would tear down state that
+    // the blocked main thread is still inside, and crash instead of exiting cleanly.
+    // SAFETY: _exit ends the process at once; nothing of this process runs after it.
+    unsafe { libc::_exit(EXIT_CODE) }
 }

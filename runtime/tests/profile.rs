@@ -25,7 +25,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };
     let plan = emit(&set, &model, &training, hashes).unwrap();
     // Stage s costs (s + 1) ms per F, 2(s + 1) per I, 0.5(s + 1) per W; every other p2p
-    // batch 0.1 ms, the rest 0.7 (waiting for their peer: the p10 picks the transfer time);
+    // batch 0.1 ms, the rest 0.7 (waiting for their peer: the fastest is the transfer);
     // the step's own work 0.25; the first (warm-up) step everything 10× slower.
     let cost = |kind: &str, stage: u32, index: usize| -> f64 {
         let s = stage as f64 + 1.0;

@@ -11,7 +11,9 @@
 //!    policies ([`list`]): backward-first or forward-first, whole or split backwards,
 //!    overlapped pairs, shares of the memory budget. Each is judged by
 //!    [`Problem::evaluate`]: communication placed, the Plan DAG simulated, the budget
-//!    checked over every permitted order.
+//!    checked over every permitted order. Then, for a quarter of the time limit, list
+//!    schedules sampled around the two best policies ([`list::Policy::jitter`]); the best
+//!    samples join the seeds.
 //! 2. *E-graph refinement* ([`egraph`]). Makespan is not a sum over a term, so the e-graph
 //!    works on rank-local windows where a sound cost exists: with the other ranks fixed,
 //!    each op of the window has a release time (when its inputs from other ranks arrive)
@@ -181,8 +183,11 @@ pub fn optimize_from(
         let seed = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order));
         consider(policy.name(), seed, &mut stats, &mut pool);
     }
-    // Sample around the two best rule-based policies for a share of the time: the best
-    // sample joins the pool when it beats one there.
+    // A plan at the lower bound is optimal: nothing is left to search.
+    let bound = crate::bound::spec_lower_bound(&problem.layout, costs);
+    let optimal = |c: &Candidate| c.makespan <= bound * (1.0 + 1e-9);
+    // Sample around the two best rule-based policies for a share of the time (unless a
+    // seed is optimal already): the best sample joins the pool when it beats one there.
     let mut ranked: Vec<(f64, list::Policy)> = Vec::new();
     for (name, m) in &stats.seeds {
         if let (Some(m), Some(policy)) = (m, policies.iter().find(|p| &p.name() == name)) {
@@ -193,7 +198,10 @@ pub fn optimize_from(
     ranked.truncate(2);
     let sampling_ends = Instant::now() + Duration::from_secs_f64(options.time_limit.max(0.0) * JITTER_SHARE);
     let mut sample = 0u64;
-    while !ranked.is_empty() && Instant::now() < sampling_ends.min(deadline) {
+    while !ranked.is_empty()
+        && Instant::now() < sampling_ends.min(deadline)
+        && !pool.first().is_some_and(|(_, c)| optimal(c))
+    {
         let policy = list::Policy { jitter: Some(sample), ..ranked[sample as usize % ranked.len()].1 };
         sample += 1;
         stats.sampled += 1;
@@ -207,9 +215,6 @@ pub fn optimize_from(
     }
     // Refine the best seeds in turn while time is left; the best result wins.
     let seeded = Instant::now();
-    // A plan at the lower bound is optimal: nothing is left to search.
-    let bound = crate::bound::spec_lower_bound(&problem.layout, costs);
-    let optimal = |c: &Candidate| c.makespan <= bound * (1.0 + 1e-9);
     let mut best: Option<Candidate> = None;
     for (name, mut c) in pool {
         if best.as_ref().is_some_and(|b| Instant::now() >= deadline || optimal(b)) {
