@@ -275,6 +275,7 @@ fn read_spec(path: &Path) -> Result<spec::Spec, Failure> {
     let mut spec = spec::parse(&name, &source).map_err(|e| Failure { code: 2, message: e.render() })?;
     let base = path.parent().unwrap_or(Path::new("."));
     spec::load_moe(&mut spec, &name, &source, base).map_err(|e| Failure { code: 2, message: e.render() })?;
+    spec::load_costs(&mut spec, &name, &source, base).map_err(|e| Failure { code: 2, message: e.render() })?;
     Ok(spec)
 }
 

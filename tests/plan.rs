@@ -238,4 +238,9 @@ fn mismatched_plans_are_refused_with_the_reason() {
         }
     }
     assert!(bad.validate().unwrap_err().to_string().contains("peer 0"));
+    // An op span past the rank's nodes.
+    let mut bad = plan.clone();
+    let n = bad.ranks[1].nodes.len() as u32;
+    bad.ranks[1].ops.last_mut().unwrap().last = n;
+    assert!(bad.validate().unwrap_err().to_string().contains("spans nodes"));
 }

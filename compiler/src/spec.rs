@@ -9,6 +9,7 @@
 //! chunks_per_rank = 2      # interleaved-1f1b only
 //!
 //! [costs]                  # a number, or a list with one entry per stage
+//! from = "costs.toml"      # optional: a costs file (e.g. `pipewright profile`'s) for the keys not given here
 //! forward = 1.0
 //! backward = 2.0
 //! weight = 1.0
@@ -85,6 +86,8 @@ pub struct Spec {
     pub optimize: Option<crate::optimize::Options>,
     /// The model the runtime trains, when the spec has `[model]`, and how.
     pub model: Option<(pipewright_plan::Model, pipewright_plan::Training)>,
+    /// `[costs] from`: the costs file as written, and where (read by [`load_costs`]).
+    pub costs_from: Option<(String, Range<usize>)>,
 }
 
 /// The `[moe]` section: what EPLB places, and with what.
@@ -226,6 +229,9 @@ enum PerStage<T> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCosts {
+    /// A costs file (e.g. `pipewright profile`'s `costs.toml`), relative to the spec: its
+    /// `[costs]` give every key this table does not.
+    from: Option<Spanned<String>>,
     forward: Option<Spanned<PerStage<f64>>>,
     backward: Option<Spanned<PerStage<f64>>>,
     weight: Option<Spanned<PerStage<f64>>>,
@@ -300,6 +306,7 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
     }
 
     let costs = costs(file, source, raw.costs.as_ref(), stages)?;
+    let costs_from = raw.costs.as_ref().and_then(|c| c.from.as_ref()).map(|f| (f.get_ref().clone(), f.span()));
     let memory = match &raw.memory {
         Some(m) => Some(memory(file, source, m, stages)?),
         None => None,
@@ -321,7 +328,7 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         }
         (None, None) => None,
     };
-    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe, optimize, model })
+    Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe, optimize, model, costs_from })
 }
 
 fn moe(file: &str, source: &str, raw: &RawMoe) -> Result<MoeSpec, SourceError> {
@@ -418,8 +425,32 @@ fn per_stage<T: Copy + std::fmt::Display>(
     }
 }
 
-fn costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) -> Result<CostModel, SourceError> {
-    let n = stages as usize;
+/// The cost keys a `[costs]` table gives, each checked on its own (not yet defaulted).
+#[derive(Default)]
+struct GivenCosts {
+    forward: Option<Vec<f64>>,
+    backward: Option<Vec<f64>>,
+    weight: Option<Vec<f64>>,
+    overlapped: Option<Vec<f64>>,
+    p2p: Option<f64>,
+    comm: Option<CommMode>,
+}
+
+impl GivenCosts {
+    /// Each key from `self`, or else from `other`.
+    fn or(self, other: GivenCosts) -> GivenCosts {
+        GivenCosts {
+            forward: self.forward.or(other.forward),
+            backward: self.backward.or(other.backward),
+            weight: self.weight.or(other.weight),
+            overlapped: self.overlapped.or(other.overlapped),
+            p2p: self.p2p.or(other.p2p),
+            comm: self.comm.or(other.comm),
+        }
+    }
+}
+
+fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) -> Result<GivenCosts, SourceError> {
     let get = |key: &str, v: Option<&Spanned<PerStage<f64>>>| -> Result<Option<Vec<f64>>, SourceError> {
         let Some(v) = v else { return Ok(None) };
         let list = per_stage(file, source, key, v, stages)?;
@@ -429,43 +460,115 @@ fn costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) -> Resul
         }
         Ok(Some(list))
     };
-    let forward = get("forward", raw.and_then(|r| r.forward.as_ref()))?.unwrap_or_else(|| vec![1.0; n]);
-    let backward = get("backward", raw.and_then(|r| r.backward.as_ref()))?
-        .unwrap_or_else(|| forward.iter().map(|f| 2.0 * f).collect());
-    let weight = get("weight", raw.and_then(|r| r.weight.as_ref()))?
-        .unwrap_or_else(|| backward.iter().map(|b| b / 2.0).collect());
-    if let Some(s) = (0..n).find(|&s| weight[s] > backward[s]) {
-        let span = raw.and_then(|r| r.weight.as_ref().or(r.backward.as_ref())).map(|v| v.span());
-        return Err(SourceError::new(
-            file,
-            source,
-            span,
-            format!("weight ({}) exceeds backward ({}) on stage {s}", weight[s], backward[s]),
-        )
-        .with_help("weight is the weight-gradient part of backward, so weight ≤ backward"));
-    }
-    let overlapped = get("overlapped", raw.and_then(|r| r.overlapped.as_ref()))?
-        .unwrap_or_else(|| (0..n).map(|s| forward[s] + backward[s]).collect());
     let p2p = match raw.and_then(|r| r.p2p.as_ref()) {
         Some(v) if !v.get_ref().is_finite() || *v.get_ref() < 0.0 => {
             return Err(SourceError::new(file, source, Some(v.span()), format!("p2p must be ≥ 0, got {}", v.get_ref()))
                 .with_help("p2p is the time of one transfer"))
         }
-        Some(v) => *v.get_ref(),
-        None => 0.0,
+        v => v.map(|v| *v.get_ref()),
     };
     let comm = match raw.and_then(|r| r.comm.as_ref()) {
-        None => CommMode::Blocking,
-        Some(v) => match v.get_ref().as_str() {
+        None => None,
+        Some(v) => Some(match v.get_ref().as_str() {
             "blocking" => CommMode::Blocking,
             "async" => CommMode::Async,
             other => {
                 return Err(SourceError::new(file, source, Some(v.span()), format!("unknown comm mode \"{other}\""))
                     .with_help("use \"blocking\" or \"async\""))
             }
-        },
+        }),
     };
-    Ok(CostModel { forward, backward, weight, overlapped, p2p, comm })
+    Ok(GivenCosts {
+        forward: get("forward", raw.and_then(|r| r.forward.as_ref()))?,
+        backward: get("backward", raw.and_then(|r| r.backward.as_ref()))?,
+        weight: get("weight", raw.and_then(|r| r.weight.as_ref()))?,
+        overlapped: get("overlapped", raw.and_then(|r| r.overlapped.as_ref()))?,
+        p2p,
+        comm,
+    })
+}
+
+/// The cost model of the given keys with the defaults for the rest; `Err(stage)` when a
+/// weight exceeds its backward.
+fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, usize> {
+    let forward = g.forward.unwrap_or_else(|| vec![1.0; n]);
+    let backward = g.backward.unwrap_or_else(|| forward.iter().map(|f| 2.0 * f).collect());
+    let weight = g.weight.unwrap_or_else(|| backward.iter().map(|b| b / 2.0).collect());
+    if let Some(s) = (0..n).find(|&s| weight[s] > backward[s]) {
+        return Err(s);
+    }
+    let overlapped = g.overlapped.unwrap_or_else(|| (0..n).map(|s| forward[s] + backward[s]).collect());
+    Ok(CostModel {
+        forward,
+        backward,
+        weight,
+        overlapped,
+        p2p: g.p2p.unwrap_or(0.0),
+        comm: g.comm.unwrap_or(CommMode::Blocking),
+    })
+}
+
+fn weight_exceeds(file: &str, source: &str, span: Option<Range<usize>>, costs: &GivenCosts, s: usize) -> SourceError {
+    let (w, b) = (costs.weight.as_ref().map_or(f64::NAN, |w| w[s]), costs.backward.as_ref().map_or(f64::NAN, |b| b[s]));
+    let msg = if w.is_nan() || b.is_nan() {
+        format!("the weight cost exceeds the backward cost on stage {s}")
+    } else {
+        format!("weight ({w}) exceeds backward ({b}) on stage {s}")
+    };
+    SourceError::new(file, source, span, msg)
+        .with_help("weight is the weight-gradient part of backward, so weight ≤ backward")
+}
+
+fn costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) -> Result<CostModel, SourceError> {
+    let given = given_costs(file, source, raw, stages)?;
+    let (weight, backward) = (given.weight.clone(), given.backward.clone());
+    resolve_costs(given, stages as usize).map_err(|s| {
+        let span = raw.and_then(|r| r.weight.as_ref().or(r.backward.as_ref())).map(|v| v.span());
+        let g = GivenCosts { weight, backward, ..Default::default() };
+        weight_exceeds(file, source, span, &g, s)
+    })
+}
+
+/// `[costs] from = "FILE"`: reads FILE's `[costs]` (relative to `base`, the spec's
+/// directory) and gives the spec every key its own `[costs]` does not. Errors in FILE
+/// point into FILE; a clash between the two (a weight above its backward) at `from`.
+pub fn load_costs(spec: &mut Spec, file: &str, source: &str, base: &std::path::Path) -> Result<(), SourceError> {
+    #[derive(Deserialize)]
+    struct CostsFile {
+        costs: RawCosts,
+    }
+    let Some((from, span)) = spec.costs_from.clone() else { return Ok(()) };
+    let at_from = |msg: String| SourceError::new(file, source, Some(span.clone()), msg);
+    let path = base.join(&from);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        at_from(format!("cannot read {}: {e}", path.display()))
+            .with_help("`from` names a TOML file with a [costs] table (pipewright profile writes costs.toml), relative to the spec")
+    })?;
+    let name = path.display().to_string();
+    let included: CostsFile = toml::from_str(&text).map_err(|e| {
+        SourceError::new(&name, &text, e.span(), e.message().trim().to_owned())
+            .with_help("a costs file holds one [costs] table with the keys of a spec's [costs]")
+    })?;
+    if let Some(nested) = &included.costs.from {
+        return Err(SourceError::new(
+            &name,
+            &text,
+            Some(nested.span()),
+            "a costs file cannot name another with `from`",
+        )
+        .with_help("copy the keys you need into this file"));
+    }
+    let theirs = given_costs(&name, &text, Some(&included.costs), spec.stages())?;
+    // The spec's own keys, parsed again (parse() resolved them with defaults already).
+    let raw: RawSpec =
+        toml::from_str(source).map_err(|e| SourceError::new(file, source, e.span(), e.message().to_owned()))?;
+    let ours = given_costs(file, source, raw.costs.as_ref(), spec.stages())?;
+    let merged = ours.or(theirs);
+    let (weight, backward) = (merged.weight.clone(), merged.backward.clone());
+    spec.costs = resolve_costs(merged, spec.stages() as usize).map_err(|s| {
+        weight_exceeds(file, source, Some(span.clone()), &GivenCosts { weight, backward, ..Default::default() }, s)
+    })?;
+    Ok(())
 }
 
 fn memory(file: &str, source: &str, raw: &RawMemory, stages: u32) -> Result<MemoryModel, SourceError> {

@@ -198,6 +198,23 @@ impl Plan {
             for (k, n) in r.nodes.iter().enumerate() {
                 n.check(r, self.world_size).map_err(|what| bad(r.rank, format!("node {k}: {what}")))?;
             }
+            // Op spans (timed by `profile`) cover existing nodes, on existing streams.
+            for o in &r.ops {
+                if o.first > o.last || o.last as usize >= r.nodes.len() || o.stream >= r.streams {
+                    return Err(bad(
+                        r.rank,
+                        format!(
+                            "op {} spans nodes {}..={} on stream {} ({} nodes, {} streams)",
+                            o.label,
+                            o.first,
+                            o.last,
+                            o.stream,
+                            r.nodes.len(),
+                            r.streams
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }

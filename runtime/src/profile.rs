@@ -119,8 +119,8 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let p2p = percentile(comm, 0.0);
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches),\n\
-         # milliseconds per op (medians over the profiled steps after the first). Replace the spec's\n\
-         # [costs] with this table to simulate this machine.\n\
+         # milliseconds per op (medians over the profiled steps after the first; p2p: the fastest\n\
+         # batch). To simulate this machine: `[costs] from = \"<this file>\"` in the spec.\n\
          [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\ncomm = \"blocking\"\n",
         plan.schedule,
         plan.world_size,

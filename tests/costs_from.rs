@@ -1,0 +1,57 @@
+//! `[costs] from = "FILE"`: a spec takes the keys it does not give from a costs file (what
+//! `pipewright profile` writes), and every error names the file and line it is about.
+
+use pipewright_compiler::spec;
+use std::path::Path;
+
+/// Parses `spec_text` as `dir/spec.toml` and loads its costs file.
+fn load(dir: &Path, spec_text: &str) -> Result<spec::Spec, String> {
+    let name = dir.join("spec.toml").display().to_string();
+    let mut s = spec::parse(&name, spec_text).map_err(|e| e.render())?;
+    spec::load_costs(&mut s, &name, spec_text, dir).map_err(|e| e.render())?;
+    Ok(s)
+}
+
+const PIPELINE: &str = "[pipeline]\nschedule = \"1f1b\"\nranks = 2\nmicrobatches = 4\n";
+
+#[test]
+fn the_file_gives_what_the_spec_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[costs]\nforward = [1.5, 2.5]\nbackward = [3.0, 4.0]\nweight = [1.0, 1.5]\np2p = 0.25\ncomm = \"async\"\n",
+    )
+    .unwrap();
+    let s = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\nforward = 2.0\n")).unwrap();
+    assert_eq!(s.costs.forward, vec![2.0, 2.0], "the spec's own key wins");
+    assert_eq!(s.costs.backward, vec![3.0, 4.0]);
+    assert_eq!(s.costs.weight, vec![1.0, 1.5]);
+    assert_eq!(s.costs.overlapped, vec![5.0, 6.0], "defaults follow the merged keys");
+    assert_eq!(s.costs.p2p, 0.25);
+    assert_eq!(s.costs.comm, pipewright_compiler::cost::CommMode::Async);
+}
+
+#[test]
+fn errors_name_the_file_and_line_they_are_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_with = |file: &str| format!("{PIPELINE}[costs]\nfrom = \"{file}\"\n");
+    // A missing file: at `from` in the spec.
+    let e = load(dir.path(), &spec_with("nope.toml")).unwrap_err();
+    assert!(e.contains("spec.toml:6:8") && e.contains("cannot read") && e.contains("nope.toml"), "{e}");
+    // A bad value: in the costs file, at its line.
+    std::fs::write(dir.path().join("bad.toml"), "[costs]\nforward = [1.0, 2.0]\nbackward = [-1.0, 2.0]\n").unwrap();
+    let e = load(dir.path(), &spec_with("bad.toml")).unwrap_err();
+    assert!(e.contains("bad.toml:3:12") && e.contains("backward must be ≥ 0"), "{e}");
+    // The wrong stage count: in the costs file.
+    std::fs::write(dir.path().join("three.toml"), "[costs]\nforward = [1.0, 2.0, 3.0]\n").unwrap();
+    let e = load(dir.path(), &spec_with("three.toml")).unwrap_err();
+    assert!(e.contains("three.toml:2:11") && e.contains("3 values, but this pipeline has 2 stages"), "{e}");
+    // A chain of files is refused.
+    std::fs::write(dir.path().join("chain.toml"), "[costs]\nfrom = \"three.toml\"\n").unwrap();
+    let e = load(dir.path(), &spec_with("chain.toml")).unwrap_err();
+    assert!(e.contains("chain.toml:2:8") && e.contains("cannot name another"), "{e}");
+    // A clash between the two (the spec's weight above the file's backward): at `from`.
+    std::fs::write(dir.path().join("b.toml"), "[costs]\nbackward = 1.0\n").unwrap();
+    let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"b.toml\"\nweight = 2.0\n")).unwrap_err();
+    assert!(e.contains("spec.toml:6:8") && e.contains("weight (2) exceeds backward (1)"), "{e}");
+}
