@@ -10,7 +10,11 @@
 //! - **B** = I then W. **FB**: the forward on stream 1 and the backward on stream 0,
 //!   joined by events.
 //! - **COMM**: one NCCL group on stream 2, after the compute stream and before it goes on
-//!   (the batch is waited for where it stands, as the verified semantics say).
+//!   (the batch is waited for where it stands: blocking p2p). Plans verified under async
+//!   p2p run this way too, which is safe: a rank's batches complete in order on its p2p
+//!   stream either way, and its compute feeds other ranks only through its later batches,
+//!   so waiting for a batch where it stands adds no wait that could close a cycle. It only
+//!   forgoes overlap the async simulation counts on.
 //!
 //! A microbatch's activations live in a *slot* of its module, taken when its forward input
 //! arrives and given back once its backward and its input-gradient send are done, so the
@@ -352,10 +356,12 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             }
             spans.push(span(&rank, event, first));
         }
-        let epilogue = rank.nodes.len() as u32;
-        mirror_sum(&mut rank);
+        // The mirror-gradient exchange is communication (timed as COMM, like the
+        // program's batches); the accumulation and the optimizer after it are the step's
+        // own compute.
+        let accumulate = mirror_sum(&mut rank, &mut spans);
         optimizer(&mut rank, training);
-        spans.extend(step_span("epilogue", epilogue, rank.nodes.len() as u32));
+        spans.extend(step_span("epilogue", accumulate, rank.nodes.len() as u32));
         let arena_bytes = rank.end.div_ceil(256) * 256;
         ranks.push(RankPlan {
             rank: r as u32,
@@ -382,7 +388,8 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
 }
 
 /// The nodes `first..end` outside the program's ops (zeroing and data before them; the
-/// mirror-gradient sum and the optimizer after), timed as kind STEP; none when empty.
+/// accumulation of mirrored gradients and the optimizer after), timed as kind STEP; none
+/// when empty.
 fn step_span(label: &str, first: u32, end: u32) -> Option<OpSpan> {
     (end > first).then(|| OpSpan {
         label: label.into(),
@@ -459,9 +466,10 @@ fn prologue(rank: &mut Rank) {
 
 /// DualPipe: a stage held twice (once per pipe) sums its two gradients; each copy sends
 /// its gradient to the other and adds what it receives, so both apply the same update.
-fn mirror_sum(rank: &mut Rank) {
+/// Returns the first node after the exchanges (the accumulations).
+fn mirror_sum(rank: &mut Rank, spans: &mut Vec<OpSpan>) -> u32 {
     if rank.layout.mirrored_pipes.is_empty() {
-        return;
+        return rank.nodes.len() as u32;
     }
     let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
     // peer → [(gradient, scratch, elements)], in global-layer order on both sides.
@@ -481,19 +489,36 @@ fn mirror_sum(rank: &mut Rank) {
             by_peer.entry(peer).or_default().extend([(gl * 2, g1, s1, h * f), (gl * 2 + 1, g2, s2, f * h)]);
         }
     }
+    // Every exchange first (in peer order on every rank, so they cannot wait in a
+    // cycle), then every accumulation.
+    let mut sums = Vec::new();
     for (peer, mut grads) in by_peer {
         grads.sort();
         let mut ops: Vec<P2p> = grads.iter().map(|&(_, g, _, _)| P2p { send: true, peer, buffer: g }).collect();
         ops.extend(grads.iter().map(|&(_, _, s, _)| P2p { send: false, peer, buffer: s }));
+        let bytes = ops.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum();
+        let first = rank.nodes.len() as u32;
         rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
         rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
         rank.nodes.push(Node::Group { stream: COMM, ops });
         rank.nodes.push(Node::Record { stream: COMM, event: 1 });
         rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
-        for (_, g, s, n) in grads {
-            rank.kernel(COMPUTE, "accumulate", vec![s, g], n, vec![]);
-        }
+        spans.push(OpSpan {
+            label: format!("mirror-sum with rank {peer}"),
+            kind: "COMM".into(),
+            stages: vec![],
+            stream: COMM,
+            first: first + 1,
+            last: first + 2,
+            bytes,
+        });
+        sums.extend(grads);
     }
+    let accumulate = rank.nodes.len() as u32;
+    for (_, g, s, n) in sums {
+        rank.kernel(COMPUTE, "accumulate", vec![s, g], n, vec![]);
+    }
+    accumulate
 }
 
 /// The optimizer step on every weight the rank holds.

@@ -38,7 +38,8 @@ pub struct RankProfile {
     /// Median eager step time with timing events, ms.
     pub step_ms: f64,
     /// Sum of the rank's compute: its ops (F, B, I, W, FB) and the step's own work (STEP:
-    /// zeroing, data, the mirror-gradient sum, the optimizer), ms.
+    /// zeroing, data, the accumulation of mirrored gradients, the optimizer), ms; not the
+    /// mirror-gradient exchange, which is communication (COMM).
     pub compute_ms: f64,
     pub ops: Vec<OpTime>,
 }
