@@ -23,10 +23,12 @@ spec() {
 # Correctness: (family, ranks, microbatches, dtype); each runs against the CPU reference.
 for case in "dualpipev 1 4 f32" "1f1b 2 4 f32" "zb-h1 2 4 f32" "dualpipe 2 4 f32" "dualpipev 2 6 f32" \
             "interleaved-1f1b 2 4 f32" "1f1b 4 8 f32" "zb-h1 4 8 f32" "dualpipe 4 8 f32" "dualpipev 4 8 f32" \
-            "dualpipev 1 4 bf16" "1f1b 2 4 bf16" "zb-h1 4 8 bf16" "dualpipe 4 8 bf16" "dualpipev 4 8 bf16"; do
+            "dualpipev 1 4 bf16" "1f1b 2 4 bf16" "zb-h1 4 8 bf16" "dualpipe 4 8 bf16" "dualpipev 4 8 bf16" \
+            "zb-v 2 4 f32 async" "1f1b 2 4 f32 async" "dualpipe 2 4 f32 async"; do
   set -- $case
-  name="$1-r$2-$4"
-  spec "target/gpu/plans/$name.toml" "$1" "$2" "$3" "dtype=\"$4\""
+  comm=${5:-blocking}
+  name="$1-r$2-$4${5:+-$5}"
+  spec "target/gpu/plans/$name.toml" "$1" "$2" "$3" "dtype=\"$4\"" "comm=\"$comm\""
   ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" >/dev/null
 done
 
@@ -44,6 +46,19 @@ for setting in "h512 512 256 3 20 f32" "h2048 2048 2048 2 16 bf16" "h4096 4096 4
         "microbatch_size=$mbsize" "layers_per_stage=1" "dtype=\"$dtype\"" "checkpoint_every=0"
       ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
     done
+  done
+done
+
+# Async p2p (the compute stream waits for a batch only where it uses its buffers) against
+# blocking, same programs' families, hidden 512, 2 GPUs.
+for fam in zb-v 1f1b; do
+  for comm in blocking async; do
+    name="$fam-r2-h512-$comm"
+    spec "target/gpu/bench/$name.toml" "$fam" 2 8 "hidden=512" "ffn=2048" "seq=256" "microbatch_size=3" \
+      "layers_per_stage=1" "comm=\"$comm\""
+    ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" --json \
+      | python3 -c "import json,sys; r=json.load(sys.stdin); print('$name simulated makespan', r['makespan'])" \
+      | tee -a target/gpu/bench/simulated.txt
   done
 done
 

@@ -338,9 +338,11 @@ fn run_compile(spec_path: &Path, out: &Path, json: bool, show_text: bool, optimi
             programs: plan_hash.clone(),
             certificates: verify::certificate::sha256(manifest_text.as_bytes()),
         };
-        let plan = pipewright_compiler::emit::emit(&compiled.programs, model, training, hashes).map_err(|e| {
-            Failure { code: 2, message: format!("error: emitting the plan of {}: {e}\n", spec_path.display()) }
-        })?;
+        let comm = compiled.spec.costs.comm;
+        let plan =
+            pipewright_compiler::emit::emit_with(&compiled.programs, model, training, hashes, comm).map_err(|e| {
+                Failure { code: 2, message: format!("error: emitting the plan of {}: {e}\n", spec_path.display()) }
+            })?;
         plan.validate().map_err(|e| Failure { code: 1, message: format!("error: emitter bug: {e}\n") })?;
         files.push(("plan.json".into(), serde_json::to_string(&plan).unwrap_or_default()));
     }

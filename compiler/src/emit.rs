@@ -9,12 +9,12 @@
 //! - **W** (weight gradient, accumulated in f32): `G2_l += a_lᵀ·dy_l`, `G1_l += x_lᵀ·dh_l`.
 //! - **B** = I then W. **FB**: the forward on stream 1 and the backward on stream 0,
 //!   joined by events.
-//! - **COMM**: one NCCL group on stream 2, after the compute stream and before it goes on
-//!   (the batch is waited for where it stands: blocking p2p). Plans verified under async
-//!   p2p run this way too, which is safe: a rank's batches complete in order on its p2p
-//!   stream either way, and its compute feeds other ranks only through its later batches,
-//!   so waiting for a batch where it stands adds no wait that could close a cycle. It only
-//!   forgoes overlap the async simulation counts on.
+//! - **COMM**: one NCCL group on stream 2, after the compute stream reaches it. Blocking
+//!   p2p: the compute stream then waits for it where it stands. Async p2p
+//!   ([`emit_with`]): the batch records its own event, and a compute stream waits for it
+//!   only before a node that reads a buffer it received or overwrites one it sent (slots
+//!   are reused), so it overlaps compute as the async semantics say; the compute stream
+//!   joins the last batch before the epilogue.
 //!
 //! A microbatch's activations live in a *slot* of its module, taken when its forward input
 //! arrives and given back once its backward and its input-gradient send are done, so the
@@ -22,6 +22,7 @@
 //! starts by zeroing the gradients and the losses and ends with DualPipe's mirror-gradient
 //! sum (mirrored stages exchange gradients) and the optimizer.
 
+use crate::cost::CommMode;
 use crate::dag::payload;
 use crate::ir::{CommKind, Event, Layout, ProgramSet, UnitKind};
 use pipewright_plan::node::{Gemm, Kernel, Node, P2p};
@@ -72,6 +73,15 @@ struct Rank<'a> {
     free: Vec<Vec<usize>>,
     live: Vec<HashMap<u32, (usize, u32)>>,
     microbatches_in_step: u32,
+    /// Async p2p: compute waits for a batch only where it uses one of its buffers.
+    async_comm: bool,
+    /// Async p2p: the event of the last batch that sent or received each buffer.
+    pending: HashMap<u32, u32>,
+    /// Async p2p: per compute stream (0, 1), the latest batch event it has waited for
+    /// (batches complete in order, so that covers every earlier one).
+    waited: [u32; 2],
+    /// The next free event id (0–3 are the fixed fork/join events).
+    next_event: u32,
 }
 
 impl<'a> Rank<'a> {
@@ -160,9 +170,21 @@ impl<'a> Rank<'a> {
         }
     }
 
+    /// Async p2p: makes `stream` wait for the batches that last moved any of `buffers`
+    /// (a receive it reads, or a send whose buffer it would overwrite).
+    fn await_buffers(&mut self, stream: u32, buffers: &[u32]) {
+        let Some(e) = buffers.iter().filter_map(|b| self.pending.get(b)).copied().max() else { return };
+        let w = &mut self.waited[stream as usize % 2];
+        if e > *w {
+            *w = e;
+            self.nodes.push(Node::Wait { stream, event: e });
+        }
+    }
+
     /// `c = op(a)·op(b) + beta·c`; `abc` the buffers, `mnk` the shape.
     fn gemm(&mut self, stream: u32, abc: (u32, u32, u32), mnk: (u64, u64, u64), trans: (bool, bool), beta: f32) {
         let ((a, b, c), (m, n, k)) = (abc, mnk);
+        self.await_buffers(stream, &[a, b, c]);
         self.nodes.push(Node::Gemm(Gemm {
             stream,
             a,
@@ -187,6 +209,7 @@ impl<'a> Rank<'a> {
     }
 
     fn kernel(&mut self, stream: u32, name: &str, buffers: Vec<u32>, elements: u64, scalars: Vec<f32>) {
+        self.await_buffers(stream, &buffers);
         self.nodes.push(Node::Kernel(Kernel { stream, name: name.into(), buffers, elements, scalars }));
     }
 
@@ -287,8 +310,21 @@ impl<'a> Rank<'a> {
     }
 }
 
-/// Emits the plan of `set` (verified) for `model` and `training`.
+/// Emits the plan of `set` (verified) for `model` and `training`, with blocking p2p.
 pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes) -> Result<Plan, EmitError> {
+    emit_with(set, model, training, hashes, CommMode::Blocking)
+}
+
+/// Emits the plan of `set`, verified under `comm`: with [`CommMode::Async`] a batch is
+/// waited for only by the compute that reads what it received or overwrites what it sent
+/// (per-batch events), so communication overlaps compute as the async semantics say.
+pub fn emit_with(
+    set: &ProgramSet,
+    model: &Model,
+    training: &Training,
+    hashes: Hashes,
+    comm: CommMode,
+) -> Result<Plan, EmitError> {
     if model.kind != "mlp" {
         return Err(EmitError::Kind(model.kind.clone()));
     }
@@ -309,6 +345,10 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             free: vec![Vec::new(); modules],
             live: vec![HashMap::new(); modules],
             microbatches_in_step,
+            async_comm: comm == CommMode::Async,
+            pending: HashMap::new(),
+            waited: [0; 2],
+            next_event: 4,
         };
         prologue(&mut rank);
         let mut spans = Vec::with_capacity(program.len() + 2);
@@ -336,13 +376,25 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
                     }
                     rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
                     rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
-                    rank.nodes.push(Node::Group { stream: COMM, ops: p2p });
-                    rank.nodes.push(Node::Record { stream: COMM, event: 1 });
-                    rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
+                    if rank.async_comm {
+                        let e = rank.next_event;
+                        rank.next_event += 1;
+                        for o in &p2p {
+                            rank.pending.insert(o.buffer, e);
+                        }
+                        rank.nodes.push(Node::Group { stream: COMM, ops: p2p });
+                        rank.nodes.push(Node::Record { stream: COMM, event: e });
+                    } else {
+                        rank.nodes.push(Node::Group { stream: COMM, ops: p2p });
+                        rank.nodes.push(Node::Record { stream: COMM, event: 1 });
+                        rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
+                    }
                 }
                 Event::FB { f, b } => {
                     rank.nodes.push(Node::Record { stream: COMPUTE, event: 2 });
                     rank.nodes.push(Node::Wait { stream: OVERLAP, event: 2 });
+                    // The fork carries over every batch the compute stream has waited for.
+                    rank.waited[1] = rank.waited[1].max(rank.waited[0]);
                     rank.unit(OVERLAP, UnitKind::F, f.dir, f.mb);
                     rank.unit(COMPUTE, UnitKind::B, b.dir, b.mb);
                     rank.nodes.push(Node::Record { stream: OVERLAP, event: 3 });
@@ -356,6 +408,13 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             }
             spans.push(span(&rank, event, first));
         }
+        // Async p2p: the compute stream joins the communication stream before the
+        // epilogue (and so before the step, or a captured graph, ends).
+        if rank.async_comm && rank.next_event > 4 {
+            let last = rank.next_event - 1;
+            rank.nodes.push(Node::Wait { stream: COMPUTE, event: last });
+            rank.waited[0] = last;
+        }
         // The mirror-gradient exchange is communication (timed as COMM, like the
         // program's batches); the accumulation and the optimizer after it are the step's
         // own compute.
@@ -368,7 +427,7 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
             arena_bytes,
             buffers: rank.buffers,
             streams: 3,
-            events: 4,
+            events: rank.next_event,
             nodes: rank.nodes,
             ops: spans,
         });
