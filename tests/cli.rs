@@ -254,3 +254,27 @@ fn a_layout_naming_a_stage_out_of_range_is_exit_2() {
         assert!(err.contains("bad layout") && !err.contains("panicked"), "{cmd:?}: {err}");
     }
 }
+
+#[test]
+fn run_launch_and_profile_go_to_the_runtime_binary() {
+    // Forwarded to pipewright-runtime (beside this binary when the workspace is built, or
+    // on PATH): either it refuses the missing plan, or the forwarder says how to get the
+    // runtime. Both exit 2 with a message, never a panic.
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-plan");
+    for command in ["run", "launch", "profile"] {
+        let mut cmd = common::bin();
+        cmd.arg(command);
+        if command != "run" {
+            cmd.args(["--gpus", "2"]);
+        }
+        let out = cmd.arg(&missing).env_remove("WORLD_SIZE").env_remove("RANK").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("plan.json") || stderr.contains("pipewright-runtime"),
+            "{command}: unclear error: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+    }
+}

@@ -19,7 +19,8 @@ fn every_spec_in_the_corpus() {
     for path in specs {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let source = std::fs::read_to_string(&path).unwrap();
-        let spec = spec::parse(&name, &source).unwrap_or_else(|e| panic!("{}", e.render()));
+        let mut spec = spec::parse(&name, &source).unwrap_or_else(|e| panic!("{}", e.render()));
+        spec::load_costs(&mut spec, &name, &source, &dir).unwrap_or_else(|e| panic!("{}", e.render()));
         let compiled = compile(spec).unwrap();
         insta::assert_snapshot!(name, text::render(&compiled.programs, &compiled.simulation));
     }
