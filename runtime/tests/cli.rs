@@ -78,6 +78,16 @@ fn plans_that_do_not_fit_the_job_are_refused_with_the_reason() {
 }
 
 #[test]
+fn launch_refuses_a_plan_for_another_rank_count_before_starting_any_rank() {
+    let dir = plan_dir(Family::OneFOneB, 2, 4);
+    let out = runtime(dir.path(), &["launch", "--gpus", "3"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("a plan for 2 ranks, not --gpus 3") && err.contains("use --gpus 2"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one message, not one per rank: {err}");
+}
+
+#[test]
 fn malformed_or_foreign_plans_are_refused() {
     let dir = plan_dir(Family::OneFOneB, 2, 4);
     let path = dir.path().join("plan.json");
