@@ -152,21 +152,23 @@ pub fn optimize_from(
     }
     let mut stats = Stats::default();
     // The best few seeds, best first, with their names.
-    let mut pool: Vec<(String, Candidate)> = Vec::new();
-    let consider = |name: String, c: Option<Candidate>, stats: &mut Stats, pool: &mut Vec<(String, Candidate)>| {
-        stats.evaluated += 1;
-        if c.is_none() {
-            stats.rejected += 1;
-        }
-        stats.seeds.push((name.clone(), c.as_ref().map(|c| c.makespan)));
-        let Some(c) = c else { return };
-        if pool.iter().any(|(_, p)| p.set == c.set) {
-            return;
-        }
-        let at = pool.iter().position(|(_, p)| c.makespan < p.makespan - 1e-9).unwrap_or(pool.len());
-        pool.insert(at, (name, c));
-        pool.truncate(REFINED_SEEDS);
-    };
+    // (name, candidate, when it was found).
+    let mut pool: Vec<(String, Candidate, Instant)> = Vec::new();
+    let consider =
+        |name: String, c: Option<Candidate>, stats: &mut Stats, pool: &mut Vec<(String, Candidate, Instant)>| {
+            stats.evaluated += 1;
+            if c.is_none() {
+                stats.rejected += 1;
+            }
+            stats.seeds.push((name.clone(), c.as_ref().map(|c| c.makespan)));
+            let Some(c) = c else { return };
+            if pool.iter().any(|(_, p, _)| p.set == c.set) {
+                return;
+            }
+            let at = pool.iter().position(|(_, p, _)| c.makespan < p.makespan - 1e-9).unwrap_or(pool.len());
+            pool.insert(at, (name, c, Instant::now()));
+            pool.truncate(REFINED_SEEDS);
+        };
     let baseline_makespan = problem.makespan(first);
     for start in starts {
         let order = compute_order(start);
@@ -200,13 +202,13 @@ pub fn optimize_from(
     let mut sample = 0u64;
     while !ranked.is_empty()
         && Instant::now() < sampling_ends.min(deadline)
-        && !pool.first().is_some_and(|(_, c)| optimal(c))
+        && !pool.first().is_some_and(|(_, c, _)| optimal(c))
     {
         let policy = list::Policy { jitter: Some(sample), ..ranked[sample as usize % ranked.len()].1 };
         sample += 1;
         stats.sampled += 1;
         let Some(c) = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order)) else { continue };
-        if pool.len() < REFINED_SEEDS || pool.last().is_some_and(|(_, w)| c.makespan < w.makespan - 1e-9) {
+        if pool.len() < REFINED_SEEDS || pool.last().is_some_and(|(_, w, _)| c.makespan < w.makespan - 1e-9) {
             consider(policy.name(), Some(c), &mut stats, &mut pool);
         }
     }
@@ -214,16 +216,15 @@ pub fn optimize_from(
         return Err(OptimizeError::NothingFits { budget: memory.map_or(0, |m| m.budget) });
     }
     // Refine the best seeds in turn while time is left; the best result wins.
-    let seeded = Instant::now();
     let mut best: Option<Candidate> = None;
-    for (name, mut c) in pool {
+    for (name, mut c, found_at) in pool {
         if best.as_ref().is_some_and(|b| Instant::now() >= deadline || optimal(b)) {
             break;
         }
         let found = if optimal(&c) {
-            seeded
+            found_at
         } else {
-            egraph::refine(&problem, &mut c, options, deadline, &mut stats).unwrap_or(seeded)
+            egraph::refine(&problem, &mut c, options, deadline, &mut stats).unwrap_or(found_at)
         };
         if best.as_ref().is_none_or(|b| c.makespan < b.makespan - 1e-9) {
             stats.best_seed = name;
