@@ -36,7 +36,8 @@ enum Command {
     },
     /// Measure every op of the plan with CUDA events over K eager steps on N local GPUs;
     /// write OUT/costs.toml (a [costs] table for the spec), OUT/measured-trace.json (the
-    /// measured timeline, to compare with the simulated trace.json) and OUT/rank<r>.json.
+    /// measured timeline), OUT/compare-trace.json (it and DIR/trace.json, the simulated
+    /// one, in one trace) and OUT/rank<r>.json.
     Profile {
         #[arg(long)]
         gpus: u32,
@@ -344,7 +345,16 @@ fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::R
         profiles.push(serde_json::from_str::<RankProfile>(&text).with_context(|| path.display().to_string())?);
     }
     std::fs::write(out.join("costs.toml"), costs_toml(&plan, &profiles, "this machine"))?;
-    std::fs::write(out.join("measured-trace.json"), chrome_trace(&profiles).to_string())?;
+    let measured = chrome_trace(&profiles);
+    std::fs::write(out.join("measured-trace.json"), measured.to_string())?;
+    // Beside the simulated timeline, when the plan directory has compile's trace.json.
+    if let Some(simulated) = std::fs::read_to_string(dir.join("trace.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    {
+        let both = pipewright_runtime::profile::with_simulated(&measured, &simulated);
+        std::fs::write(out.join("compare-trace.json"), both.to_string())?;
+    }
     let ideal = profiles.iter().map(|p| p.compute_ms).fold(0.0, f64::max);
     for p in &profiles {
         println!(

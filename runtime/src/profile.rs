@@ -2,8 +2,9 @@
 //! around every op of eager steps ([`crate::exec::RunOptions::profile`]), turned into
 //! - a `[costs]` table for the spec (per stage F, B, W, FB in milliseconds, and the p2p
 //!   time), so that the simulator predicts real runs;
-//! - the measured per-rank timeline as a Chrome trace (`measured-trace.json`), to set
-//!   beside the simulated `trace.json` that `compile` writes;
+//! - the measured per-rank timeline as a Chrome trace (`measured-trace.json`), and, when
+//!   the plan directory holds `compile`'s simulated `trace.json`, both in one trace
+//!   (`compare-trace.json`) to view side by side;
 //! - each rank's compute time per step (its ops, and the step's own work before and after
 //!   them): the bubble-free ideal step is the busiest rank's.
 //!
@@ -158,6 +159,29 @@ pub fn chrome_trace(profiles: &[RankProfile]) -> serde_json::Value {
                 "args": {"stages": op.stages, "bytes": op.bytes},
             }));
         }
+    }
+    serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
+}
+
+/// Process id offset of the simulated timeline in [`with_simulated`].
+pub const SIMULATED_PID: u64 = 1000;
+
+/// One trace with the measured timeline and the simulated one (`compile`'s `trace.json`,
+/// where 1 cost unit shows as 1 ms — so with measured costs, both are in ms): the
+/// simulated events move to process ids from [`SIMULATED_PID`], named "simulated".
+pub fn with_simulated(measured: &serde_json::Value, simulated: &serde_json::Value) -> serde_json::Value {
+    let mut events: Vec<serde_json::Value> = measured["traceEvents"].as_array().cloned().unwrap_or_default();
+    let theirs = simulated.get("traceEvents").unwrap_or(simulated).as_array().cloned().unwrap_or_default();
+    let mut pids = std::collections::BTreeSet::new();
+    for mut e in theirs {
+        let pid = SIMULATED_PID + e["pid"].as_u64().unwrap_or(0);
+        pids.insert(pid);
+        e["pid"] = pid.into();
+        events.push(e);
+    }
+    for pid in pids {
+        events.push(serde_json::json!({"name": "process_name", "ph": "M", "pid": pid,
+            "args": {"name": "simulated (compile's trace.json)"}}));
     }
     serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
 }

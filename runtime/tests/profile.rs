@@ -6,7 +6,7 @@ use pipewright_compiler::emit::emit;
 use pipewright_compiler::families::Family;
 use pipewright_plan::{Dtype, Hashes, Model, Training};
 use pipewright_runtime::exec::RunReport;
-use pipewright_runtime::profile::{chrome_trace, costs_toml, rank_profile};
+use pipewright_runtime::profile::{chrome_trace, costs_toml, rank_profile, with_simulated, SIMULATED_PID};
 
 #[test]
 fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
@@ -94,4 +94,15 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     let ops: usize = plan.ranks.iter().map(|r| r.ops.len()).sum();
     let spans = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
     assert_eq!(spans, ops);
+    // Side by side with a simulated trace (compile's format: one process, a thread per rank).
+    let simulated = serde_json::json!({"traceEvents": [
+        {"name": "F0.0", "ph": "X", "pid": 0, "tid": 0, "ts": 0.0, "dur": 1000.0},
+        {"name": "F0.0", "ph": "X", "pid": 0, "tid": 1, "ts": 1000.0, "dur": 2000.0},
+    ]});
+    let both = with_simulated(&trace, &simulated);
+    let events = both["traceEvents"].as_array().unwrap();
+    let sim: Vec<_> = events.iter().filter(|e| e["ph"] == "X" && e["pid"] == SIMULATED_PID).collect();
+    assert_eq!(sim.len(), 2);
+    assert_eq!(events.iter().filter(|e| e["ph"] == "X").count(), ops + 2);
+    assert!(events.iter().any(|e| e["name"] == "process_name" && e["pid"] == SIMULATED_PID));
 }
