@@ -3,8 +3,9 @@
 # target/gpu/plans against the CPU reference and PyTorch, checkpoint/resume, the watchdog
 # on a killed rank, GEMM rates, and the benchmarks of target/gpu/bench. Logs under $OUT;
 # the summary in $OUT/summary.txt, the benchmark table in $OUT/bench.md, every log in
-# $OUT/logs.tgz (the device tool brings back only a few files). BENCH_FILTER=REGEX limits
-# the benchmarks to the plans whose names match.
+# $OUT/logs.tgz (the device tool brings back only a few files). BENCH_FILTER=REGEX picks
+# the benchmark plans by name (default: the issue's dualpipe/dualpipev settings on 4 GPUs,
+# or 2 when only 2 are there; BENCH_FILTER=. runs all that fit, more than one call's time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
@@ -90,8 +91,11 @@ for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf
 done
 
 echo "== benchmarks: profile (ideal), graph replay and eager, 15 steps each" | tee -a "$OUT/summary.txt"
+# By default the issue's settings on this machine's largest rank count (4, else 2): the
+# rest (1-GPU baselines, async vs blocking, optimised vs family) with BENCH_FILTER.
+W=$((GPUS >= 4 ? 4 : 2))
 for plan in target/gpu/bench/*/; do
-  [[ $(basename "$plan") =~ ${BENCH_FILTER:-.} ]] || continue
+  [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+$} ]] || continue
   fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
   timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 6 -o "$LOGS/profile-$name" > "$LOGS/bench-$name-profile.log" 2>&1
