@@ -86,8 +86,19 @@ pub struct Spec {
     pub optimize: Option<crate::optimize::Options>,
     /// The model the runtime trains, when the spec has `[model]`, and how.
     pub model: Option<(pipewright_plan::Model, pipewright_plan::Training)>,
-    /// `[costs] from`: the costs file as written, and where (read by [`load_costs`]).
-    pub costs_from: Option<(String, Range<usize>)>,
+    /// `[costs] from`: the costs file to read (by [`load_costs`]).
+    pub costs_from: Option<CostsFrom>,
+}
+
+/// `[costs] from = "FILE"` as the spec gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostsFrom {
+    /// The file as written, relative to the spec.
+    pub path: String,
+    /// Where `from` stands in the spec.
+    pub span: Range<usize>,
+    /// The keys the spec's own `[costs]` gives, which win over the file's.
+    own: GivenCosts,
 }
 
 /// The `[moe]` section: what EPLB places, and with what.
@@ -305,8 +316,16 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         .with_help("use fewer microbatches or ranks"));
     }
 
-    let costs = costs(file, source, raw.costs.as_ref(), stages)?;
-    let costs_from = raw.costs.as_ref().and_then(|c| c.from.as_ref()).map(|f| (f.get_ref().clone(), f.span()));
+    let own = given_costs(file, source, raw.costs.as_ref(), stages)?;
+    let costs_from = raw.costs.as_ref().and_then(|c| c.from.as_ref()).map(|f| CostsFrom {
+        path: f.get_ref().clone(),
+        span: f.span(),
+        own: own.clone(),
+    });
+    let costs = resolve_costs(own, stages as usize).map_err(|clash| {
+        let span = raw.costs.as_ref().and_then(|r| r.weight.as_ref().or(r.backward.as_ref())).map(|v| v.span());
+        weight_exceeds(file, source, span, clash)
+    })?;
     let memory = match &raw.memory {
         Some(m) => Some(memory(file, source, m, stages)?),
         None => None,
@@ -426,7 +445,7 @@ fn per_stage<T: Copy + std::fmt::Display>(
 }
 
 /// The cost keys a `[costs]` table gives, each checked on its own (not yet defaulted).
-#[derive(Default)]
+#[derive(Debug, Clone, PartialEq)]
 struct GivenCosts {
     forward: Option<Vec<f64>>,
     backward: Option<Vec<f64>>,
@@ -488,14 +507,14 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
     })
 }
 
-/// The cost model of the given keys with the defaults for the rest; `Err(stage)` when a
-/// weight exceeds its backward.
-fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, usize> {
+/// The cost model of the given keys with the defaults for the rest; `Err((stage, weight,
+/// backward))` when a weight exceeds its backward.
+fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, (usize, f64, f64)> {
     let forward = g.forward.unwrap_or_else(|| vec![1.0; n]);
     let backward = g.backward.unwrap_or_else(|| forward.iter().map(|f| 2.0 * f).collect());
     let weight = g.weight.unwrap_or_else(|| backward.iter().map(|b| b / 2.0).collect());
     if let Some(s) = (0..n).find(|&s| weight[s] > backward[s]) {
-        return Err(s);
+        return Err((s, weight[s], backward[s]));
     }
     let overlapped = g.overlapped.unwrap_or_else(|| (0..n).map(|s| forward[s] + backward[s]).collect());
     Ok(CostModel {
@@ -508,25 +527,9 @@ fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, usize> {
     })
 }
 
-fn weight_exceeds(file: &str, source: &str, span: Option<Range<usize>>, costs: &GivenCosts, s: usize) -> SourceError {
-    let (w, b) = (costs.weight.as_ref().map_or(f64::NAN, |w| w[s]), costs.backward.as_ref().map_or(f64::NAN, |b| b[s]));
-    let msg = if w.is_nan() || b.is_nan() {
-        format!("the weight cost exceeds the backward cost on stage {s}")
-    } else {
-        format!("weight ({w}) exceeds backward ({b}) on stage {s}")
-    };
-    SourceError::new(file, source, span, msg)
+fn weight_exceeds(file: &str, source: &str, span: Option<Range<usize>>, (s, w, b): (usize, f64, f64)) -> SourceError {
+    SourceError::new(file, source, span, format!("weight ({w}) exceeds backward ({b}) on stage {s}"))
         .with_help("weight is the weight-gradient part of backward, so weight ≤ backward")
-}
-
-fn costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) -> Result<CostModel, SourceError> {
-    let given = given_costs(file, source, raw, stages)?;
-    let (weight, backward) = (given.weight.clone(), given.backward.clone());
-    resolve_costs(given, stages as usize).map_err(|s| {
-        let span = raw.and_then(|r| r.weight.as_ref().or(r.backward.as_ref())).map(|v| v.span());
-        let g = GivenCosts { weight, backward, ..Default::default() };
-        weight_exceeds(file, source, span, &g, s)
-    })
 }
 
 /// `[costs] from = "FILE"`: reads FILE's `[costs]` (relative to `base`, the spec's
@@ -537,9 +540,10 @@ pub fn load_costs(spec: &mut Spec, file: &str, source: &str, base: &std::path::P
     struct CostsFile {
         costs: RawCosts,
     }
-    let Some((from, span)) = spec.costs_from.clone() else { return Ok(()) };
+    let Some(from) = spec.costs_from.clone() else { return Ok(()) };
+    let span = from.span;
     let at_from = |msg: String| SourceError::new(file, source, Some(span.clone()), msg);
-    let path = base.join(&from);
+    let path = base.join(&from.path);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         at_from(format!("cannot read {}: {e}", path.display()))
             .with_help("`from` names a TOML file with a [costs] table (pipewright profile writes costs.toml), relative to the spec")
@@ -559,15 +563,8 @@ pub fn load_costs(spec: &mut Spec, file: &str, source: &str, base: &std::path::P
         .with_help("copy the keys you need into this file"));
     }
     let theirs = given_costs(&name, &text, Some(&included.costs), spec.stages())?;
-    // The spec's own keys, parsed again (parse() resolved them with defaults already).
-    let raw: RawSpec =
-        toml::from_str(source).map_err(|e| SourceError::new(file, source, e.span(), e.message().to_owned()))?;
-    let ours = given_costs(file, source, raw.costs.as_ref(), spec.stages())?;
-    let merged = ours.or(theirs);
-    let (weight, backward) = (merged.weight.clone(), merged.backward.clone());
-    spec.costs = resolve_costs(merged, spec.stages() as usize).map_err(|s| {
-        weight_exceeds(file, source, Some(span.clone()), &GivenCosts { weight, backward, ..Default::default() }, s)
-    })?;
+    spec.costs = resolve_costs(from.own.or(theirs), spec.stages() as usize)
+        .map_err(|clash| weight_exceeds(file, source, Some(span.clone()), clash))?;
     Ok(())
 }
 
