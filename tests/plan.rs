@@ -35,6 +35,19 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
+/// Runs the first step of `plan` (one layer per stage, 4 microbatches) on the CPU
+/// executor and compares every layer's W1 gradient with the model computed directly.
+fn first_step_matches_the_reference(plan: &Plan, model: &Model) {
+    let mut memory = cpu::initial_memory(plan);
+    cpu::run(plan, &mut memory, 1).unwrap();
+    let weights: Vec<_> = (0..plan.stages).map(|l| data::layer_weights(model, l)).collect();
+    let want = reference::step(model, &weights, 4, 0);
+    for (l, (g1, _)) in want.grads.iter().enumerate() {
+        let got = memory.iter().find_map(|m| m.get(&format!("g1.{l}"))).unwrap();
+        assert!(rel(got, g1) <= 1e-5, "layer {l}");
+    }
+}
+
 /// Emits `family` at (ranks, m), runs one step on the CPU and compares with the reference.
 fn check(family: Family, ranks: u32, m: u32, layers_per_stage: u32) {
     let set = family.generate(ranks, m, 2);
@@ -163,14 +176,7 @@ fn a_bf16_plan_keeps_f32_master_weights_and_gradients() {
         assert!(!kernels.contains(&"gelu_forward"), "rank {}: an f32 kernel on bf16 activations", r.rank);
     }
     // The CPU executor holds f32, so the bf16 plan computes the f32 model exactly there.
-    let mut memory = cpu::initial_memory(&plan);
-    cpu::run(&plan, &mut memory, 1).unwrap();
-    let weights: Vec<_> = (0..plan.stages).map(|l| data::layer_weights(&model, l)).collect();
-    let want = reference::step(&model, &weights, 4, 0);
-    for (l, (g1, _)) in want.grads.iter().enumerate() {
-        let got = memory.iter().find_map(|m| m.get(&format!("g1.{l}"))).unwrap();
-        assert!(rel(got, g1) <= 1e-5, "layer {l}");
-    }
+    first_step_matches_the_reference(&plan, &model);
 }
 
 /// Replays a rank's nodes as the GPU orders them and checks that no compute node touches
@@ -278,14 +284,7 @@ fn an_optimised_plan_computes_the_model_too() {
     let compiled = pipewright_compiler::compile_with(spec, Some(&options)).unwrap();
     let model = model(1);
     let plan = emit(&compiled.programs, &model, &training(), hashes()).unwrap();
-    let mut memory = cpu::initial_memory(&plan);
-    cpu::run(&plan, &mut memory, 1).unwrap();
-    let weights: Vec<_> = (0..plan.stages).map(|l| data::layer_weights(&model, l)).collect();
-    let want = reference::step(&model, &weights, 4, 0);
-    for (l, (g1, _)) in want.grads.iter().enumerate() {
-        let got = memory.iter().find_map(|m| m.get(&format!("g1.{l}"))).unwrap();
-        assert!(rel(got, g1) <= 1e-5, "layer {l}");
-    }
+    first_step_matches_the_reference(&plan, &model);
 }
 
 #[test]
