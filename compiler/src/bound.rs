@@ -237,14 +237,12 @@ fn throughput_releases(
         }
     }
     let mut delivery = vec![0.0f64; ix.len()];
-    let mut rfinish = vec![0.0f64; ix.len()];
     for g in groups.iter().rev() {
         let mut prev = 0.0f64;
         for k in 0..ix.mbs {
             let u = with_mb(g, k);
             let Some(i) = ix.of(&u) else { continue };
             prev = prev.max(delivery[i]) + cost(&u);
-            rfinish[i] = prev;
             for p in inputs(&u).iter().flatten() {
                 if let Some(j) = ix.of(p) {
                     delivery[j] = delivery[j].max(prev + hop(p, &u));

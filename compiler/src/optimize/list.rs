@@ -238,12 +238,13 @@ pub fn schedule(p: &Problem, policy: &Policy) -> Option<Vec<Vec<Event>>> {
 /// Of the candidates ready at `t`, the earliest microbatch (module order breaks ties) or,
 /// jittered, any.
 fn choose(cands: &[(f64, u32)], t: f64, next: impl Fn(u32) -> u32, rng: Option<&mut Rng>) -> Option<(f64, u32)> {
-    let ready: Vec<(f64, u32)> = cands.iter().filter(|x| x.0 <= t).copied().collect();
+    let ready = || cands.iter().filter(|x| x.0 <= t).copied();
     match rng {
-        Some(rng) if ready.len() > 1 => {
-            Some(ready[((rng.uniform() * ready.len() as f64) as usize).min(ready.len() - 1)])
-        }
-        _ => ready.into_iter().min_by_key(|x| (next(x.1), x.1)),
+        Some(rng) => match ready().count() {
+            n if n > 1 => ready().nth(((rng.uniform() * n as f64) as usize).min(n - 1)),
+            _ => ready().next(),
+        },
+        None => ready().min_by_key(|x| (next(x.1), x.1)),
     }
 }
 

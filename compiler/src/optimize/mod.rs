@@ -177,12 +177,16 @@ pub fn optimize_from(
         consider(start.schedule.clone(), as_is, &mut stats, &mut pool);
         consider(format!("{} (re-placed)", start.schedule), problem.evaluate(order), &mut stats, &mut pool);
     }
-    let policies = seed_policies(&problem);
-    for &policy in &policies {
+    // The rule-based policies that ran, with their makespans (sampling starts from them).
+    let mut ranked: Vec<(f64, list::Policy)> = Vec::new();
+    for policy in seed_policies(&problem) {
         if Instant::now() > deadline {
             break;
         }
         let seed = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order));
+        if let Some(c) = &seed {
+            ranked.push((c.makespan, policy));
+        }
         consider(policy.name(), seed, &mut stats, &mut pool);
     }
     // A plan at the lower bound is optimal: nothing is left to search.
@@ -190,12 +194,6 @@ pub fn optimize_from(
     let optimal = |c: &Candidate| c.makespan <= bound * (1.0 + 1e-9);
     // Sample around the two best rule-based policies for a share of the time (unless a
     // seed is optimal already): the best sample joins the pool when it beats one there.
-    let mut ranked: Vec<(f64, list::Policy)> = Vec::new();
-    for (name, m) in &stats.seeds {
-        if let (Some(m), Some(policy)) = (m, policies.iter().find(|p| &p.name() == name)) {
-            ranked.push((*m, *policy));
-        }
-    }
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     ranked.truncate(2);
     let sampling_ends = Instant::now() + Duration::from_secs_f64(options.time_limit.max(0.0) * JITTER_SHARE);
@@ -207,9 +205,19 @@ pub fn optimize_from(
         let policy = list::Policy { jitter: Some(sample), ..ranked[sample as usize % ranked.len()].1 };
         sample += 1;
         stats.sampled += 1;
-        let Some(c) = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order)) else { continue };
-        if pool.len() < REFINED_SEEDS || pool.last().is_some_and(|(_, w, _)| c.makespan < w.makespan - 1e-9) {
-            consider(policy.name(), Some(c), &mut stats, &mut pool);
+        let c = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order));
+        match c {
+            Some(c)
+                if pool.len() < REFINED_SEEDS
+                    || pool.last().is_some_and(|(_, w, _)| c.makespan < w.makespan - 1e-9) =>
+            {
+                consider(policy.name(), Some(c), &mut stats, &mut pool)
+            }
+            // Simulated, but not kept (and not listed in `seeds`).
+            c => {
+                stats.evaluated += 1;
+                stats.rejected += c.is_none() as usize;
+            }
         }
     }
     if pool.is_empty() {
