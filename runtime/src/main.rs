@@ -188,7 +188,7 @@ fn main() -> ExitCode {
             );
         }),
         Command::GemmRate { dtype, m, n, k, iters } => gemm_rate(&dtype, (m, n, k), iters),
-        Command::Run { dir, args } => run(&dir, &args, args.reference),
+        Command::Run { dir, args } => run(&dir, &args),
         Command::Profile { gpus, dir, steps, out } => match profile(gpus, &dir, steps, out) {
             Ok(code) => return code,
             Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(dir: &Path, args: &RunArgs, reference: bool) -> Result<(), RuntimeError> {
+fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     let opts = &args.options();
     let (steps, eager) = (opts.steps, opts.eager || opts.profile);
     let (plan, place) = checked(dir, 1)?;
@@ -245,7 +245,7 @@ fn run(dir: &Path, args: &RunArgs, reference: bool) -> Result<(), RuntimeError> 
             median(&report.launch_us)
         );
     }
-    if reference && report.first_step == 0 {
+    if args.reference && report.first_step == 0 {
         // The same plan on the CPU executor (itself tested against the model computed
         // directly): losses of every step, and this rank's weights and gradients after.
         let mut memory = pipewright_plan::cpu::initial_memory(&plan);
