@@ -174,7 +174,7 @@ impl<'a> Rank<'a> {
     /// (a receive it reads, or a send whose buffer it would overwrite).
     fn await_buffers(&mut self, stream: u32, buffers: &[u32]) {
         let Some(e) = buffers.iter().filter_map(|b| self.pending.get(b)).copied().max() else { return };
-        let w = &mut self.waited[stream as usize % 2];
+        let w = &mut self.waited[stream as usize]; // compute streams only (0, 1)
         if e > *w {
             *w = e;
             self.nodes.push(Node::Wait { stream, event: e });
