@@ -24,11 +24,12 @@ spec() {
 for case in "dualpipev 1 4 f32" "1f1b 2 4 f32" "zb-h1 2 4 f32" "dualpipe 2 4 f32" "dualpipev 2 6 f32" \
             "interleaved-1f1b 2 4 f32" "1f1b 4 8 f32" "zb-h1 4 8 f32" "dualpipe 4 8 f32" "dualpipev 4 8 f32" \
             "dualpipev 1 4 bf16" "1f1b 2 4 bf16" "zb-h1 4 8 bf16" "dualpipe 4 8 bf16" "dualpipev 4 8 bf16" \
-            "zb-v 2 4 f32 async" "1f1b 2 4 f32 async" "dualpipe 2 4 f32 async"; do
+            "zb-v 2 4 f32 async" "1f1b 2 4 f32 async" "dualpipe 2 4 f32 async" \
+            "dualpipev 1 4 f32 blocking fused" "1f1b 2 4 bf16 blocking kernel"; do
   set -- $case
-  comm=${5:-blocking}
-  name="$1-r$2-$4${5:+-$5}"
-  spec "target/gpu/plans/$name.toml" "$1" "$2" "$3" "dtype=\"$4\"" "comm=\"$comm\""
+  comm=${5:-blocking} gelu=${6:-auto}
+  name="$1-r$2-$4${5:+-$5}${6:+-$6}"
+  spec "target/gpu/plans/$name.toml" "$1" "$2" "$3" "dtype=\"$4\"" "comm=\"$comm\"" "gelu=\"$gelu\""
   ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" >/dev/null
 done
 
@@ -41,10 +42,19 @@ for setting in "h512 512 256 3 20 f32" "h2048 2048 2048 2 16 bf16" "h4096 4096 4
   for ranks in 4 2 1; do
     for fam in dualpipev dualpipe; do
       [ "$ranks" = 1 ] && [ "$fam" = dualpipe ] && continue   # dualpipe needs an even rank count
-      name="$fam-r$ranks-$tag"
-      spec "target/gpu/bench/$name.toml" "$fam" "$ranks" "$mbs" "hidden=$hidden" "ffn=$((4 * hidden))" "seq=$seq" \
-        "microbatch_size=$mbsize" "layers_per_stage=1" "dtype=\"$dtype\"" "checkpoint_every=0"
-      ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
+      # The plan as benchmarked (GELU fused in bf16, async p2p), and two variants to compare
+      # with: GELU as kernels of its own, and blocking p2p.
+      for variant in "" "-kernel" "-blocking"; do
+        [ "$ranks" = 1 ] && [ -n "$variant" ] && continue
+        gelu=auto comm=async
+        [ "$variant" = -kernel ] && gelu=kernel
+        [ "$variant" = -blocking ] && comm=blocking
+        name="$fam-r$ranks-$tag$variant"
+        spec "target/gpu/bench/$name.toml" "$fam" "$ranks" "$mbs" "hidden=$hidden" "ffn=$((4 * hidden))" "seq=$seq" \
+          "microbatch_size=$mbsize" "layers_per_stage=1" "dtype=\"$dtype\"" "checkpoint_every=0" \
+          "gelu=\"$gelu\"" "comm=\"$comm\""
+        ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
+      done
     done
   done
 done

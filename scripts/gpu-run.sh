@@ -34,7 +34,7 @@ for plan in target/gpu/plans/*/; do
   python3 - "$name" "$LOGS/$name.log" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
 name, log = sys.argv[1], open(sys.argv[2]).read()
-limit = 2e-2 if name.endswith("bf16") else 1e-5
+limit = 2e-2 if "bf16" in name else 1e-5
 errs = [tuple(map(float, m)) for m in re.findall(r"loss rel. error (\S+), weight-gradient (\S+), weights (\S+)", log)]
 worst = [max(e[i] for e in errs) for i in range(3)] if errs else [float("nan")] * 3
 ok = errs and all(w <= limit for w in worst) and "exit 0" in log

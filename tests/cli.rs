@@ -97,7 +97,45 @@ const BAD: &[(&str, &str, &str)] = &[
     ("[pipeline\nschedule = 1", ":1:10", ""),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[memory]\nactivation = 10\nweight_grad_part = 20\nbudget = 100\n", ":7:20", "exceeds activation"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[memory]\nactivation = 10\nbudget = -5\n", ":7:10", "budget must be > 0"),
+    ("[pipeline]\nschedule = \"1f1b\"\nranks = 2\nmicrobatches = 4\n[model]\nkind = \"mlp\"\nhidden = 8\nseq = 4\nmicrobatch_size = 1\ngelu = \"sometimes\"\n", ":10:8", "unknown gelu"),
 ];
+
+#[test]
+fn gelu_is_fused_into_the_gemms_in_bf16_and_a_kernel_in_f32_unless_the_spec_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (dtype, gelu, fused)) in [
+        ("bf16", "", true),
+        ("f32", "", false),
+        ("f32", "gelu = \"fused\"\n", true),
+        ("bf16", "gelu = \"kernel\"\n", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec = tmp.path().join(format!("s{i}.toml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "[pipeline]\nschedule = \"1f1b\"\nranks = 2\nmicrobatches = 4\n[model]\nkind = \"mlp\"\nhidden = 8\n\
+                 seq = 4\nmicrobatch_size = 1\ndtype = \"{dtype}\"\n{gelu}"
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("o{i}"));
+        let run = compile(&spec, &out);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let plan: Value = serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+        assert_eq!(plan["model"]["fuse_gelu"], fused, "case {i}");
+        let nodes = plan["ranks"].as_array().unwrap().iter().flat_map(|r| r["nodes"].as_array().unwrap().iter());
+        let (epilogues, kernels) = nodes.fold((0, 0), |(e, k), n| {
+            (
+                e + n.get("epilogue").is_some() as usize,
+                k + n["name"].as_str().is_some_and(|s| s.starts_with("gelu")) as usize,
+            )
+        });
+        assert_eq!((epilogues > 0, kernels > 0), (fused, !fused), "case {i}: {epilogues} epilogues, {kernels} kernels");
+    }
+}
 
 #[test]
 fn bad_specs_are_located_errors_with_exit_code_2_and_write_nothing() {

@@ -18,6 +18,7 @@ fn model(layers_per_stage: u32) -> Model {
         layers_per_stage,
         dtype: Dtype::F32,
         seed: 7,
+        fuse_gelu: true,
     }
 }
 
@@ -48,11 +49,20 @@ fn first_step_matches_the_reference(plan: &Plan, model: &Model) {
     }
 }
 
-/// Emits `family` at (ranks, m), runs one step on the CPU and compares with the reference.
+/// Emits `family` at (ranks, m), with GELU fused into the GEMMs and as kernels of its own,
+/// runs one step on the CPU and compares with the reference.
 fn check(family: Family, ranks: u32, m: u32, layers_per_stage: u32) {
+    for fuse_gelu in [true, false] {
+        check_one(family, ranks, m, Model { fuse_gelu, ..model(layers_per_stage) });
+    }
+}
+
+fn check_one(family: Family, ranks: u32, m: u32, model: Model) {
     let set = family.generate(ranks, m, 2);
     assert!(verify(&set, pipewright_compiler::cost::CommMode::Blocking, None).unwrap().ok());
-    let model = model(layers_per_stage);
+    let layers_per_stage = model.layers_per_stage;
+    let gelu_kernels = plan_gelu_kernels(&emit(&set, &model, &training(), hashes()).unwrap());
+    assert_eq!(gelu_kernels == 0, model.fuse_gelu, "{}: GELU kernels {gelu_kernels}", family.name());
     let plan = emit(&set, &model, &training(), hashes()).unwrap();
     plan.validate().unwrap_or_else(|e| panic!("{}: {e}", family.name()));
     let mut memory = cpu::initial_memory(&plan);
@@ -95,6 +105,15 @@ fn check(family: Family, ranks: u32, m: u32, layers_per_stage: u32) {
             }
         }
     }
+}
+
+/// GELU kernels (forward or backward) in every rank's nodes.
+fn plan_gelu_kernels(plan: &Plan) -> usize {
+    plan.ranks
+        .iter()
+        .flat_map(|r| &r.nodes)
+        .filter(|n| matches!(n, pipewright_plan::Node::Kernel(k) if k.name.starts_with("gelu")))
+        .count()
 }
 
 #[test]
@@ -152,7 +171,8 @@ fn every_step_trains_on_fresh_data() {
 #[test]
 fn a_bf16_plan_keeps_f32_master_weights_and_gradients() {
     let set = Family::DualPipeV.generate(2, 4, 1);
-    let model = Model { dtype: Dtype::Bf16, ..model(1) };
+    // GELU as kernels here, so that their bf16 variants show.
+    let model = Model { dtype: Dtype::Bf16, fuse_gelu: false, ..model(1) };
     let plan = emit(&set, &model, &training(), hashes()).unwrap();
     plan.validate().unwrap();
     for r in &plan.ranks {
@@ -215,7 +235,7 @@ fn check_async_hazards(plan: &Plan) -> usize {
                     }
                 }
                 Node::Gemm(g) => {
-                    for b in [g.a, g.b, g.c] {
+                    for b in g.buffers() {
                         let need = moved.get(&b).copied().unwrap_or(0);
                         assert!(
                             waited[g.stream as usize] >= need,

@@ -25,7 +25,7 @@
 use crate::cost::CommMode;
 use crate::dag::payload;
 use crate::ir::{CommKind, Event, Layout, ProgramSet, UnitKind};
-use pipewright_plan::node::{Gemm, Kernel, Node, P2p};
+use pipewright_plan::node::{Epilogue, Gemm, Kernel, Node, P2p};
 use pipewright_plan::{Buffer, Dtype, Hashes, Model, OpSpan, Plan, RankPlan, Training, PLAN_VERSION};
 use std::collections::{BTreeMap, HashMap};
 use thiserror::Error;
@@ -183,8 +183,22 @@ impl<'a> Rank<'a> {
 
     /// `c = op(a)·op(b) + beta·c`; `abc` the buffers, `mnk` the shape.
     fn gemm(&mut self, stream: u32, abc: (u32, u32, u32), mnk: (u64, u64, u64), trans: (bool, bool), beta: f32) {
+        self.gemm_then(stream, abc, mnk, trans, beta, Epilogue::None);
+    }
+
+    /// [`Self::gemm`] with an epilogue applied to the product before it is written.
+    fn gemm_then(
+        &mut self,
+        stream: u32,
+        abc: (u32, u32, u32),
+        mnk: (u64, u64, u64),
+        trans: (bool, bool),
+        beta: f32,
+        epilogue: Epilogue,
+    ) {
         let ((a, b, c), (m, n, k)) = (abc, mnk);
-        self.await_buffers(stream, &[a, b, c]);
+        let pre = epilogue.pre();
+        self.await_buffers(stream, &[a, b, c].into_iter().chain(pre).collect::<Vec<_>>());
         self.nodes.push(Node::Gemm(Gemm {
             stream,
             a,
@@ -197,6 +211,7 @@ impl<'a> Rank<'a> {
             trans_b: trans.1,
             alpha: 1.0,
             beta,
+            epilogue,
         }));
     }
 
@@ -226,9 +241,14 @@ impl<'a> Rank<'a> {
         for l in 0..self.model.layers_per_stage as usize {
             let (w1, w2, _, _) = self.weights(stage, l as u32);
             let x = if l == 0 { x0 } else { slot.x[l] };
-            self.gemm(stream, (x, w1, slot.h[l]), (t, f, h), (false, false), 0.0);
-            let gelu = self.act_kernel("gelu_forward");
-            self.kernel(stream, &gelu, vec![slot.h[l], slot.a[l]], t * f, vec![]);
+            if self.model.fuse_gelu {
+                let gelu = Epilogue::Gelu { pre: slot.h[l] };
+                self.gemm_then(stream, (x, w1, slot.a[l]), (t, f, h), (false, false), 0.0, gelu);
+            } else {
+                self.gemm(stream, (x, w1, slot.h[l]), (t, f, h), (false, false), 0.0);
+                let gelu = self.act_kernel("gelu_forward");
+                self.kernel(stream, &gelu, vec![slot.h[l], slot.a[l]], t * f, vec![]);
+            }
             self.gemm(stream, (slot.a[l], w2, slot.x[l + 1]), (t, h, f), (false, false), 0.0);
         }
         let last = self.model.layers_per_stage as usize;
@@ -257,12 +277,17 @@ impl<'a> Rank<'a> {
         let (pipe, stage) = self.stage(dir);
         let (t, h, f) = (self.model.tokens(), self.model.hidden as u64, self.model.ffn as u64);
         let slot = self.slot(dir, mb);
-        let da = self.buffer("scratch.da".into(), t * f, self.model.dtype);
         for l in (0..self.model.layers_per_stage as usize).rev() {
             let (w1, w2, _, _) = self.weights(stage, l as u32);
-            self.gemm(stream, (slot.dy[l], w2, da), (t, f, h), (false, true), 0.0);
-            let gelu = self.act_kernel("gelu_backward");
-            self.kernel(stream, &gelu, vec![slot.h[l], da, slot.dh[l]], t * f, vec![]);
+            if self.model.fuse_gelu {
+                let gelu_grad = Epilogue::GeluGrad { pre: slot.h[l] };
+                self.gemm_then(stream, (slot.dy[l], w2, slot.dh[l]), (t, f, h), (false, true), 0.0, gelu_grad);
+            } else {
+                let da = self.buffer("scratch.da".into(), t * f, self.model.dtype);
+                self.gemm(stream, (slot.dy[l], w2, da), (t, f, h), (false, true), 0.0);
+                let gelu = self.act_kernel("gelu_backward");
+                self.kernel(stream, &gelu, vec![slot.h[l], da, slot.dh[l]], t * f, vec![]);
+            }
             if l > 0 {
                 self.gemm(stream, (slot.dh[l], w1, slot.dy[l - 1]), (t, h, f), (false, true), 0.0);
             } else if stage > 0 {

@@ -5,7 +5,7 @@
 //! Buffers are held in f32 whatever their dtype (bf16 rounding is the GPU's business).
 
 use crate::math::{gelu, gelu_grad, gemm};
-use crate::node::{Gemm, Kernel, Node};
+use crate::node::{Epilogue, Gemm, Kernel, Node};
 use crate::{data, Plan};
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -94,11 +94,26 @@ fn run_rank(
         let fail = |what: String| format!("rank {rank} node {i}: {what}");
         match node {
             Node::Gemm(g) => {
-                let Gemm { a, b, c, m, n, k, trans_a, trans_b, alpha, beta, .. } = g;
+                let Gemm { a, b, c, m, n, k, trans_a, trans_b, alpha, beta, epilogue, .. } = g;
                 let av = mem[&name(*a)].clone();
                 let bv = mem[&name(*b)].clone();
                 let cv = mem.get_mut(&name(*c)).ok_or_else(|| fail("missing C".into()))?;
                 gemm(&av, &bv, cv, *m as usize, *n as usize, *k as usize, *trans_a, *trans_b, *alpha, *beta);
+                let len = (*m * *n) as usize;
+                match *epilogue {
+                    Epilogue::None => {}
+                    Epilogue::Gelu { pre } => {
+                        let product = cv[..len].to_vec();
+                        cv[..len].iter_mut().for_each(|v| *v = gelu(*v));
+                        let p = mem.get_mut(&name(pre)).ok_or_else(|| fail("missing pre-activation".into()))?;
+                        p[..len].copy_from_slice(&product);
+                    }
+                    Epilogue::GeluGrad { pre } => {
+                        let p = mem[&name(pre)].clone();
+                        let cv = mem.get_mut(&name(*c)).ok_or_else(|| fail("missing C".into()))?;
+                        cv[..len].iter_mut().zip(&p).for_each(|(v, &x)| *v *= gelu_grad(x));
+                    }
+                }
             }
             Node::Kernel(k) => kernel(k, mem, &name).map_err(fail)?,
             Node::Group { ops, .. } => {

@@ -18,12 +18,12 @@ pub mod math;
 pub mod node;
 pub mod reference;
 
-pub use node::{Gemm, Kernel, Node};
+pub use node::{Epilogue, Gemm, Kernel, Node};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The plan format this build writes and reads.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 /// Element type of a buffer.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -57,6 +57,14 @@ pub struct Model {
     /// Activations and weights; gradients accumulate in f32 either way.
     pub dtype: Dtype,
     pub seed: u64,
+    /// GELU fused into the GEMMs around it (cuBLASLt epilogues, [`node::Epilogue`]) rather
+    /// than run as kernels of its own.
+    #[serde(default = "yes")]
+    pub fuse_gelu: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Model {

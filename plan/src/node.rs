@@ -40,7 +40,7 @@ pub const KERNELS: &[(&str, &[bool])] = &[
 ];
 
 /// Blocks of the `mse_loss` kernel: the size of its `partials` buffer.
-pub const MSE_BLOCKS: u64 = 128;
+pub const MSE_BLOCKS: u64 = 512;
 
 /// One matrix product: `C = alpha · op(A) · op(B) + beta · C`, row-major, with op(A) of
 /// shape m × k, op(B) k × n and C m × n (cuBLAS is column-major; the runtime swaps the
@@ -58,6 +58,46 @@ pub struct Gemm {
     pub trans_b: bool,
     pub alpha: f32,
     pub beta: f32,
+    /// What happens to the product before it is written (a cuBLASLt epilogue).
+    #[serde(default, skip_serializing_if = "Epilogue::is_none")]
+    pub epilogue: Epilogue,
+}
+
+/// What a GEMM does to its product `P = alpha · op(A) · op(B)` before writing C: GELU fused
+/// into the GEMM (cuBLASLt's `GELU_AUX` and `DGELU` epilogues), so that the activation
+/// costs no pass of its own over the `tokens × ffn` matrices. Both need `beta = 0`; `pre`
+/// has C's shape and dtype.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Epilogue {
+    /// C = P.
+    #[default]
+    None,
+    /// `pre = P` (the pre-activation, kept for the backward) and `C = gelu(P)`.
+    Gelu { pre: u32 },
+    /// `C = P ⊙ gelu'(pre)`: the gradient through the GELU whose input was `pre`.
+    GeluGrad { pre: u32 },
+}
+
+impl Epilogue {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Epilogue::None)
+    }
+
+    /// The pre-activation buffer it reads or writes.
+    pub fn pre(&self) -> Option<u32> {
+        match *self {
+            Epilogue::None => None,
+            Epilogue::Gelu { pre } | Epilogue::GeluGrad { pre } => Some(pre),
+        }
+    }
+}
+
+impl Gemm {
+    /// Every buffer the GEMM reads or writes: A, B, C and an epilogue's pre-activation.
+    pub fn buffers(&self) -> impl Iterator<Item = u32> {
+        [self.a, self.b, self.c].into_iter().chain(self.epilogue.pre())
+    }
 }
 
 /// One element-wise kernel launch over `elements` elements.
@@ -118,6 +158,15 @@ impl Node {
                         return Err(format!(
                             "GEMM operand {name} ({}) holds {} bytes, needs {need}",
                             buf.name, buf.bytes
+                        ));
+                    }
+                }
+                if let Some(pre) = g.epilogue.pre() {
+                    let (p, c) = (buffer(pre)?, buffer(g.c)?);
+                    if g.beta != 0.0 || p.dtype != c.dtype || p.bytes < g.m.saturating_mul(g.n) * p.dtype.size() {
+                        return Err(format!(
+                            "GEMM epilogue {:?} needs beta 0 and a pre-activation ({}) of C's dtype and shape",
+                            g.epilogue, p.name
                         ));
                     }
                 }

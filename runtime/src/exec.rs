@@ -52,6 +52,11 @@ pub struct RunReport {
     pub launch_us: Vec<f64>,
     /// With `profile`: per step, each op's (start, duration) in ms from the step's start.
     pub op_times: Vec<Vec<(f64, f64)>>,
+    /// With `profile` and at least 3 steps: each node's duration in ms in the last step,
+    /// which times every node instead of every op (NaN for event records and waits).
+    pub node_ms: Vec<f64>,
+    /// The captured graph's nodes by type (empty when eager).
+    pub graph_nodes: std::collections::BTreeMap<String, usize>,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
@@ -71,6 +76,7 @@ pub fn run(
             gpu.upload(b, &data)?;
         }
     }
+    gpu.prepare_gemms(&rp.nodes, &rp.buffers)?;
     let state = |name: &str| ["w1.", "w2.", "master.", "adam.", "data."].iter().any(|p| name.starts_with(p));
     let checkpoint = opts.checkpoint_dir.as_ref().map(|d| d.join(format!("rank{}.safetensors", place.rank)));
     let mut first_step = 0;
@@ -128,14 +134,23 @@ pub fn run(
         step_ms: Vec::new(),
         launch_us: Vec::new(),
         op_times: Vec::new(),
+        node_ms: Vec::new(),
+        graph_nodes: Default::default(),
     };
     let mut graph: Option<cudarc::driver::CudaGraph> = None;
     let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
     for step in first_step..steps {
         let began = Instant::now();
         dog.phase(format!("step {step}{}", if eager || step == first_step { " (eager)" } else { " (graph replay)" }));
-        if opts.profile {
-            let mut timer = OpTimer::new(&gpu, &plan.ranks[place.rank as usize].ops)?;
+        if opts.profile && step + 1 == steps && steps - first_step >= 3 {
+            // The last profiled step times every node (for `nodes.md`), one compute stream
+            // at a time; the others every op, as the plan runs them.
+            let mut timer = OpTimer::new(&gpu, node_spans(&rp.nodes), true)?;
+            issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
+            report.node_ms = timer.times()?.into_iter().map(|(_, ms)| ms).collect();
+        } else if opts.profile {
+            let spans = rp.ops.iter().map(|o| (o.first as usize, o.last as usize, o.stream as usize));
+            let mut timer = OpTimer::new(&gpu, spans.collect(), false)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.op_times.push(timer.times()?);
         } else if eager || step == first_step {
@@ -148,6 +163,7 @@ pub fn run(
                 let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
                 issued?;
                 let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
+                report.graph_nodes = crate::gpu::graph_census(&g)?;
                 // Upload once, so that replays only launch.
                 g.upload().map_err(driver)?;
                 graph = Some(g);
@@ -201,7 +217,6 @@ fn issue(
 ) -> Result<(), RuntimeError> {
     let rp = &plan.ranks[rank as usize];
     let off = |b: u32| rp.buffers[b as usize].offset;
-    let operand = |b: u32| (rp.buffers[b as usize].offset, rp.buffers[b as usize].dtype);
     // The reset goes on the compute stream: the step (and a graph capture) starts there,
     // and the communication stream only joins through the plan's events, which follow.
     if let Some((_, mark)) = comm {
@@ -212,14 +227,7 @@ fn issue(
             t.before(gpu, i)?;
         }
         match node {
-            Node::Gemm(g) => gpu.gemm(
-                g.stream as usize,
-                (operand(g.a), operand(g.b), operand(g.c)),
-                (g.m, g.n, g.k),
-                (g.trans_a, g.trans_b),
-                g.alpha,
-                g.beta,
-            )?,
+            Node::Gemm(g) => gpu.gemm(g, &rp.buffers)?,
             Node::Kernel(k) => {
                 let offsets: Vec<u64> = k.buffers.iter().map(|&b| off(b)).collect();
                 gpu.kernel(k.stream as usize, &k.name, &offsets, k.elements, &k.scalars)?
@@ -250,31 +258,60 @@ fn issue(
     Ok(())
 }
 
-/// CUDA events around every op of one step (eager): a start event before the op's first
-/// node and an end event after its last, on the op's stream, and one at the step's start.
+/// CUDA events around spans of nodes of one step (eager): a start event before a span's
+/// first node and an end event after its last, on the span's stream, and one at the step's
+/// start. The spans are the plan's ops, or each node on its own.
 struct OpTimer {
     origin: CudaEvent,
-    /// Op index by its first and its last node.
+    /// Span index by its first and its last node.
     starts: HashMap<usize, usize>,
     ends: HashMap<usize, usize>,
     streams: Vec<usize>,
     events: Vec<(Option<CudaEvent>, Option<CudaEvent>)>,
+    /// Node timing: each compute stream's span waits for the other's last one, so that the
+    /// two never overlap and every node's time is its own, not shared with a concurrent one.
+    serial: bool,
+    /// The last span ended on each compute stream (0, 1).
+    last: [Option<usize>; 2],
+}
+
+/// Every node as its own span (first, last, stream); event records and waits as empty
+/// spans that are never timed.
+fn node_spans(nodes: &[Node]) -> Vec<(usize, usize, usize)> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| match n {
+            Node::Gemm(g) => (i, i, g.stream as usize),
+            Node::Kernel(k) => (i, i, k.stream as usize),
+            Node::Group { stream, .. } => (i, i, *stream as usize),
+            Node::Record { .. } | Node::Wait { .. } => (usize::MAX, usize::MAX, 0),
+        })
+        .collect()
 }
 
 impl OpTimer {
-    fn new(gpu: &Gpu, ops: &[pipewright_plan::OpSpan]) -> Result<OpTimer, RuntimeError> {
+    fn new(gpu: &Gpu, spans: Vec<(usize, usize, usize)>, serial: bool) -> Result<OpTimer, RuntimeError> {
         let origin = gpu.streams[0].record_event(Some(TIMED)).map_err(driver)?;
         Ok(OpTimer {
+            serial,
+            last: [None, None],
             origin,
-            starts: ops.iter().enumerate().map(|(i, o)| (o.first as usize, i)).collect(),
-            ends: ops.iter().enumerate().map(|(i, o)| (o.last as usize, i)).collect(),
-            streams: ops.iter().map(|o| o.stream as usize).collect(),
-            events: ops.iter().map(|_| (None, None)).collect(),
+            starts: spans.iter().enumerate().map(|(i, s)| (s.0, i)).collect(),
+            ends: spans.iter().enumerate().map(|(i, s)| (s.1, i)).collect(),
+            streams: spans.iter().map(|s| s.2).collect(),
+            events: spans.iter().map(|_| (None, None)).collect(),
         })
     }
 
     fn before(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
         if let Some(&op) = self.starts.get(&node) {
+            let s = self.streams[op];
+            if let (true, Some(other)) = (self.serial && s < 2, self.last.get(1 - s.min(1)).copied().flatten()) {
+                if let Some(e) = &self.events[other].1 {
+                    gpu.streams[s].wait(e).map_err(driver)?;
+                }
+            }
             self.events[op].0 = Some(gpu.streams[self.streams[op]].record_event(Some(TIMED)).map_err(driver)?);
         }
         Ok(())
@@ -283,6 +320,9 @@ impl OpTimer {
     fn after(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
         if let Some(&op) = self.ends.get(&node) {
             self.events[op].1 = Some(gpu.streams[self.streams[op]].record_event(Some(TIMED)).map_err(driver)?);
+            if self.streams[op] < 2 {
+                self.last[self.streams[op]] = Some(op);
+            }
         }
         Ok(())
     }

@@ -1,20 +1,22 @@
 //! The one module that touches CUDA (through cudarc): library checks, the device, its
-//! streams and events, the arena, cuBLAS, the kernels of `kernels/` and NCCL.
+//! streams and events, the arena, the matrix products (through [`crate::blas`]), the kernels
+//! of `kernels/` and NCCL.
 
+use crate::blas::{Lt, Shape};
 use crate::RuntimeError;
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
-use pipewright_plan::{Buffer, Dtype};
-use std::collections::HashMap;
+use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// The kernel sources, built into the binary.
+/// The kernel sources, built into the binary; `common.cuh` (what the f32 and bf16 kernels
+/// share) goes in front of the files that use it, as NVRTC compiles one source at a time.
 pub const KERNEL_SOURCES: &[(&str, &str)] = &[
-    ("elementwise.cu", include_str!("../../kernels/elementwise.cu")),
+    ("elementwise.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/elementwise.cu"))),
     ("progress.cu", include_str!("../../kernels/progress.cu")),
-    ("bf16.cu", include_str!("../../kernels/bf16.cu")),
+    ("bf16.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/bf16.cu"))),
 ];
 
 /// The watchdog's progress kernel (`kernels/progress.cu`), beside the plan's kernels.
@@ -44,7 +46,7 @@ pub fn require_library(name: &str) -> Result<(), RuntimeError> {
 
 /// Every library the runtime needs.
 pub fn require_all() -> Result<(), RuntimeError> {
-    for lib in ["cuda", "nvrtc", "cublas", "nccl"] {
+    for lib in ["cuda", "nvrtc", "cublasLt", "nccl"] {
         require_library(lib)?;
     }
     Ok(())
@@ -61,7 +63,9 @@ pub struct Gpu {
     /// 0: compute, 1: overlapped forwards, 2: communication.
     pub streams: Vec<Arc<CudaStream>>,
     pub events: Vec<Option<CudaEvent>>,
-    blas: Vec<CudaBlas>,
+    lt: Lt,
+    /// Products whose epilogue cuBLASLt cannot fuse (said once each).
+    unfused: HashSet<Shape>,
     kernels: HashMap<String, CudaFunction>,
     pub arena: CudaSlice<f32>,
 }
@@ -87,12 +91,8 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let streams: Vec<Arc<CudaStream>> =
             (0..streams.max(1)).map(|_| ctx.new_stream()).collect::<Result<_, _>>().map_err(driver)?;
-        let blas = streams
-            .iter()
-            .take(2)
-            .map(|s| CudaBlas::new(s.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RuntimeError::Blas(format!("{e:?}")))?;
+        // Products run on the compute streams: 0, and 1 (the overlapped forwards).
+        let lt = Lt::new(&streams[..streams.len().min(2)])?;
         let arena = streams[0].alloc_zeros::<f32>((arena_bytes / 4) as usize).map_err(driver)?;
         let mut kernels = HashMap::new();
         for (file, source) in KERNEL_SOURCES {
@@ -103,7 +103,15 @@ impl Gpu {
                 kernels.insert(name.to_owned(), f);
             }
         }
-        Ok(Gpu { ctx, streams, events: (0..events).map(|_| None).collect(), blas, kernels, arena })
+        Ok(Gpu {
+            ctx,
+            streams,
+            events: (0..events).map(|_| None).collect(),
+            lt,
+            unfused: HashSet::new(),
+            kernels,
+            arena,
+        })
     }
 
     /// Device address of byte `offset` of the arena.
@@ -159,89 +167,66 @@ impl Gpu {
         Ok(())
     }
 
-    /// Row-major `C = alpha·op(A)·op(B) + beta·C` on `stream`; operands (byte offset,
-    /// dtype). All f32: SGEMM. Otherwise cublasGemmEx with f32 accumulation (bf16 inputs;
-    /// C in bf16 for activations, f32 for gradients).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm(
-        &self,
-        stream: usize,
-        (a, b, c): ((u64, Dtype), (u64, Dtype), (u64, Dtype)),
-        (m, n, k): (u64, u64, u64),
-        (trans_a, trans_b): (bool, bool),
-        alpha: f32,
-        beta: f32,
-    ) -> Result<(), RuntimeError> {
-        let blas_handle = *self
-            .blas
-            .get(stream)
-            .ok_or_else(|| RuntimeError::Blas(format!("no cuBLAS handle on stream {stream}")))?
-            .handle();
-        let op = |t: bool| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
+    /// The plan's matrix product `g` (row-major `C = alpha·op(A)·op(B) + beta·C`, then its
+    /// epilogue) on its stream, through cuBLASLt with f32 accumulation; `buffers` is the
+    /// rank's buffer table. An epilogue cuBLASLt cannot fuse at this shape runs as the
+    /// plain product followed by the GELU kernel (said once per shape).
+    pub fn gemm(&mut self, g: &Gemm, buffers: &[Buffer]) -> Result<(), RuntimeError> {
+        let buf = |b: u32| {
+            buffers.get(b as usize).ok_or_else(|| RuntimeError::Blas(format!("GEMM operand {b} is not a buffer")))
         };
-        // Row-major C (m×n) is column-major Cᵀ (n×m) = op(B)ᵀ·op(A)ᵀ: swap the operands.
-        let ldb = if trans_b { k } else { n };
-        let lda = if trans_a { m } else { k };
-        let dtypes = (a.1, b.1, c.1);
-        let (a, b, c) = (a.0, b.0, c.0);
-        if dtypes != (Dtype::F32, Dtype::F32, Dtype::F32) {
-            let ty = |d: Dtype| match d {
-                Dtype::F32 => blas_sys::cudaDataType::CUDA_R_32F,
-                Dtype::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
-            };
-            // SAFETY: as for SGEMM below; alpha and beta are f32, as CUBLAS_COMPUTE_32F
-            // requires, and each operand's type is its buffer's dtype.
-            return unsafe {
-                blas::gemm_ex(
-                    blas_handle,
-                    op(trans_b),
-                    op(trans_a),
-                    n as i32,
-                    m as i32,
-                    k as i32,
-                    &alpha as *const f32 as *const _,
-                    self.addr(b) as *const _,
-                    ty(dtypes.1),
-                    ldb as i32,
-                    self.addr(a) as *const _,
-                    ty(dtypes.0),
-                    lda as i32,
-                    &beta as *const f32 as *const _,
-                    self.addr(c) as *mut _,
-                    ty(dtypes.2),
-                    n as i32,
-                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
+        let (a, b, c) = (buf(g.a)?, buf(g.b)?, buf(g.c)?);
+        let stream = g.stream as usize;
+        let mut shape = Shape::of(g, (a.dtype, b.dtype, c.dtype));
+        let (pa, pb, pc) = (self.addr(a.offset), self.addr(b.offset), self.addr(c.offset));
+        let pre = match g.epilogue.pre() {
+            Some(p) => Some(self.addr(buf(p)?.offset)),
+            None => None,
+        };
+        if self.lt.supports(shape)? {
+            return self.lt.matmul(stream, shape, (pa, pb, pc), pre, g.alpha, g.beta);
+        }
+        if self.unfused.insert(shape) {
+            eprintln!("note: cuBLASLt cannot fuse {:?} into {shape:?}; running it as a kernel", g.epilogue);
+        }
+        shape.epilogue = 0;
+        self.lt.supports(shape)?;
+        let suffix = if c.dtype == Dtype::Bf16 { "_bf16" } else { "" };
+        let elements = g.m * g.n;
+        match g.epilogue {
+            Epilogue::None => self.lt.matmul(stream, shape, (pa, pb, pc), None, g.alpha, g.beta),
+            Epilogue::Gelu { pre } => {
+                let pre = buf(pre)?.offset;
+                self.lt.matmul(stream, shape, (pa, pb, self.addr(pre)), None, g.alpha, g.beta)?;
+                self.kernel(stream, &format!("gelu_forward{suffix}"), &[pre, c.offset], elements, &[])
             }
-            .map_err(|e| RuntimeError::Blas(format!("{e:?}")));
+            Epilogue::GeluGrad { pre } => {
+                let pre = buf(pre)?.offset;
+                self.lt.matmul(stream, shape, (pa, pb, pc), None, g.alpha, g.beta)?;
+                self.kernel(stream, &format!("gelu_backward{suffix}"), &[pre, c.offset, c.offset], elements, &[])
+            }
         }
-        // SAFETY: the three operands lie inside the arena (the plan was validated: each
-        // holds at least its rows × columns), and the handle is bound to `stream`.
-        unsafe {
-            blas::sgemm(
-                blas_handle,
-                op(trans_b),
-                op(trans_a),
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha,
-                self.addr(b) as *const f32,
-                ldb as i32,
-                self.addr(a) as *const f32,
-                lda as i32,
-                &beta,
-                self.addr(c) as *mut f32,
-                n as i32,
-            )
+    }
+
+    /// Prepares (and tunes, see [`crate::blas`]) the algorithm of every distinct product
+    /// among `nodes`, before any of them runs: tuning times candidates on an idle GPU.
+    pub fn prepare_gemms(&mut self, nodes: &[pipewright_plan::Node], buffers: &[Buffer]) -> Result<(), RuntimeError> {
+        for node in nodes {
+            if let pipewright_plan::Node::Gemm(g) = node {
+                let dtype = |b: u32| buffers.get(b as usize).map_or(Dtype::F32, |b| b.dtype);
+                let shape = Shape::of(g, (dtype(g.a), dtype(g.b), dtype(g.c)));
+                if !self.lt.supports(shape)? {
+                    self.lt.supports(Shape { epilogue: 0, ..shape })?;
+                }
+            }
         }
-        .map_err(|e| RuntimeError::Blas(format!("{e:?}")))
+        Ok(())
+    }
+
+    /// How the algorithm of product `g` was chosen (after [`Gpu::prepare_gemms`]).
+    pub fn gemm_choice(&self, g: &Gemm, buffers: &[Buffer]) -> Option<&str> {
+        let dtype = |b: u32| buffers.get(b as usize).map_or(Dtype::F32, |b| b.dtype);
+        self.lt.choice(&Shape::of(g, (dtype(g.a), dtype(g.b), dtype(g.c))))
     }
 
     /// Launches kernel `name` over `elements` with buffer offsets `buffers` and `scalars`.
@@ -359,6 +344,47 @@ impl Gpu {
         // device address of live page-locked host memory holding one u32.
         unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
     }
+}
+
+/// The nodes of a captured graph, counted by type (kernel, event record, memory
+/// allocation, …): what a replay launches.
+pub fn graph_census(
+    graph: &cudarc::driver::CudaGraph,
+) -> Result<std::collections::BTreeMap<String, usize>, RuntimeError> {
+    use cudarc::driver::sys;
+    let graph = graph.cu_graph();
+    let mut count = 0usize;
+    // SAFETY: a live graph; with a null array the call only writes the count.
+    unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut count) }.result().map_err(driver)?;
+    let mut nodes = vec![std::ptr::null_mut(); count];
+    // SAFETY: `nodes` holds `count` entries, as the call requires.
+    unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) }.result().map_err(driver)?;
+    let mut census = std::collections::BTreeMap::new();
+    for node in nodes.into_iter().take(count) {
+        let mut kind = 0u32;
+        // SAFETY: the node belongs to the live graph; CUgraphNodeType is a 32-bit enum,
+        // read as its integer so that a type newer than these bindings is still counted.
+        unsafe { sys::cuGraphNodeGetType(node, &mut kind as *mut u32 as *mut sys::CUgraphNodeType) }
+            .result()
+            .map_err(driver)?;
+        let name = match kind {
+            0 => "kernel",
+            1 => "memcpy",
+            2 => "memset",
+            3 => "host",
+            4 => "child graph",
+            5 => "empty",
+            6 => "event wait",
+            7 => "event record",
+            10 => "memory allocation",
+            11 => "memory free",
+            12 => "batched memory op",
+            13 => "conditional",
+            _ => "other",
+        };
+        *census.entry(name.to_owned()).or_insert(0) += 1;
+    }
+    Ok(census)
 }
 
 /// This rank's NCCL communicator. Aborted on drop (never left with pending work).

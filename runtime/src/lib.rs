@@ -1,10 +1,12 @@
 //! pipewright's runtime: replays a compiled plan (`plan.json`) on one GPU per process, with
-//! cuBLAS GEMMs, the element-wise kernels of `kernels/` (NVRTC, sm_90) and NCCL p2p.
+//! cuBLASLt GEMMs (GELU fused into their epilogues), the element-wise kernels of `kernels/` (NVRTC, sm_90) and NCCL p2p.
 //!
-//! Built without CUDA: every CUDA library (driver, NVRTC, cuBLAS, NCCL) is loaded at run
+//! Built without CUDA: every CUDA library (driver, NVRTC, cuBLASLt, NCCL) is loaded at run
 //! time, and a missing one is a clear error ([`RuntimeError::MissingLibrary`]), never a
 //! panic. The runtime depends on the plan format only — not on the compiler, Z3 or egg.
 
+pub mod bench;
+pub mod blas;
 pub mod checkpoint;
 pub mod error;
 pub mod exec;

@@ -61,6 +61,18 @@ enum Command {
         k: u64,
         #[arg(long, default_value_t = 50)]
         iters: u32,
+        /// op(A) = Aᵀ (A stored k × m).
+        #[arg(long)]
+        trans_a: bool,
+        /// op(B) = Bᵀ (B stored n × k).
+        #[arg(long)]
+        trans_b: bool,
+        /// What the product goes through: none, gelu (GELU_AUX) or gelu-grad (DGELU).
+        #[arg(long, default_value = "none")]
+        epilogue: String,
+        /// C in f32 with beta = 1 (how weight gradients accumulate).
+        #[arg(long)]
+        accumulate: bool,
     },
     /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
     /// others.
@@ -187,7 +199,11 @@ fn main() -> ExitCode {
                 place.world_size
             );
         }),
-        Command::GemmRate { dtype, m, n, k, iters } => gemm_rate(&dtype, (m, n, k), iters),
+        Command::GemmRate { dtype, m, n, k, iters, trans_a, trans_b, epilogue, accumulate } => {
+            pipewright_runtime::bench::GemmCase::parse(&dtype, (m, n, k), (trans_a, trans_b), &epilogue, accumulate)
+                .and_then(|case| case.measure(iters))
+                .map(|line| println!("{line}"))
+        }
         Command::Run { dir, args } => run(&dir, &args),
         Command::Profile { gpus, dir, steps, out } => match profile(gpus, &dir, steps, out) {
             Ok(code) => return code,
@@ -230,6 +246,15 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
         let s = report.first_step as usize + i;
         let shown: Vec<String> = losses.iter().filter(|v| !v.is_nan()).map(|v| format!("{v:.6}")).collect();
         println!("rank {} step {s}: {:.3} ms, losses [{}]", place.rank, ms, shown.join(", "));
+    }
+    if !report.graph_nodes.is_empty() {
+        let kinds: Vec<String> = report.graph_nodes.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "rank {}: graph of {} nodes ({})",
+            place.rank,
+            report.graph_nodes.values().sum::<usize>(),
+            kinds.join(", ")
+        );
     }
     if report.step_ms.len() > 2 {
         let median = |v: &[f64]| {
@@ -290,36 +315,6 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn gemm_rate(dtype: &str, (m, n, k): (u64, u64, u64), iters: u32) -> Result<(), RuntimeError> {
-    use pipewright_plan::Dtype;
-    let dt = match dtype {
-        "f32" => Dtype::F32,
-        "bf16" => Dtype::Bf16,
-        other => return Err(RuntimeError::Environment(format!("--dtype {other}: use f32 or bf16"))),
-    };
-    let align = |x: u64| x.div_ceil(256) * 256;
-    let (a, b) = (0, align(m * k * dt.size()));
-    let c = b + align(k * n * dt.size());
-    let bytes = c + align(m * n * dt.size());
-    let cache = std::env::temp_dir().join("pipewright-kernels");
-    let gpu = pipewright_runtime::gpu::Gpu::open(0, 1, 0, bytes, &cache)?;
-    let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
-    let run = || gpu.gemm(0, ((a, dt), (b, dt), (c, dt)), (m, n, k), (false, false), 1.0, 0.0);
-    for _ in 0..3 {
-        run()?;
-    }
-    let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = gpu.streams[0].record_event(timed).map_err(driver)?;
-    for _ in 0..iters {
-        run()?;
-    }
-    let end = gpu.streams[0].record_event(timed).map_err(driver)?;
-    let ms = start.elapsed_ms(&end).map_err(driver)? as f64 / iters as f64;
-    let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
-    println!("gemm {dtype} {m}x{n}x{k}: {ms:.4} ms, {tflops:.1} TFLOP/s");
-    Ok(())
-}
-
 fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     use pipewright_runtime::profile::{chrome_trace, costs_toml, RankProfile};
     let out = out.unwrap_or_else(|| dir.join("profile"));
@@ -345,6 +340,7 @@ fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::R
         profiles.push(serde_json::from_str::<RankProfile>(&text).with_context(|| path.display().to_string())?);
     }
     std::fs::write(out.join("costs.toml"), costs_toml(&plan, &profiles, "this machine"))?;
+    std::fs::write(out.join("nodes.md"), pipewright_runtime::profile::nodes_table(&profiles))?;
     let measured = chrome_trace(&profiles);
     std::fs::write(out.join("measured-trace.json"), measured.to_string())?;
     // Beside the simulated timeline, when the plan directory has compile's trace.json.

@@ -43,6 +43,115 @@ pub struct RankProfile {
     /// mirror-gradient exchange, which is communication (COMM).
     pub compute_ms: f64,
     pub ops: Vec<OpTime>,
+    /// The node-timed step's nodes, by kind (empty when fewer than 3 steps were profiled).
+    #[serde(default)]
+    pub nodes: Vec<NodeStat>,
+}
+
+/// One kind of node (same product shape, or same kernel and size) as measured on one rank
+/// in the node-timed step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NodeStat {
+    /// What it is: `gemm bf16 4096x16384x4096 NN gelu`, `copy_bf16 × 1048576`, `p2p 1048576 B`.
+    pub what: String,
+    /// How many such nodes the step ran.
+    pub count: usize,
+    /// Their summed duration, ms.
+    pub ms: f64,
+    /// Work per node: FLOPs for a product, bytes read and written for a kernel or a p2p
+    /// group (`unit` says which rate it gives).
+    pub work: f64,
+    pub unit: String,
+}
+
+/// What a node is, for [`NodeStat::what`], and its work (FLOPs, or bytes) and rate unit.
+fn describe(rp: &pipewright_plan::RankPlan, node: &pipewright_plan::Node) -> Option<(String, f64, &'static str)> {
+    use pipewright_plan::{Dtype, Epilogue, Node};
+    let dt = |b: u32| match rp.buffers[b as usize].dtype {
+        Dtype::F32 => "f32",
+        Dtype::Bf16 => "bf16",
+    };
+    match node {
+        Node::Gemm(g) => {
+            let trans = format!("{}{}", if g.trans_a { "T" } else { "N" }, if g.trans_b { "T" } else { "N" });
+            let epilogue = match g.epilogue {
+                Epilogue::None => "",
+                Epilogue::Gelu { .. } => " gelu",
+                Epilogue::GeluGrad { .. } => " gelu-grad",
+            };
+            let acc = if g.beta != 0.0 { format!(" {} C +=", dt(g.c)) } else { String::new() };
+            let what = format!("gemm {} {}x{}x{} {trans}{epilogue}{acc}", dt(g.a), g.m, g.n, g.k);
+            Some((what, 2.0 * (g.m * g.n * g.k) as f64, "TFLOP/s"))
+        }
+        Node::Kernel(k) => {
+            let full = pipewright_plan::node::KERNELS.iter().find(|(n, _)| *n == k.name).map(|(_, f)| *f)?;
+            let bytes: u64 = k
+                .buffers
+                .iter()
+                .zip(full)
+                .filter(|(_, &f)| f)
+                .map(|(&b, _)| k.elements * rp.buffers[b as usize].dtype.size())
+                .sum();
+            Some((format!("{} × {}", k.name, k.elements), bytes as f64, "GB/s"))
+        }
+        Node::Group { ops, .. } => {
+            let bytes: u64 = ops.iter().map(|o| rp.buffers[o.buffer as usize].bytes).sum();
+            Some((format!("p2p group of {} ({bytes} B)", ops.len()), bytes as f64, "GB/s"))
+        }
+        Node::Record { .. } | Node::Wait { .. } => None,
+    }
+}
+
+/// The node-timed step's nodes of `rank`, grouped by what they are, largest total first.
+pub fn node_stats(plan: &Plan, rank: u32, node_ms: &[f64]) -> Vec<NodeStat> {
+    let rp = &plan.ranks[rank as usize];
+    let mut by: BTreeMap<String, NodeStat> = BTreeMap::new();
+    for (node, &ms) in rp.nodes.iter().zip(node_ms) {
+        let Some((what, work, unit)) = describe(rp, node) else { continue };
+        if !ms.is_finite() {
+            continue;
+        }
+        let e = by.entry(what.clone()).or_insert(NodeStat { what, count: 0, ms: 0.0, work, unit: unit.into() });
+        e.count += 1;
+        e.ms += ms;
+    }
+    let mut v: Vec<NodeStat> = by.into_values().collect();
+    v.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    v
+}
+
+/// `nodes.md`: every rank's node kinds together (count and time summed over ranks), with
+/// the rate each reached (TFLOP/s for products, GB/s for kernels and p2p groups).
+pub fn nodes_table(profiles: &[RankProfile]) -> String {
+    let mut by: BTreeMap<String, NodeStat> = BTreeMap::new();
+    for n in profiles.iter().flat_map(|p| &p.nodes) {
+        let e = by.entry(n.what.clone()).or_insert(NodeStat { ms: 0.0, count: 0, ..n.clone() });
+        e.count += n.count;
+        e.ms += n.ms;
+    }
+    let mut rows: Vec<NodeStat> = by.into_values().collect();
+    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let mut out =
+        String::from("| node | count | total ms | share | mean ms | rate |\n|---|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let mean = r.ms / r.count.max(1) as f64;
+        let rate = match r.unit.as_str() {
+            "TFLOP/s" => r.work / (mean * 1e-3) / 1e12,
+            _ => r.work / (mean * 1e-3) / 1e9,
+        };
+        out.push_str(&format!(
+            "| {} | {} | {:.3} | {:.1}% | {:.4} | {:.1} {} |\n",
+            r.what,
+            r.count,
+            r.ms,
+            100.0 * r.ms / total.max(1e-12),
+            mean,
+            rate,
+            r.unit
+        ));
+    }
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -84,7 +193,8 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
         })
         .collect();
     let compute_ms = ops.iter().filter(|o| o.kind != "COMM").map(|o| o.ms).filter(|x| x.is_finite()).sum();
-    RankProfile { rank, step_ms: median(step_times.to_vec()), compute_ms, ops }
+    let nodes = node_stats(plan, rank, &report.node_ms);
+    RankProfile { rank, step_ms: median(step_times.to_vec()), compute_ms, ops, nodes }
 }
 
 /// The `[costs]` table of the measured ops (TOML text with a header comment).

@@ -35,6 +35,7 @@ fn plan_dir(family: Family, ranks: u32, m: u32) -> tempfile::TempDir {
         layers_per_stage: 1,
         dtype: Dtype::F32,
         seed: 3,
+        fuse_gelu: true,
     };
     let training = Training { optimizer: "sgd".into(), lr: 0.05, steps: 2, checkpoint_every: 0 };
     let set = family.generate(ranks, m, 2);
@@ -92,7 +93,9 @@ fn malformed_or_foreign_plans_are_refused() {
     let dir = plan_dir(Family::OneFOneB, 2, 4);
     let path = dir.path().join("plan.json");
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replacen("\"version\":1", "\"version\":99", 1)).unwrap();
+    let version = format!("\"version\":{}", pipewright_plan::PLAN_VERSION);
+    assert!(text.contains(&version));
+    std::fs::write(&path, text.replacen(&version, "\"version\":99", 1)).unwrap();
     let out = runtime(dir.path(), &["check"], &[("WORLD_SIZE", "2")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("plan format version 99"), "{}", stderr(&out));

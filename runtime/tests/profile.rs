@@ -6,7 +6,9 @@ use pipewright_compiler::emit::emit;
 use pipewright_compiler::families::Family;
 use pipewright_plan::{Dtype, Hashes, Model, Training};
 use pipewright_runtime::exec::RunReport;
-use pipewright_runtime::profile::{chrome_trace, costs_toml, rank_profile, with_simulated, SIMULATED_PID};
+use pipewright_runtime::profile::{
+    chrome_trace, costs_toml, node_stats, nodes_table, rank_profile, with_simulated, SIMULATED_PID,
+};
 
 #[test]
 fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
@@ -20,6 +22,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
         layers_per_stage: 1,
         dtype: Dtype::F32,
         seed: 0,
+        fuse_gelu: true,
     };
     let training = Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 };
     let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };
@@ -65,6 +68,8 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
                 step_ms: vec![9.0, 5.0, 5.0],
                 launch_us: vec![],
                 op_times: times,
+                node_ms: vec![],
+                graph_nodes: Default::default(),
             };
             rank_profile(&plan, r.rank, &report)
         })
@@ -105,4 +110,68 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     assert_eq!(sim.len(), 2);
     assert_eq!(events.iter().filter(|e| e["ph"] == "X").count(), ops + 2);
     assert!(events.iter().any(|e| e["name"] == "process_name" && e["pid"] == SIMULATED_PID));
+}
+
+#[test]
+fn node_timings_group_by_kind_with_their_rates() {
+    // A 1F1B plan with GELU fused: every product 2 ms, every kernel 0.5 ms, every p2p group
+    // 0.25 ms, as the node-timed step would report them (event records and waits untimed).
+    let set = Family::OneFOneB.generate(2, 4, 1);
+    let model = Model {
+        kind: "mlp".into(),
+        hidden: 64,
+        ffn: 256,
+        seq: 4,
+        microbatch_size: 2,
+        layers_per_stage: 1,
+        dtype: Dtype::Bf16,
+        seed: 0,
+        fuse_gelu: true,
+    };
+    let training = Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 };
+    let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };
+    let plan = emit(&set, &model, &training, hashes).unwrap();
+    use pipewright_plan::Node;
+    let ms = |n: &Node| match n {
+        Node::Gemm(_) => 2.0,
+        Node::Kernel(_) => 0.5,
+        Node::Group { .. } => 0.25,
+        _ => f64::NAN,
+    };
+    let profiles: Vec<_> = plan
+        .ranks
+        .iter()
+        .map(|r| {
+            let node_ms: Vec<f64> = r.nodes.iter().map(ms).collect();
+            let stats = node_stats(&plan, r.rank, &node_ms);
+            let gemms = r.nodes.iter().filter(|n| matches!(n, Node::Gemm(_))).count();
+            let counted: usize = stats.iter().filter(|s| s.what.starts_with("gemm")).map(|s| s.count).sum();
+            assert_eq!(counted, gemms, "rank {}: every product counted once", r.rank);
+            assert!(stats.windows(2).all(|w| w[0].ms >= w[1].ms), "largest total first");
+            // The forward's first product (8 tokens × 64 → 256) with GELU fused: 2·8·256·64
+            // FLOPs in 2 ms.
+            let fused = stats.iter().find(|s| s.what == "gemm bf16 8x256x64 NN gelu").expect("the fused forward");
+            assert_eq!(fused.work, 2.0 * 8.0 * 256.0 * 64.0);
+            assert!(stats.iter().all(|s| !s.what.starts_with("gelu_")), "no GELU kernels when fused");
+            let report = RunReport {
+                rank: r.rank,
+                first_step: 0,
+                losses: vec![],
+                step_ms: vec![9.0, 5.0, 5.0],
+                launch_us: vec![],
+                op_times: vec![],
+                node_ms,
+                graph_nodes: Default::default(),
+            };
+            let p = rank_profile(&plan, r.rank, &report);
+            assert_eq!(p.nodes, stats);
+            p
+        })
+        .collect();
+    let table = nodes_table(&profiles);
+    let row = table.lines().find(|l| l.starts_with("| gemm bf16 8x256x64 NN gelu |")).unwrap();
+    // Both ranks run the forward of their stage once per microbatch: 8 products, 16 ms,
+    // 2·8·256·64 FLOPs per 2 ms = 0.0000262 TFLOP/s.
+    assert!(row.contains("| 8 | 16.000 |"), "{row}");
+    assert!(row.ends_with("| 2.0000 | 0.0 TFLOP/s |"), "{row}");
 }

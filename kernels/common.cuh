@@ -1,0 +1,129 @@
+// What elementwise.cu (f32) and bf16.cu (bf16 activations) share: loads and stores of either
+// element type (f32 arithmetic; bf16 as raw 16-bit words rounded to nearest even, so no
+// CUDA header is needed under NVRTC), GELU, the deterministic loss reduction, the
+// synthetic dataset's generator and a vectorised copy. The runtime prepends this file to
+// each of them before NVRTC compiles it (runtime/src/gpu.rs, KERNEL_SOURCES).
+
+typedef unsigned short bf16;
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float ld(float x) { return x; }
+__device__ __forceinline__ float ld(bf16 h) { return __uint_as_float(((unsigned int)h) << 16); }
+
+__device__ __forceinline__ bf16 to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (bf16)((u >> 16) | ((u & 0xffffu) ? 0x40u : 0u));  // inf/NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
+}
+
+__device__ __forceinline__ void st(float* p, float f) { *p = f; }
+__device__ __forceinline__ void st(bf16* p, float f) { *p = to_bf16(f); }
+
+// GELU, tanh approximation (plan/src/math.rs), and its derivative.
+__device__ __forceinline__ float gelu_f(float x) {
+    const float c = 0.7978845608f;  // sqrt(2/pi)
+    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ float gelu_grad_f(float x) {
+    const float c = 0.7978845608f;
+    float t = tanhf(c * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+template <typename T>
+__device__ void gelu_forward_body(const T* x, T* y, long long n) {
+    GRID_STRIDE(i, n) { st(&y[i], gelu_f(ld(x[i]))); }
+}
+
+template <typename T>
+__device__ void gelu_backward_body(const T* x, const T* dy, T* dx, long long n) {
+    GRID_STRIDE(i, n) { st(&dx[i], ld(dy[i]) * gelu_grad_f(ld(x[i]))); }
+}
+
+// loss[index] += scale * sum((y - t)^2); dy = 2 * scale * (y - t).
+// Deterministic: each block writes its partial sum, and the last block to finish adds the
+// partials in a fixed order (a strided sum per thread, then a tree) (so losses are bitwise reproducible run to run). `partials` holds
+// one float per block (MSE_BLOCKS in plan/src/node.rs), `counter` one unsigned int, zero
+// between launches (the last block resets it). Blocks of 256 threads.
+template <typename T>
+__device__ void mse_loss_body(const T* y, const T* t, T* dy, float* loss, float* partials, unsigned int* counter,
+                              long long n, float scale, int index) {
+    __shared__ float partial[256];
+    __shared__ bool last;
+    float acc = 0.0f;
+    GRID_STRIDE(i, n) {
+        float d = ld(y[i]) - ld(t[i]);
+        st(&dy[i], 2.0f * scale * d);
+        acc += d * d;
+    }
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = partial[0];
+        __threadfence();
+        last = atomicInc(counter, gridDim.x) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (last) {  // the whole last block (`last` is shared): the same tree over the partials
+        __threadfence();
+        float v = 0.0f;
+        for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) v += ((volatile float*)partials)[b];
+        partial[threadIdx.x] = v;
+        __syncthreads();
+        for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+            if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            loss[index] += scale * partial[0];
+            *counter = 0;
+        }
+    }
+}
+
+// The synthetic dataset (plan/src/data.rs, synth_value): element e of the array (tag,
+// index) of step `step[0]` is a standard normal from a counter-based splitmix64 hash, in
+// f64 like the CPU. The seed arrives as four exact 16-bit pieces.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    unsigned long long z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+template <typename T>
+__device__ void synth_normal_body(T* x, const float* step, long long n, float tag, float index, float s0, float s1,
+                                  float s2, float s3) {
+    unsigned long long seed = (unsigned long long)s0 | ((unsigned long long)s1 << 16) |
+                              ((unsigned long long)s2 << 32) | ((unsigned long long)s3 << 48);
+    unsigned long long at = (unsigned long long)step[0];
+    unsigned long long base =
+        mix64(mix64(mix64(seed) ^ (unsigned long long)tag) ^ ((at << 32) | (unsigned long long)index));
+    GRID_STRIDE(i, n) {
+        unsigned long long h = mix64(base ^ ((unsigned long long)i * 0xD1B54A32D192ED03ull));
+        double u1 = ((double)(h >> 40) + 0.5) / 16777216.0;
+        double u2 = (double)(h & 0xFFFFFFull) / 16777216.0;
+        st(&x[i], (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)));
+    }
+}
+
+struct alignas(16) words16 {
+    unsigned int w[4];
+};
+
+// Copies `bytes` bytes: 16 at a time where both pointers are 16-byte aligned (every
+// buffer of a plan's arena is), then the tail.
+__device__ void copy_bytes(const void* x, void* y, long long bytes) {
+    const bool aligned = ((((unsigned long long)x) | ((unsigned long long)y)) & 15ull) == 0;
+    long long vectors = aligned ? bytes / 16 : 0;
+    GRID_STRIDE(i, vectors) { ((words16*)y)[i] = ((const words16*)x)[i]; }
+    GRID_STRIDE(i, bytes - vectors * 16) { ((char*)y)[vectors * 16 + i] = ((const char*)x)[vectors * 16 + i]; }
+}

@@ -1,0 +1,130 @@
+//! `gemm-rate`: this GPU's rate for one matrix product, the way the plans run it (cuBLASLt,
+//! f32 accumulation, the same transposes and epilogues), on random data — a product on
+//! zeros runs faster than on real data and would flatter the benchmarks' FLOP floor.
+
+use crate::gpu::Gpu;
+use crate::RuntimeError;
+use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm};
+
+/// One product to time.
+#[derive(Debug, Clone)]
+pub struct GemmCase {
+    pub dtype: Dtype,
+    pub mnk: (u64, u64, u64),
+    pub trans: (bool, bool),
+    /// 0: none, 1: GELU, 2: GELU gradient.
+    pub epilogue: u8,
+    /// C in f32 with beta = 1 (the weight-gradient form).
+    pub accumulate: bool,
+}
+
+impl GemmCase {
+    /// From `gemm-rate`'s arguments.
+    pub fn parse(
+        dtype: &str,
+        mnk: (u64, u64, u64),
+        trans: (bool, bool),
+        epilogue: &str,
+        accumulate: bool,
+    ) -> Result<GemmCase, RuntimeError> {
+        let dtype = match dtype {
+            "f32" => Dtype::F32,
+            "bf16" => Dtype::Bf16,
+            other => return Err(RuntimeError::Environment(format!("--dtype {other}: use f32 or bf16"))),
+        };
+        let epilogue = match epilogue {
+            "none" => 0,
+            "gelu" => 1,
+            "gelu-grad" => 2,
+            other => return Err(RuntimeError::Environment(format!("--epilogue {other}: use none, gelu or gelu-grad"))),
+        };
+        if accumulate && epilogue != 0 {
+            return Err(RuntimeError::Environment("--accumulate takes no epilogue (it needs beta = 0)".into()));
+        }
+        Ok(GemmCase { dtype, mnk, trans, epilogue, accumulate })
+    }
+
+    /// How the case is written in `gemm-rate`'s output: the plain forward form keeps the
+    /// short `gemm DTYPE MxNxK` that the bench table reads as the FLOP floor's rate.
+    pub fn label(&self) -> String {
+        let (m, n, k) = self.mnk;
+        let dtype = if self.dtype == Dtype::F32 { "f32" } else { "bf16" };
+        let mut extra = Vec::new();
+        if self.trans != (false, false) {
+            extra.push(format!("{}{}", if self.trans.0 { "T" } else { "N" }, if self.trans.1 { "T" } else { "N" }));
+        }
+        match self.epilogue {
+            1 => extra.push("gelu".into()),
+            2 => extra.push("gelu-grad".into()),
+            _ => {}
+        }
+        if self.accumulate {
+            extra.push("f32 C += ".into());
+        }
+        let extra = if extra.is_empty() { String::new() } else { format!(" [{}]", extra.join(", ")) };
+        format!("gemm {dtype} {m}x{n}x{k}{extra}")
+    }
+
+    /// Times `iters` products after 3 warm-ups on GPU 0: the line `gemm-rate` prints.
+    pub fn measure(&self, iters: u32) -> Result<String, RuntimeError> {
+        let (m, n, k) = self.mnk;
+        let dt = self.dtype;
+        let c_dtype = if self.accumulate { Dtype::F32 } else { dt };
+        let mut end = 0u64;
+        let mut buffer = |name: &str, elements: u64, dtype: Dtype| {
+            let offset = end.div_ceil(256) * 256;
+            end = offset + elements * dtype.size();
+            Buffer { name: name.into(), offset, bytes: elements * dtype.size(), dtype }
+        };
+        let buffers = vec![
+            buffer("a", m * k, dt),
+            buffer("b", k * n, dt),
+            buffer("c", m * n, c_dtype),
+            buffer("pre", m * n, dt),
+            buffer("step", 1, Dtype::F32),
+        ];
+        let cache = std::env::temp_dir().join("pipewright-kernels");
+        let mut gpu = Gpu::open(0, 1, 0, end, &cache)?;
+        // Random operands (and pre-activation), from the plans' own generator.
+        let synth = if dt == Dtype::Bf16 { "synth_normal_bf16" } else { "synth_normal" };
+        for (tag, b) in [&buffers[0], &buffers[1], &buffers[3]].into_iter().enumerate() {
+            let elements = b.bytes / b.dtype.size();
+            gpu.kernel(0, synth, &[b.offset, buffers[4].offset], elements, &[tag as f32, 0.0, 1.0, 2.0, 3.0, 4.0])?;
+        }
+        let epilogue = match self.epilogue {
+            1 => Epilogue::Gelu { pre: 3 },
+            2 => Epilogue::GeluGrad { pre: 3 },
+            _ => Epilogue::None,
+        };
+        let gemm = Gemm {
+            stream: 0,
+            a: 0,
+            b: 1,
+            c: 2,
+            m,
+            n,
+            k,
+            trans_a: self.trans.0,
+            trans_b: self.trans.1,
+            alpha: 1.0,
+            beta: if self.accumulate { 1.0 } else { 0.0 },
+            epilogue,
+        };
+        gpu.prepare_gemms(&[pipewright_plan::Node::Gemm(gemm.clone())], &buffers)?;
+        let choice =
+            gpu.gemm_choice(&gemm, &buffers).unwrap_or("not fused: the product, then a GELU kernel").to_owned();
+        for _ in 0..3 {
+            gpu.gemm(&gemm, &buffers)?;
+        }
+        let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = gpu.streams[0].record_event(timed).map_err(driver)?;
+        for _ in 0..iters {
+            gpu.gemm(&gemm, &buffers)?;
+        }
+        let stop = gpu.streams[0].record_event(timed).map_err(driver)?;
+        let ms = start.elapsed_ms(&stop).map_err(driver)? as f64 / iters as f64;
+        let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
+        Ok(format!("{}: {ms:.4} ms, {tflops:.1} TFLOP/s (random data; algorithm {choice})", self.label()))
+    }
+}

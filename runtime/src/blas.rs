@@ -1,0 +1,415 @@
+//! Matrix products through cuBLASLt: one handle, a workspace per compute stream (given
+//! explicitly, so that a captured graph holds no allocation of cuBLAS's own), and per
+//! distinct product — shape, transposes, dtypes, epilogue — its descriptors and its
+//! algorithm, prepared on first use (the eager first step) and reused by every later call
+//! and by the graph capture.
+//!
+//! The algorithm is tuned, not guessed: the heuristic's best [`CANDIDATES`] are timed on
+//! scratch operands of the product's shape, and each is captured once to count the graph
+//! nodes it adds. Split-K and stream-K algorithms clear their workspace with a memset
+//! before each product; a replayed graph pays host time for every memset node (measured:
+//! 3 µs to launch a 470-node graph of kernels, 220–270 µs with 128–176 memsets among 400),
+//! so the fastest algorithm that adds only its kernel wins unless another is more than
+//! [`MEMSET_TOLERANCE`] faster.
+//!
+//! Plans are row-major, cuBLASLt column-major: row-major `C = op(A)·op(B)` (m × n) is
+//! column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so B's memory is cuBLASLt's first operand and A's the
+//! second, and C's (n × m, leading dimension n) is also the layout of an epilogue's
+//! pre-activation.
+
+use crate::RuntimeError;
+use cudarc::cublaslt::{result as lt, sys};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use pipewright_plan::{Dtype, Epilogue, Gemm};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// cuBLAS's recommended workspace on Hopper (32 MiB), per stream.
+pub const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// How many of the heuristic's algorithms are timed per product.
+pub const CANDIDATES: usize = 8;
+
+/// How much slower (fraction) a kernel-only algorithm may be and still be preferred over
+/// one that adds memset nodes.
+pub const MEMSET_TOLERANCE: f64 = 0.05;
+
+/// What distinguishes one prepared product from another.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Shape {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// A, B and C.
+    pub dtypes: (Dtype, Dtype, Dtype),
+    /// 0: none, 1: GELU (aux out), 2: GELU gradient (aux in).
+    pub epilogue: u8,
+    pub accumulate: bool,
+}
+
+impl Shape {
+    /// The shape of the plan's product `g`, whose operands have `dtypes` (A, B, C).
+    pub fn of(g: &Gemm, dtypes: (Dtype, Dtype, Dtype)) -> Shape {
+        Shape {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            trans_a: g.trans_a,
+            trans_b: g.trans_b,
+            dtypes,
+            epilogue: match g.epilogue {
+                Epilogue::None => 0,
+                Epilogue::Gelu { .. } => 1,
+                Epilogue::GeluGrad { .. } => 2,
+            },
+            accumulate: g.beta != 0.0,
+        }
+    }
+}
+
+/// The descriptors of one product, and its algorithm.
+struct Prepared {
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+    /// How the algorithm was chosen (for `gemm-rate`).
+    choice: String,
+}
+
+/// One timed candidate: its algorithm, median ms, and the graph nodes it adds besides
+/// kernels (memsets).
+struct Tried {
+    algo: sys::cublasLtMatmulAlgo_t,
+    ms: f64,
+    extra_nodes: usize,
+}
+
+/// The cuBLASLt handle of one GPU.
+pub struct Lt {
+    handle: sys::cublasLtHandle_t,
+    streams: Vec<Arc<CudaStream>>,
+    workspaces: Vec<CudaSlice<u8>>,
+    prepared: HashMap<Shape, Option<Prepared>>,
+}
+
+impl std::fmt::Debug for Lt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lt({} prepared products)", self.prepared.len())
+    }
+}
+
+fn blas(e: lt::CublasError) -> RuntimeError {
+    RuntimeError::Blas(format!("{e:?}"))
+}
+
+fn ty(d: Dtype) -> sys::cudaDataType {
+    match d {
+        Dtype::F32 => sys::cudaDataType::CUDA_R_32F,
+        Dtype::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+/// cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 (a 32-bit enum).
+fn op(t: bool) -> i32 {
+    t as i32
+}
+
+/// Sets one attribute of a matmul descriptor.
+///
+/// # Safety
+/// `desc` is live, and `T` is the attribute's type.
+unsafe fn set<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> Result<(), RuntimeError> {
+    // SAFETY: per the caller; cuBLASLt copies the value.
+    unsafe { lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const _, std::mem::size_of::<T>()) }
+        .map_err(|e| RuntimeError::Blas(format!("setting {attr:?}: {e:?}")))
+}
+
+impl Lt {
+    /// A handle and one workspace for each of `streams` (those that run products).
+    pub fn new(streams: &[Arc<CudaStream>]) -> Result<Lt, RuntimeError> {
+        let handle = lt::create_handle().map_err(blas)?;
+        let workspaces = streams
+            .iter()
+            // SAFETY: the workspace is scratch for cuBLASLt; nothing reads it uninitialised.
+            .map(|s| unsafe { s.alloc::<u8>(WORKSPACE_BYTES) })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RuntimeError::Driver(format!("{e:?}")))?;
+        Ok(Lt { handle, streams: streams.to_vec(), workspaces, prepared: HashMap::new() })
+    }
+
+    /// Prepares `shape` (once): `false` when cuBLASLt has no algorithm for it (an epilogue
+    /// it cannot fuse at this shape and dtype), so the caller runs it unfused.
+    pub fn supports(&mut self, shape: Shape) -> Result<bool, RuntimeError> {
+        if !self.prepared.contains_key(&shape) {
+            let p = self.prepare(shape)?;
+            self.prepared.insert(shape, p);
+        }
+        Ok(self.prepared[&shape].is_some())
+    }
+
+    fn prepare(&self, s: Shape) -> Result<Option<Prepared>, RuntimeError> {
+        let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
+            .map_err(blas)?;
+        use sys::cublasLtMatmulDescAttributes_t as attr;
+        // SAFETY: `desc` was just created; each value has its attribute's type (the
+        // operations are cublasOperation_t, the epilogue cublasLtEpilogue_t, both 32-bit
+        // enums, and the leading dimension int64).
+        unsafe {
+            set(desc, attr::CUBLASLT_MATMUL_DESC_TRANSA, &op(s.trans_b))?;
+            set(desc, attr::CUBLASLT_MATMUL_DESC_TRANSB, &op(s.trans_a))?;
+            if s.epilogue != 0 {
+                let e = if s.epilogue == 1 {
+                    sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX
+                } else {
+                    sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU
+                };
+                set(desc, attr::CUBLASLT_MATMUL_DESC_EPILOGUE, &e)?;
+                set(desc, attr::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(s.n as i64))?;
+            }
+        }
+        // Column-major: cuBLASLt's A is the plan's B (n × k after op), its B the plan's A.
+        let (rows_b, cols_b, ld_b) = if s.trans_b { (s.k, s.n, s.k) } else { (s.n, s.k, s.n) };
+        let (rows_a, cols_a, ld_a) = if s.trans_a { (s.m, s.k, s.m) } else { (s.k, s.m, s.k) };
+        let layouts = [
+            lt::create_matrix_layout(ty(s.dtypes.1), rows_b, cols_b, ld_b as i64).map_err(blas)?,
+            lt::create_matrix_layout(ty(s.dtypes.0), rows_a, cols_a, ld_a as i64).map_err(blas)?,
+            lt::create_matrix_layout(ty(s.dtypes.2), s.n, s.m, s.n as i64).map_err(blas)?,
+        ];
+        let pref = lt::create_matmul_pref().map_err(blas)?;
+        let ws = WORKSPACE_BYTES as u64;
+        // SAFETY: `pref` is live; the attribute is a uint64 byte count.
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const _,
+                std::mem::size_of::<u64>(),
+            )
+            .map_err(blas)?;
+        }
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
+        let mut count = 0i32;
+        // SAFETY: every descriptor is live and describes the operands of this product;
+        // `results` has room for CANDIDATES entries, and `count` says how many were written.
+        let status = unsafe {
+            sys::cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                desc,
+                layouts[0],
+                layouts[1],
+                layouts[2],
+                layouts[2],
+                pref,
+                CANDIDATES as i32,
+                results.as_mut_ptr(),
+                &mut count,
+            )
+        };
+        // SAFETY: created above, destroyed once.
+        unsafe { lt::destroy_matmul_pref(pref) }.map_err(blas)?;
+        if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            // SAFETY: cuBLASLt wrote `count` (≤ CANDIDATES) results.
+            unsafe { results.set_len(count.clamp(0, CANDIDATES as i32) as usize) };
+        }
+        results.retain(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && r.workspaceSize <= WORKSPACE_BYTES);
+        if results.is_empty() {
+            destroy(desc, &layouts);
+            return if s.epilogue != 0 {
+                Ok(None)
+            } else {
+                Err(RuntimeError::Blas(format!("cuBLASLt has no algorithm for {s:?} ({status:?})")))
+            };
+        }
+        let mut prepared = Prepared { desc, layouts, algo: results[0].algo, choice: "the heuristic's first".into() };
+        if results.len() > 1 {
+            match self.tune(&mut prepared, s, &results) {
+                Ok(()) => {}
+                Err(e) => {
+                    destroy(desc, &layouts);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Some(prepared))
+    }
+
+    /// Times every candidate on scratch operands of `s`'s shape (a warm-up, then the median
+    /// of 3) and counts the nodes each adds to a captured graph; picks per the module doc.
+    fn tune(
+        &self,
+        p: &mut Prepared,
+        s: Shape,
+        candidates: &[sys::cublasLtMatmulHeuristicResult_t],
+    ) -> Result<(), RuntimeError> {
+        let stream = &self.streams[0];
+        let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
+        let size = |rows: u64, cols: u64, d: Dtype| (rows * cols * d.size()) as usize;
+        let c_dtype = s.dtypes.2;
+        let bytes =
+            [size(s.m, s.k, s.dtypes.0), size(s.k, s.n, s.dtypes.1), size(s.m, s.n, c_dtype), size(s.m, s.n, c_dtype)];
+        let scratch = bytes
+            .iter()
+            .map(|&b| stream.alloc_zeros::<u8>(b.max(1)))
+            .collect::<Result<Vec<CudaSlice<u8>>, _>>()
+            .map_err(driver)?;
+        let ptr = |i: usize| scratch[i].device_ptr(stream).0;
+        // Operands of small magnitude, not zeros (a product of zeros runs faster than real
+        // data): bytes 0x3c make 0.0115 as a bf16 and as an f32.
+        for (i, &b) in bytes.iter().enumerate().take(2) {
+            // SAFETY: the scratch buffer holds `b` bytes.
+            unsafe { cudarc::driver::result::memset_d8_async(ptr(i), 0x3c, b, stream.cu_stream()) }.map_err(driver)?;
+        }
+        let operands = (ptr(0), ptr(1), ptr(2));
+        let pre = (s.epilogue != 0).then(|| ptr(3));
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut tried = Vec::new();
+        for c in candidates {
+            p.algo = c.algo;
+            // Candidates that fail at run time (they may, for odd shapes) are skipped.
+            if self.matmul_with(p, 0, operands, pre, 1.0, if s.accumulate { 1.0 } else { 0.0 }).is_err() {
+                continue;
+            }
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let a = stream.record_event(timed).map_err(driver)?;
+                self.matmul_with(p, 0, operands, pre, 1.0, if s.accumulate { 1.0 } else { 0.0 })?;
+                let b = stream.record_event(timed).map_err(driver)?;
+                times.push(a.elapsed_ms(&b).map_err(driver)? as f64);
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+            stream.begin_capture(mode).map_err(driver)?;
+            let issued = self.matmul_with(p, 0, operands, pre, 1.0, if s.accumulate { 1.0 } else { 0.0 });
+            let graph = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0)).map_err(driver)?;
+            issued?;
+            let census = match &graph {
+                Some(g) => crate::gpu::graph_census(g)?,
+                None => Default::default(),
+            };
+            let extra_nodes = census.iter().filter(|(k, _)| k.as_str() != "kernel").map(|(_, n)| n).sum();
+            tried.push(Tried { algo: c.algo, ms: times[1], extra_nodes });
+        }
+        stream.synchronize().map_err(driver)?;
+        let best = tried.iter().map(|t| t.ms).fold(f64::INFINITY, f64::min);
+        let lean = tried
+            .iter()
+            .filter(|t| t.extra_nodes == 0 && t.ms <= best * (1.0 + MEMSET_TOLERANCE))
+            .min_by(|a, b| a.ms.total_cmp(&b.ms));
+        let pick = lean.or_else(|| tried.iter().min_by(|a, b| a.ms.total_cmp(&b.ms)));
+        match pick {
+            Some(t) => {
+                p.algo = t.algo;
+                p.choice = format!(
+                    "tuned: {:.4} ms, {} extra graph nodes (fastest of {} candidates: {best:.4} ms; {} without memsets)",
+                    t.ms,
+                    t.extra_nodes,
+                    tried.len(),
+                    tried.iter().filter(|t| t.extra_nodes == 0).count()
+                );
+            }
+            None => p.algo = candidates[0].algo,
+        }
+        Ok(())
+    }
+
+    /// How the algorithm of `shape` was chosen, once prepared.
+    pub fn choice(&self, shape: &Shape) -> Option<&str> {
+        self.prepared.get(shape).and_then(|p| p.as_ref()).map(|p| p.choice.as_str())
+    }
+
+    /// `C = alpha·op(A)·op(B) + beta·C` with `shape`'s epilogue (its pre-activation at
+    /// `pre`), on `stream`; addresses are device pointers. `shape` must be supported
+    /// ([`Lt::supports`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        stream: usize,
+        shape: Shape,
+        operands: (u64, u64, u64),
+        pre: Option<u64>,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<(), RuntimeError> {
+        let p = self
+            .prepared
+            .get(&shape)
+            .and_then(|p| p.as_ref())
+            .ok_or_else(|| RuntimeError::Blas(format!("{shape:?} was not prepared")))?;
+        self.matmul_with(p, stream, operands, pre, alpha, beta)
+    }
+
+    fn matmul_with(
+        &self,
+        p: &Prepared,
+        stream: usize,
+        (a, b, c): (u64, u64, u64),
+        pre: Option<u64>,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<(), RuntimeError> {
+        let ws = &self.workspaces[stream];
+        let s = &self.streams[stream];
+        let (ws_ptr, _sync) = ws.device_ptr(s);
+        if let Some(pre) = pre {
+            // SAFETY: `desc` is live; the attribute is a device pointer. The descriptor is
+            // only used by this thread, and cuBLASLt reads it during this call (a graph
+            // capture records the value).
+            unsafe {
+                set(p.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre)?
+            };
+        }
+        // SAFETY: the operands hold the shapes the layouts describe (plan buffers of a
+        // validated plan, or the tuning's scratch), alpha and beta are f32 as the f32 scale
+        // type requires, the workspace belongs to this stream (no two streams share one),
+        // and the algorithm was returned by the heuristic for exactly these descriptors
+        // with at most this workspace.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                p.desc,
+                &alpha as *const f32 as *const _,
+                &beta as *const f32 as *const _,
+                b as *const _,
+                p.layouts[0],
+                a as *const _,
+                p.layouts[1],
+                c as *const _,
+                p.layouts[2],
+                c as *mut _,
+                p.layouts[2],
+                &p.algo,
+                ws_ptr as *mut _,
+                WORKSPACE_BYTES,
+                s.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(blas)
+    }
+}
+
+fn destroy(desc: sys::cublasLtMatmulDesc_t, layouts: &[sys::cublasLtMatrixLayout_t; 3]) {
+    // SAFETY: each was created by cuBLASLt and is destroyed once, here.
+    unsafe {
+        let _ = lt::destroy_matmul_desc(desc);
+        for l in layouts {
+            let _ = lt::destroy_matrix_layout(*l);
+        }
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        for p in self.prepared.drain().filter_map(|(_, p)| p) {
+            destroy(p.desc, &p.layouts);
+        }
+        // SAFETY: created in `new`, destroyed once; no product is in flight on a dropped
+        // runtime (the streams are synchronised before the GPU is dropped).
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
