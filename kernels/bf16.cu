@@ -21,7 +21,7 @@ extern "C" __global__ void mse_loss_bf16(const bf16* y, const bf16* t, bf16* dy,
     mse_loss_body(y, t, dy, loss, partials, counter, n, scale, index);
 }
 
-extern "C" __global__ void synth_normal_bf16(bf16* x, const float* step, long long n, float tag, float index, float s0,
+extern "C" __global__ void synth_data_bf16(bf16* x, const float* step, long long n, float tag, float index, float s0,
                                              float s1, float s2, float s3) {
-    synth_normal_body(x, step, n, tag, index, s0, s1, s2, s3);
+    synth_data_body(x, step, n, tag, index, s0, s1, s2, s3);
 }

@@ -90,8 +90,9 @@ __device__ void mse_loss_body(const T* y, const T* t, T* dy, float* loss, float*
 }
 
 // The synthetic dataset (plan/src/data.rs, synth_value): element e of the array (tag,
-// index) of step `step[0]` is a standard normal from a counter-based splitmix64 hash, in
-// f64 like the CPU. The seed arrives as four exact 16-bit pieces.
+// index) of step `step[0]` is uniform on (-sqrt 3, sqrt 3) from a counter-based splitmix64
+// hash, in f64 exactly as on the CPU (so the values are equal bit for bit). The seed
+// arrives as four exact 16-bit pieces.
 __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
     unsigned long long z = x + 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -100,8 +101,8 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
 }
 
 template <typename T>
-__device__ void synth_normal_body(T* x, const float* step, long long n, float tag, float index, float s0, float s1,
-                                  float s2, float s3) {
+__device__ void synth_data_body(T* x, const float* step, long long n, float tag, float index, float s0, float s1,
+                                float s2, float s3) {
     unsigned long long seed = (unsigned long long)s0 | ((unsigned long long)s1 << 16) |
                               ((unsigned long long)s2 << 32) | ((unsigned long long)s3 << 48);
     unsigned long long at = (unsigned long long)step[0];
@@ -109,9 +110,10 @@ __device__ void synth_normal_body(T* x, const float* step, long long n, float ta
         mix64(mix64(mix64(seed) ^ (unsigned long long)tag) ^ ((at << 32) | (unsigned long long)index));
     GRID_STRIDE(i, n) {
         unsigned long long h = mix64(base ^ ((unsigned long long)i * 0xD1B54A32D192ED03ull));
-        double u1 = ((double)(h >> 40) + 0.5) / 16777216.0;
-        double u2 = (double)(h & 0xFFFFFFull) / 16777216.0;
-        st(&x[i], (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2)));
+        double u = ((double)(h >> 40) + 0.5) / 16777216.0;
+        // Two roundings, as on the CPU: no fused multiply-add.
+        double centred = __dsub_rn(__dmul_rn(2.0, u), 1.0);
+        st(&x[i], (float)__dmul_rn(centred, 1.7320508075688772));
     }
 }
 

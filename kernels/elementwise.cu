@@ -42,7 +42,7 @@ extern "C" __global__ void zero(float* x, long long n) {
     GRID_STRIDE(i, n) { x[i] = 0.0f; }
 }
 
-extern "C" __global__ void synth_normal(float* x, const float* step, long long n, float tag, float index, float s0,
+extern "C" __global__ void synth_data(float* x, const float* step, long long n, float tag, float index, float s0,
                                         float s1, float s2, float s3) {
-    synth_normal_body(x, step, n, tag, index, s0, s1, s2, s3);
+    synth_data_body(x, step, n, tag, index, s0, s1, s2, s3);
 }

@@ -32,6 +32,8 @@ for plan in sorted(bench.iterdir()):
     name, dtype = plan.name, p["model"]["dtype"]
     graph, launch = steps(f"bench-{name}-graph.log")
     eager, _ = steps(f"bench-{name}-eager.log")
+    if graph is None and eager is None:
+        continue  # not run
     profiles = [json.loads(f.read_text()) for f in sorted((out / f"profile-{name}").glob("rank*.json"))]
     ideal = max((q["compute_ms"] for q in profiles), default=float("nan"))
     flops = max(sum(2 * n["m"] * n["n"] * n["k"] for n in r["nodes"] if n.get("op") == "gemm") for r in p["ranks"])

@@ -90,7 +90,13 @@ for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf
   "$RT" gemm-rate --dtype "$1" --m "$2" --n "$3" --k "$4" 2>&1 | tee -a "$OUT/summary.txt" "$LOGS/gemm.txt"
 done
 
-echo "== benchmarks: profile (ideal), graph replay and eager, 15 steps each" | tee -a "$OUT/summary.txt"
+echo "== sustained GEMM rates (about a second of back-to-back products, random data)" | tee -a "$OUT/summary.txt"
+for shape in "bf16 4096 16384 4096 2000" "bf16 4096 8192 2048 6000" "f32 768 2048 512 20000"; do
+  set -- $shape
+  "$RT" gemm-rate --dtype "$1" --m "$2" --n "$3" --k "$4" --iters "$5" 2>&1 | sed 's/^/sustained /' | tee -a "$OUT/summary.txt"
+done
+
+echo "== benchmarks: graph replay (15 steps), eager (12), profile (ideal, nodes.md; 4)" | tee -a "$OUT/summary.txt"
 # By default the issue's settings on this machine's largest rank count (4, else 2): the
 # rest (1-GPU baselines, async vs blocking, optimised vs family) with BENCH_FILTER.
 W=$((GPUS >= 4 ? 4 : 2))
@@ -98,14 +104,17 @@ for plan in target/gpu/bench/*/; do
   [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+$} ]] || continue
   fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
-  timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 6 -o "$LOGS/profile-$name" > "$LOGS/bench-$name-profile.log" 2>&1
   for mode in graph eager; do
-    flag=""; [ "$mode" = eager ] && flag="--eager"
-    timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 $flag > "$LOGS/bench-$name-$mode.log" 2>&1
-    grep -E "median|error" "$LOGS/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
+    flag="--steps 15"; [ "$mode" = eager ] && flag="--eager --steps 12"
+    timeout 200 "$RT" launch --gpus "$ranks" "$plan" $flag > "$LOGS/bench-$name-$mode.log" 2>&1
+    grep -E "median|graph of|error|note" "$LOGS/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
   done
+  timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 4 -o "$LOGS/profile-$name" > "$LOGS/bench-$name-profile.log" 2>&1
+  cp "$LOGS/profile-$name/nodes.md" "$OUT/nodes-$name.md" 2>/dev/null
+  # The table so far (what a call cut short still brings back).
+  python3 scripts/bench-table.py "$LOGS" > "$OUT/bench.md"
 done
-python3 scripts/bench-table.py "$LOGS" | tee "$OUT/bench.md" | tee -a "$OUT/summary.txt"
+tee -a "$OUT/summary.txt" < "$OUT/bench.md"
 fi
 
 echo "== a refused plan: the wrong world size" | tee -a "$OUT/summary.txt"

@@ -538,7 +538,7 @@ fn prologue(rank: &mut Rank) {
             let x = rank.buffer(name, t * h, rank.model.dtype);
             let mut scalars = vec![tag as f32, g as f32];
             scalars.extend(seed);
-            let synth = rank.act_kernel("synth_normal");
+            let synth = rank.act_kernel("synth_data");
             rank.kernel(COMPUTE, &synth, vec![x, step], t * h, scalars);
         }
     }

@@ -43,7 +43,7 @@ pub fn init(plan: &Plan, name: &str) -> Option<Vec<f32>> {
     match kind {
         "w1" => Some(data::layer_weights(&plan.model, index).0),
         "w2" => Some(data::layer_weights(&plan.model, index).1),
-        // Step 0's data, which the plan's `synth_normal` kernels regenerate every step.
+        // Step 0's data, which the plan's `synth_data` kernels regenerate every step.
         "input" => Some(data::input(&plan.model, 0, index)),
         "target" => Some(data::target(&plan.model, 0, index)),
         _ => None,
@@ -204,7 +204,7 @@ fn kernel(k: &Kernel, mem: &mut HashMap<String, Vec<f32>>, name: &dyn Fn(u32) ->
             set(mem, 3, v[..n].to_vec());
         }
         "zero" => set(mem, 0, vec![0.0; n]),
-        "synth_normal" => {
+        "synth_data" => {
             // scalars: [tag, index, seed in four 16-bit pieces]; buffer 1 holds the step.
             let step = get(mem, 1)[0] as u32;
             let seed = data::seed_from_scalars(&k.scalars[2.min(k.scalars.len())..]);

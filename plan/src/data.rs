@@ -77,7 +77,7 @@ pub fn target(m: &Model, step: u32, g: u32) -> Vec<f32> {
 /// `n` values of the synthetic dataset (see [`synth_value`]).
 pub fn synth(seed: u64, tag: u32, step: u32, index: u32, n: u64) -> Vec<f32> {
     let base = synth_base(seed, tag, step, index);
-    (0..n).map(|e| synth_normal(base, e)).collect()
+    (0..n).map(|e| synth_data(base, e)).collect()
 }
 
 fn mix(x: u64) -> u64 {
@@ -91,19 +91,23 @@ fn synth_base(seed: u64, tag: u32, step: u32, index: u32) -> u64 {
     mix(mix(mix(seed) ^ tag as u64) ^ (((step as u64) << 32) | index as u64))
 }
 
-fn synth_normal(base: u64, element: u64) -> f32 {
+fn synth_data(base: u64, element: u64) -> f32 {
     let h = mix(base ^ element.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let u1 = ((h >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
-    let u2 = (h & 0xFF_FFFF) as f64 / (1u64 << 24) as f64;
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    let u = ((h >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
+    ((2.0 * u - 1.0) * SQRT_3) as f32
 }
 
-/// Element `element` of the synthetic dataset's array (`tag`, `step`, `index`): a standard
-/// normal from a counter-based hash, so that any element can be computed on its own — the
-/// plan's `synth_normal` kernel (`kernels/elementwise.cu`) generates each step's inputs and
-/// targets on the GPU, inside the captured graph, with exactly this arithmetic (f64).
+/// √3: a uniform variable on (−√3, √3) has unit variance.
+const SQRT_3: f64 = 1.732_050_807_568_877_2;
+
+/// Element `element` of the synthetic dataset's array (`tag`, `step`, `index`): uniform on
+/// (−√3, √3) (zero mean, unit variance) from a counter-based hash, so that any element can
+/// be computed on its own. The plan's `synth_data` kernel (`kernels/common.cuh`) generates
+/// each step's inputs and targets on the GPU, inside the captured graph, with exactly this
+/// arithmetic (integer hashing, then one f64 multiply-add, each exactly rounded), so the
+/// GPU's data equal the CPU's bit for bit — and cost no transcendental functions.
 pub fn synth_value(seed: u64, tag: u32, step: u32, index: u32, element: u64) -> f32 {
-    synth_normal(synth_base(seed, tag, step, index), element)
+    synth_data(synth_base(seed, tag, step, index), element)
 }
 
 /// The seed as four 16-bit pieces, each exact in an f32 kernel scalar.

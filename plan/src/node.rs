@@ -28,13 +28,13 @@ pub const KERNELS: &[(&str, &[bool])] = &[
     ("zero", &[true]),
     // x = the synthetic dataset's array (tag, index) of the step held in `step`
     // (data::synth_value); scalars [tag, index, seed in four 16-bit pieces]  (x, step)
-    ("synth_normal", &[true, false]),
+    ("synth_data", &[true, false]),
     // bf16 variants (kernels/bf16.cu): the same, on bf16 activations (f32 arithmetic).
     ("gelu_forward_bf16", &[true, true]),
     ("gelu_backward_bf16", &[true, true, true]),
     ("mse_loss_bf16", &[true, true, true, false, false, false]),
     ("copy_bf16", &[true, true]),
-    ("synth_normal_bf16", &[true, false]),
+    ("synth_data_bf16", &[true, false]),
     // w(bf16) = master(f32)                     (master, w)
     ("cast_bf16", &[true, true]),
 ];

@@ -86,7 +86,7 @@ impl GemmCase {
         let cache = std::env::temp_dir().join("pipewright-kernels");
         let mut gpu = Gpu::open(0, 1, 0, end, &cache)?;
         // Random operands (and pre-activation), from the plans' own generator.
-        let synth = if dt == Dtype::Bf16 { "synth_normal_bf16" } else { "synth_normal" };
+        let synth = if dt == Dtype::Bf16 { "synth_data_bf16" } else { "synth_data" };
         for (tag, b) in [&buffers[0], &buffers[1], &buffers[3]].into_iter().enumerate() {
             let elements = b.bytes / b.dtype.size();
             gpu.kernel(0, synth, &[b.offset, buffers[4].offset], elements, &[tag as f32, 0.0, 1.0, 2.0, 3.0, 4.0])?;

@@ -181,49 +181,20 @@ impl Lt {
             lt::create_matrix_layout(ty(s.dtypes.0), rows_a, cols_a, ld_a as i64).map_err(blas)?,
             lt::create_matrix_layout(ty(s.dtypes.2), s.n, s.m, s.n as i64).map_err(blas)?,
         ];
-        let pref = lt::create_matmul_pref().map_err(blas)?;
-        let ws = WORKSPACE_BYTES as u64;
-        // SAFETY: `pref` is live; the attribute is a uint64 byte count.
-        unsafe {
-            lt::set_matmul_pref_attribute(
-                pref,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const _,
-                std::mem::size_of::<u64>(),
-            )
-            .map_err(blas)?;
+        // Candidates that may use the workspace, and candidates that use none (those
+        // cannot need a memset to clear it).
+        let mut results = self.heuristic(desc, &layouts, WORKSPACE_BYTES as u64);
+        for r in self.heuristic(desc, &layouts, 0) {
+            if !results.iter().any(|q| q.algo.data == r.algo.data) {
+                results.push(r);
+            }
         }
-        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
-        let mut count = 0i32;
-        // SAFETY: every descriptor is live and describes the operands of this product;
-        // `results` has room for CANDIDATES entries, and `count` says how many were written.
-        let status = unsafe {
-            sys::cublasLtMatmulAlgoGetHeuristic(
-                self.handle,
-                desc,
-                layouts[0],
-                layouts[1],
-                layouts[2],
-                layouts[2],
-                pref,
-                CANDIDATES as i32,
-                results.as_mut_ptr(),
-                &mut count,
-            )
-        };
-        // SAFETY: created above, destroyed once.
-        unsafe { lt::destroy_matmul_pref(pref) }.map_err(blas)?;
-        if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            // SAFETY: cuBLASLt wrote `count` (≤ CANDIDATES) results.
-            unsafe { results.set_len(count.clamp(0, CANDIDATES as i32) as usize) };
-        }
-        results.retain(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && r.workspaceSize <= WORKSPACE_BYTES);
         if results.is_empty() {
             destroy(desc, &layouts);
             return if s.epilogue != 0 {
                 Ok(None)
             } else {
-                Err(RuntimeError::Blas(format!("cuBLASLt has no algorithm for {s:?} ({status:?})")))
+                Err(RuntimeError::Blas(format!("cuBLASLt has no algorithm for {s:?}")))
             };
         }
         let mut prepared = Prepared { desc, layouts, algo: results[0].algo, choice: "the heuristic's first".into() };
@@ -237,6 +208,54 @@ impl Lt {
             }
         }
         Ok(Some(prepared))
+    }
+
+    /// The heuristic's best [`CANDIDATES`] algorithms for `desc` with at most `workspace`
+    /// bytes of workspace (none when it has none).
+    fn heuristic(
+        &self,
+        desc: sys::cublasLtMatmulDesc_t,
+        layouts: &[sys::cublasLtMatrixLayout_t; 3],
+        workspace: u64,
+    ) -> Vec<sys::cublasLtMatmulHeuristicResult_t> {
+        let Ok(pref) = lt::create_matmul_pref() else { return Vec::new() };
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
+        let mut count = 0i32;
+        // SAFETY: `pref` is live and the attribute is a uint64 byte count; every descriptor
+        // is live and describes the operands of this product; `results` has room for
+        // CANDIDATES entries, and `count` says how many were written.
+        let status = unsafe {
+            let set = lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &workspace as *const u64 as *const _,
+                std::mem::size_of::<u64>(),
+            );
+            let status = sys::cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                desc,
+                layouts[0],
+                layouts[1],
+                layouts[2],
+                layouts[2],
+                pref,
+                CANDIDATES as i32,
+                results.as_mut_ptr(),
+                &mut count,
+            );
+            let _ = lt::destroy_matmul_pref(pref);
+            if set.is_err() {
+                return Vec::new();
+            }
+            status
+        };
+        if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            // SAFETY: cuBLASLt wrote `count` (≤ CANDIDATES) results.
+            unsafe { results.set_len(count.clamp(0, CANDIDATES as i32) as usize) };
+        }
+        results
+            .retain(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && r.workspaceSize as u64 <= workspace);
+        results
     }
 
     /// Times every candidate on scratch operands of `s`'s shape (a warm-up, then the median
