@@ -7,6 +7,9 @@
 //!   stage `mse_loss` writes the loss and the output gradient.
 //! - **I** (input gradient): `da = dy_l·W2_lᵀ`, `dh_l = gelu'(h_l)·da`, `dy_{l−1} = dh_l·W1_lᵀ`.
 //! - **W** (weight gradient, accumulated in f32): `G2_l += a_lᵀ·dy_l`, `G1_l += x_lᵀ·dh_l`.
+//! - With `fuse_gelu` (`[model] gelu`), GELU lives in the products' epilogues: F's first
+//!   product writes `a_l` and keeps `h_l` (`Epilogue::Gelu`), I's first writes `dh_l`
+//!   directly (`Epilogue::GeluGrad`), and neither needs a kernel or the `da` scratch.
 //! - **B** = I then W. **FB**: the forward on stream 1 and the backward on stream 0,
 //!   joined by events.
 //! - **COMM**: one NCCL group on stream 2, after the compute stream reaches it. Blocking

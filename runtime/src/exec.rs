@@ -149,8 +149,7 @@ pub fn run(
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.node_ms = timer.times()?.into_iter().map(|(_, ms)| ms).collect();
         } else if opts.profile {
-            let spans = rp.ops.iter().map(|o| (o.first as usize, o.last as usize, o.stream as usize));
-            let mut timer = OpTimer::new(&gpu, spans.collect(), false)?;
+            let mut timer = OpTimer::new(&gpu, op_spans(rp), false)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.op_times.push(timer.times()?);
         } else if eager || step == first_step {
@@ -273,6 +272,22 @@ struct OpTimer {
     serial: bool,
     /// The last span ended on each compute stream (0, 1).
     last: [Option<usize>; 2],
+}
+
+/// Every op as a span (first, last, stream), starting after the waits it opens with: with
+/// async p2p an op's first node is often the wait for the batch that brought its input,
+/// and an op's cost is its compute, not how long its data took to arrive.
+fn op_spans(rp: &pipewright_plan::RankPlan) -> Vec<(usize, usize, usize)> {
+    rp.ops
+        .iter()
+        .map(|o| {
+            let (mut first, last) = (o.first as usize, o.last as usize);
+            while first < last && matches!(rp.nodes[first], Node::Wait { .. }) {
+                first += 1;
+            }
+            (first, last, o.stream as usize)
+        })
+        .collect()
 }
 
 /// Every node as its own span (first, last, stream); event records and waits as empty

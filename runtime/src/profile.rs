@@ -232,8 +232,9 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches),\n\
          # milliseconds per op (medians over the profiled steps after the first; p2p: the fastest\n\
-         # batch). To simulate this machine: `[costs] from = \"<this file>\"` in the spec.\n\
-         [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\ncomm = \"blocking\"\n",
+         # batch). To simulate this machine: `[costs] from = \"<this file>\"` in the spec (whose\n\
+         # own `comm` says how the plan communicates).\n\
+         [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\n",
         plan.schedule,
         plan.world_size,
         plan.stages,
