@@ -44,6 +44,18 @@ __device__ void gelu_backward_body(const T* x, const T* dy, T* dx, long long n) 
     GRID_STRIDE(i, n) { st(&dx[i], ld(dy[i]) * gelu_grad_f(ld(x[i]))); }
 }
 
+// The sum of every thread's `v` over the block, in a fixed order (a tree over `partial`,
+// one float per thread); every thread of the block must call it.
+__device__ __forceinline__ float block_sum(float* partial, float v) {
+    partial[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
 // loss[index] += scale * sum((y - t)^2); dy = 2 * scale * (y - t).
 // Deterministic: each block writes its partial sum, and the last block to finish adds the
 // partials in a fixed order (a strided sum per thread, then a tree) (so losses are bitwise reproducible run to run). `partials` holds
@@ -60,14 +72,9 @@ __device__ void mse_loss_body(const T* y, const T* t, T* dy, float* loss, float*
         st(&dy[i], 2.0f * scale * d);
         acc += d * d;
     }
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-        __syncthreads();
-    }
+    const float block = block_sum(partial, acc);
     if (threadIdx.x == 0) {
-        partials[blockIdx.x] = partial[0];
+        partials[blockIdx.x] = block;
         __threadfence();
         last = atomicInc(counter, gridDim.x) == gridDim.x - 1;
     }
@@ -76,14 +83,9 @@ __device__ void mse_loss_body(const T* y, const T* t, T* dy, float* loss, float*
         __threadfence();
         float v = 0.0f;
         for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) v += ((volatile float*)partials)[b];
-        partial[threadIdx.x] = v;
-        __syncthreads();
-        for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-            if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-            __syncthreads();
-        }
+        const float total = block_sum(partial, v);
         if (threadIdx.x == 0) {
-            loss[index] += scale * partial[0];
+            loss[index] += scale * total;
             *counter = 0;
         }
     }

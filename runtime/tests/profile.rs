@@ -4,29 +4,50 @@
 
 use pipewright_compiler::emit::emit;
 use pipewright_compiler::families::Family;
-use pipewright_plan::{Dtype, Hashes, Model, Training};
+use pipewright_plan::{Dtype, Hashes, Model, Plan, Training};
 use pipewright_runtime::exec::RunReport;
 use pipewright_runtime::profile::{
     chrome_trace, costs_toml, node_stats, nodes_table, rank_profile, with_simulated, SIMULATED_PID,
 };
 
-#[test]
-fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
-    let set = Family::ZbV.generate(2, 4, 1);
+/// The plan of `family` on 2 ranks, 4 microbatches, for an MLP of (hidden, ffn, seq,
+/// microbatch size) with one layer per stage, GELU fused.
+fn plan(family: Family, (hidden, ffn, seq, microbatch_size): (u32, u32, u32, u32), dtype: Dtype) -> Plan {
+    let set = family.generate(2, 4, 1);
     let model = Model {
         kind: "mlp".into(),
-        hidden: 8,
-        ffn: 32,
-        seq: 4,
-        microbatch_size: 1,
+        hidden,
+        ffn,
+        seq,
+        microbatch_size,
         layers_per_stage: 1,
-        dtype: Dtype::F32,
+        dtype,
         seed: 0,
         fuse_gelu: true,
     };
     let training = Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 };
     let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };
-    let plan = emit(&set, &model, &training, hashes).unwrap();
+    emit(&set, &model, &training, hashes).unwrap()
+}
+
+/// A profiled run's report of three steps (the first a slow warm-up) with these op and
+/// node timings.
+fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunReport {
+    RunReport {
+        rank,
+        first_step: 0,
+        losses: vec![],
+        step_ms: vec![9.0, 5.0, 5.0],
+        launch_us: vec![],
+        op_times,
+        node_ms,
+        graph_nodes: Default::default(),
+    }
+}
+
+#[test]
+fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
+    let plan = plan(Family::ZbV, (8, 32, 4, 1), Dtype::F32);
     // Stage s costs (s + 1) ms per F, 2(s + 1) per I, 0.5(s + 1) per W; every other p2p
     // batch 0.1 ms, the rest 0.7 (waiting for their peer: the fastest is the transfer);
     // the step's own work 0.25; the first (warm-up) step everything 10× slower.
@@ -61,17 +82,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
                         .collect()
                 })
                 .collect();
-            let report = RunReport {
-                rank: r.rank,
-                first_step: 0,
-                losses: vec![],
-                step_ms: vec![9.0, 5.0, 5.0],
-                launch_us: vec![],
-                op_times: times,
-                node_ms: vec![],
-                graph_nodes: Default::default(),
-            };
-            rank_profile(&plan, r.rank, &report)
+            rank_profile(&plan, r.rank, &report(r.rank, times, vec![]))
         })
         .collect();
     let toml_text = costs_toml(&plan, &profiles, "test");
@@ -116,21 +127,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
 fn node_timings_group_by_kind_with_their_rates() {
     // A 1F1B plan with GELU fused: every product 2 ms, every kernel 0.5 ms, every p2p group
     // 0.25 ms, as the node-timed step would report them (event records and waits untimed).
-    let set = Family::OneFOneB.generate(2, 4, 1);
-    let model = Model {
-        kind: "mlp".into(),
-        hidden: 64,
-        ffn: 256,
-        seq: 4,
-        microbatch_size: 2,
-        layers_per_stage: 1,
-        dtype: Dtype::Bf16,
-        seed: 0,
-        fuse_gelu: true,
-    };
-    let training = Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 };
-    let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };
-    let plan = emit(&set, &model, &training, hashes).unwrap();
+    let plan = plan(Family::OneFOneB, (64, 256, 4, 2), Dtype::Bf16);
     use pipewright_plan::Node;
     let ms = |n: &Node| match n {
         Node::Gemm(_) => 2.0,
@@ -153,17 +150,7 @@ fn node_timings_group_by_kind_with_their_rates() {
             let fused = stats.iter().find(|s| s.what == "gemm bf16 8x256x64 NN gelu").expect("the fused forward");
             assert_eq!(fused.work, 2.0 * 8.0 * 256.0 * 64.0);
             assert!(stats.iter().all(|s| !s.what.starts_with("gelu_")), "no GELU kernels when fused");
-            let report = RunReport {
-                rank: r.rank,
-                first_step: 0,
-                losses: vec![],
-                step_ms: vec![9.0, 5.0, 5.0],
-                launch_us: vec![],
-                op_times: vec![],
-                node_ms,
-                graph_nodes: Default::default(),
-            };
-            let p = rank_profile(&plan, r.rank, &report);
+            let p = rank_profile(&plan, r.rank, &report(r.rank, vec![], node_ms));
             assert_eq!(p.nodes, stats);
             p
         })
