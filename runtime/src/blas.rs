@@ -4,9 +4,9 @@
 //! algorithm, prepared on first use (the eager first step) and reused by every later call
 //! and by the graph capture.
 //!
-//! The algorithm is tuned, not guessed: the heuristic's best [`CANDIDATES`] are timed on
-//! scratch operands of the product's shape, and each is captured once to count the graph
-//! nodes it adds. Split-K and stream-K algorithms clear their workspace with a memset
+//! The algorithm is tuned, not guessed: the heuristic's best [`CANDIDATES`] (and its best
+//! with no workspace, and with no split-K reduction) are timed on scratch operands of the
+//! product's shape, and each is captured once to count the graph nodes it adds. Split-K and stream-K algorithms clear their workspace with a memset
 //! before each product; a replayed graph pays host time for every memset node (measured:
 //! 3 µs to launch a 470-node graph of kernels, 220–270 µs with 128–176 memsets among 400),
 //! so the fastest algorithm that adds only its kernel wins unless another is more than
@@ -27,7 +27,10 @@ use std::sync::Arc;
 /// cuBLAS's recommended workspace on Hopper (32 MiB), per stream.
 pub const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// How many of the heuristic's algorithms are timed per product.
+/// cublasLtReductionScheme_t's mask of none: the sum over k is never split.
+const REDUCTION_NONE: u32 = 0;
+
+/// How many of the heuristic's algorithms are timed per product (per kind of query).
 pub const CANDIDATES: usize = 8;
 
 /// How much slower (fraction) a kernel-only algorithm may be and still be preferred over
@@ -181,10 +184,16 @@ impl Lt {
             lt::create_matrix_layout(ty(s.dtypes.0), rows_a, cols_a, ld_a as i64).map_err(blas)?,
             lt::create_matrix_layout(ty(s.dtypes.2), s.n, s.m, s.n as i64).map_err(blas)?,
         ];
-        // Candidates that may use the workspace, and candidates that use none (those
-        // cannot need a memset to clear it).
-        let mut results = self.heuristic(desc, &layouts, WORKSPACE_BYTES as u64);
-        for r in self.heuristic(desc, &layouts, 0) {
+        // Candidates that may use the workspace and any split-K reduction; those that use
+        // no workspace (none to clear); and those that split no sum at all (an in-place
+        // split-K reduction accumulates into C, which must be cleared first).
+        let mut results = self.heuristic(desc, &layouts, WORKSPACE_BYTES as u64, None);
+        for r in self.heuristic(desc, &layouts, 0, None).into_iter().chain(self.heuristic(
+            desc,
+            &layouts,
+            WORKSPACE_BYTES as u64,
+            Some(REDUCTION_NONE),
+        )) {
             if !results.iter().any(|q| q.algo.data == r.algo.data) {
                 results.push(r);
             }
@@ -211,12 +220,14 @@ impl Lt {
     }
 
     /// The heuristic's best [`CANDIDATES`] algorithms for `desc` with at most `workspace`
-    /// bytes of workspace (none when it has none).
+    /// bytes of workspace and, when given, only the split-K reduction schemes in
+    /// `reductions` (a cublasLtReductionScheme_t mask); none when it has none.
     fn heuristic(
         &self,
         desc: sys::cublasLtMatmulDesc_t,
         layouts: &[sys::cublasLtMatrixLayout_t; 3],
         workspace: u64,
+        reductions: Option<u32>,
     ) -> Vec<sys::cublasLtMatmulHeuristicResult_t> {
         let Ok(pref) = lt::create_matmul_pref() else { return Vec::new() };
         let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
@@ -225,12 +236,21 @@ impl Lt {
         // is live and describes the operands of this product; `results` has room for
         // CANDIDATES entries, and `count` says how many were written.
         let status = unsafe {
-            let set = lt::set_matmul_pref_attribute(
+            let mut set = lt::set_matmul_pref_attribute(
                 pref,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 &workspace as *const u64 as *const _,
                 std::mem::size_of::<u64>(),
             );
+            if let (Ok(()), Some(mask)) = (set, reductions) {
+                // The attribute is a uint32 mask of cublasLtReductionScheme_t.
+                set = lt::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                    &mask as *const u32 as *const _,
+                    std::mem::size_of::<u32>(),
+                );
+            }
             let status = sys::cublasLtMatmulAlgoGetHeuristic(
                 self.handle,
                 desc,
