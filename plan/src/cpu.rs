@@ -41,8 +41,8 @@ pub fn init(plan: &Plan, name: &str) -> Option<Vec<f32>> {
     let (kind, index) = name.split_once('.')?;
     let index: u32 = index.parse().ok()?;
     match kind {
-        "w1" => Some(data::layer_weights(&plan.model, index).0),
-        "w2" => Some(data::layer_weights(&plan.model, index).1),
+        "w1" => Some(data::layer_matrix(&plan.model, index, data::Matrix::W1)),
+        "w2" => Some(data::layer_matrix(&plan.model, index, data::Matrix::W2)),
         // Step 0's data, which the plan's `synth_data` kernels regenerate every step.
         "input" => Some(data::input(&plan.model, 0, index)),
         "target" => Some(data::target(&plan.model, 0, index)),

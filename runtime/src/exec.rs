@@ -70,12 +70,26 @@ pub fn run(
     plan.validate()?;
     let rp = &plan.ranks[place.rank as usize];
     let mut gpu = Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache)?;
-    // Initial weights, inputs and targets: the same generator as the CPU reference.
+    // Initial weights: the same generator as the CPU reference, once per matrix (a bf16
+    // plan's f32 master holds the same values as its bf16 copy). Inputs and targets are
+    // generated in place by each step's prologue; only `--dump` wants the first step's
+    // before it runs.
+    let mut made: HashMap<&str, Vec<f32>> = HashMap::new();
     for b in &rp.buffers {
-        if let Some(data) = cpu::init(plan, &b.name) {
-            gpu.upload(b, &data)?;
+        let name = b.name.strip_prefix("master.").unwrap_or(&b.name);
+        if (name.starts_with("input.") || name.starts_with("target.")) && opts.dump.is_none() {
+            continue;
+        }
+        if !made.contains_key(name) {
+            if let Some(data) = cpu::init(plan, name) {
+                made.insert(name, data);
+            }
+        }
+        if let Some(data) = made.get(name) {
+            gpu.upload(b, data)?;
         }
     }
+    drop(made);
     gpu.prepare_gemms(&rp.nodes, &rp.buffers)?;
     let state = |name: &str| ["w1.", "w2.", "master.", "adam.", "data."].iter().any(|p| name.starts_with(p));
     let checkpoint = opts.checkpoint_dir.as_ref().map(|d| d.join(format!("rank{}.safetensors", place.rank)));
