@@ -3,7 +3,8 @@
 slowest rank's median), the host launch time, the bubble-free ideal (the busiest rank's
 measured compute, from `profile`), efficiency = ideal / step, and the FLOP floor (the
 busiest rank's GEMM FLOPs per step at the GEMM rate measured for the plan's dtype and
-largest GEMM shape) with the fraction of it reached (floor / step)."""
+largest GEMM shape) with the fraction of it reached (floor / step); efficiency also against
+the eager step."""
 import json, pathlib, re, sys
 
 out = pathlib.Path(sys.argv[1])
@@ -23,8 +24,8 @@ def steps(log):
     return max(float(a) for a, _ in runs), max(float(b) for _, b in runs if b != "NaN") if any(b != "NaN" for _, b in runs) else None
 
 
-print("| plan | dtype | step, graph (ms) | step, eager (ms) | host launch (µs) | ideal (ms) | efficiency | FLOP floor (ms) | of floor |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| plan | dtype | step, graph (ms) | step, eager (ms) | host launch (µs) | ideal (ms) | efficiency | efficiency, eager | FLOP floor (ms) | of floor |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for plan in sorted(bench.iterdir()):
     if not (plan / "plan.json").exists():
         continue
@@ -44,4 +45,5 @@ for plan in sorted(bench.iterdir()):
     floor = flops / (rate * 1e12) * 1e3
     fmt = lambda x: "–" if x is None or x != x else f"{x:.3f}"
     print(f"| {name} | {dtype} | {fmt(graph)} | {fmt(eager)} | {fmt(launch)} | {fmt(ideal)} | "
-          f"{fmt(ideal / graph if graph else None)} | {fmt(floor)} @ {rate:.0f} TFLOP/s | {fmt(floor / graph if graph else None)} |")
+          f"{fmt(ideal / graph if graph else None)} | {fmt(ideal / eager if eager else None)} | "
+          f"{fmt(floor)} @ {rate:.0f} TFLOP/s | {fmt(floor / graph if graph else None)} |")
