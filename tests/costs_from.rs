@@ -19,7 +19,8 @@ fn the_file_gives_what_the_spec_does_not() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("m.toml"),
-        "[costs]\nforward = [1.5, 2.5]\nbackward = [3.0, 4.0]\nweight = [1.0, 1.5]\np2p = 0.25\ncomm = \"async\"\n",
+        "[costs]\nforward = [1.5, 2.5]\nbackward = [3.0, 4.0]\nweight = [1.0, 1.5]\np2p = 0.25\ncomm = \"async\"\n\
+         per_step = 0.75\nmirror_sum = 2.0\n",
     )
     .unwrap();
     let s = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\nforward = 2.0\n")).unwrap();
@@ -29,6 +30,27 @@ fn the_file_gives_what_the_spec_does_not() {
     assert_eq!(s.costs.overlapped, vec![5.0, 6.0], "defaults follow the merged keys");
     assert_eq!(s.costs.p2p, 0.25);
     assert_eq!(s.costs.comm, pipewright_compiler::cost::CommMode::Async);
+    assert_eq!((s.costs.per_step, s.costs.mirror_sum), (0.75, 2.0));
+}
+
+#[test]
+fn the_step_time_adds_the_work_outside_the_programs() {
+    use pipewright_compiler::lower_and_simulate;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), "[costs]\nforward = 1.0\nper_step = 0.75\nmirror_sum = 2.0\n").unwrap();
+    for (family, outside) in [("1f1b", 0.75), ("dualpipe", 2.75)] {
+        let text =
+            format!("[pipeline]\nschedule = \"{family}\"\nranks = 2\nmicrobatches = 4\n[costs]\nfrom = \"m.toml\"\n");
+        let s = load(dir.path(), &text).unwrap();
+        let set = s.family.generate(s.ranks, s.microbatches, s.chunks_per_rank);
+        let (_, _, report) = lower_and_simulate(&set, &s.costs, None).unwrap();
+        // DualPipe's mirrored pipes exchange their gradients once a step; 1F1B has none.
+        assert!((report.step_time - report.makespan - outside).abs() < 1e-9, "{family}: {report:?}");
+    }
+    // A negative time is an error at its line.
+    std::fs::write(dir.path().join("bad.toml"), "[costs]\nper_step = -1.0\n").unwrap();
+    let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"bad.toml\"\n")).unwrap_err();
+    assert!(e.contains("bad.toml:2:12") && e.contains("per_step must be ≥ 0"), "{e}");
 }
 
 #[test]

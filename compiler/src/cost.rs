@@ -32,6 +32,15 @@ pub struct CostModel {
     pub p2p: f64,
     /// Blocking or asynchronous communication.
     pub comm: CommMode,
+    /// Once per training step, outside the programs: the runtime's prologue and epilogue
+    /// (zeroing, the step's data, the optimizer). Not part of the makespan; the report's
+    /// `step_time` adds it.
+    #[serde(default)]
+    pub per_step: f64,
+    /// Once per step where pipes are mirrored (DualPipe): the exchange of the mirrored
+    /// stages' gradients after the programs. Also only in `step_time`.
+    #[serde(default)]
+    pub mirror_sum: f64,
 }
 
 impl CostModel {
@@ -45,6 +54,8 @@ impl CostModel {
             overlapped: vec![fb; n],
             p2p,
             comm: CommMode::Blocking,
+            per_step: 0.0,
+            mirror_sum: 0.0,
         }
     }
 

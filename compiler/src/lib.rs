@@ -107,7 +107,9 @@ pub fn lower_and_simulate(
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
     let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
-    let report =
+    let mut report =
         Report::new(programs, dag.layout.stages, costs.comm, &simulation, memory.map(|m| m.budget), lower_bound);
+    let mirror = if dag.layout.mirrored_pipes.is_empty() { 0.0 } else { costs.mirror_sum };
+    report.step_time = report.makespan + costs.per_step + mirror;
     Ok((dag, simulation, report))
 }

@@ -29,6 +29,11 @@ pub struct Report {
     pub comm: CommMode,
     /// When the last rank finishes, in cost units.
     pub makespan: f64,
+    /// One training step: the makespan, the step's own work outside the programs
+    /// (`[costs] per_step`) and, where pipes are mirrored, the mirror-gradient sum
+    /// (`mirror_sum`). Equal to the makespan when the costs give neither.
+    #[serde(default)]
+    pub step_time: f64,
     /// Idle time over all ranks divided by ranks × makespan.
     pub bubble_fraction: f64,
     /// No execution of these programs finishes earlier (see `bound`).
@@ -76,6 +81,7 @@ impl Report {
             stages,
             comm,
             makespan: sim.makespan,
+            step_time: sim.makespan,
             bubble_fraction: if denom > 0.0 { idle / denom } else { 0.0 },
             lower_bound,
             gap: if lower_bound > 0.0 { sim.makespan / lower_bound - 1.0 } else { 0.0 },
@@ -104,6 +110,13 @@ impl Report {
             self.lower_bound,
             100.0 * self.gap
         );
+        if self.step_time > self.makespan {
+            s.push_str(&format!(
+                "step time {:.3} (the makespan, and {:.3} of work outside the programs)\n",
+                self.step_time,
+                self.step_time - self.makespan
+            ));
+        }
         if let (Some(base), Some(o)) = (&self.baseline_makespan, &self.optimizer) {
             let base = base.map_or("does not run within the budget".to_owned(), |b| format!("{b:.3}"));
             s.push_str(&format!(

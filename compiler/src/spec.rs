@@ -16,6 +16,8 @@
 //! overlapped = 2.5
 //! p2p = 0.0
 //! comm = "blocking"        # or "async"
+//! per_step = 0.0           # once a step, outside the programs (prologue, optimizer)
+//! mirror_sum = 0.0         # once a step where pipes are mirrored (DualPipe's gradient sum)
 //!
 //! [memory]                 # optional, bytes
 //! activation = 1_000_000
@@ -155,6 +157,8 @@ impl Spec {
             overlapped: split(&c.overlapped),
             p2p: c.p2p,
             comm: c.comm,
+            per_step: c.per_step,
+            mirror_sum: c.mirror_sum,
         };
         let memory = self.memory.as_ref().map(|m| MemoryModel {
             activation: split_bytes(&m.activation),
@@ -252,6 +256,8 @@ struct RawCosts {
     overlapped: Option<Spanned<PerStage<f64>>>,
     p2p: Option<Spanned<f64>>,
     comm: Option<Spanned<String>>,
+    per_step: Option<Spanned<f64>>,
+    mirror_sum: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -456,6 +462,8 @@ struct GivenCosts {
     overlapped: Option<Vec<f64>>,
     p2p: Option<f64>,
     comm: Option<CommMode>,
+    per_step: Option<f64>,
+    mirror_sum: Option<f64>,
 }
 
 impl GivenCosts {
@@ -468,6 +476,8 @@ impl GivenCosts {
             overlapped: self.overlapped.or(other.overlapped),
             p2p: self.p2p.or(other.p2p),
             comm: self.comm.or(other.comm),
+            per_step: self.per_step.or(other.per_step),
+            mirror_sum: self.mirror_sum.or(other.mirror_sum),
         }
     }
 }
@@ -482,13 +492,23 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
         }
         Ok(Some(list))
     };
-    let p2p = match raw.and_then(|r| r.p2p.as_ref()) {
-        Some(v) if !v.get_ref().is_finite() || *v.get_ref() < 0.0 => {
-            return Err(SourceError::new(file, source, Some(v.span()), format!("p2p must be ≥ 0, got {}", v.get_ref()))
-                .with_help("p2p is the time of one transfer"))
+    let scalar = |key: &str, v: Option<&Spanned<f64>>, what: &str| -> Result<Option<f64>, SourceError> {
+        match v {
+            Some(v) if !v.get_ref().is_finite() || *v.get_ref() < 0.0 => {
+                Err(SourceError::new(file, source, Some(v.span()), format!("{key} must be ≥ 0, got {}", v.get_ref()))
+                    .with_help(what.to_owned()))
+            }
+            v => Ok(v.map(|v| *v.get_ref())),
         }
-        v => v.map(|v| *v.get_ref()),
     };
+    let p2p = scalar("p2p", raw.and_then(|r| r.p2p.as_ref()), "p2p is the time of one transfer")?;
+    let per_step = scalar(
+        "per_step",
+        raw.and_then(|r| r.per_step.as_ref()),
+        "per_step is the time of the step's own work outside the programs",
+    )?;
+    let mirror_sum =
+        scalar("mirror_sum", raw.and_then(|r| r.mirror_sum.as_ref()), "mirror_sum is the time of one exchange")?;
     let comm = match raw.and_then(|r| r.comm.as_ref()) {
         None => None,
         Some(v) => Some(match v.get_ref().as_str() {
@@ -507,6 +527,8 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
         overlapped: get("overlapped", raw.and_then(|r| r.overlapped.as_ref()))?,
         p2p,
         comm,
+        per_step,
+        mirror_sum,
     })
 }
 
@@ -527,6 +549,8 @@ fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, (usize, f64, f64)
         overlapped,
         p2p: g.p2p.unwrap_or(0.0),
         comm: g.comm.unwrap_or(CommMode::Blocking),
+        per_step: g.per_step.unwrap_or(0.0),
+        mirror_sum: g.mirror_sum.unwrap_or(0.0),
     })
 }
 

@@ -1,7 +1,8 @@
 //! `profile`: what each op of a plan costs on this machine, measured with CUDA events
 //! around every op of eager steps ([`crate::exec::RunOptions::profile`]), turned into
-//! - a `[costs]` table for the spec (per stage F, B, W, FB in milliseconds, and the p2p
-//!   time), so that the simulator predicts real runs;
+//! - a `[costs]` table for the spec (per stage F, B, W, FB in milliseconds, the p2p time,
+//!   and the step's own work and mirror-gradient sum once a step), so that the simulator
+//!   predicts real runs (`report.json`'s `step_time`);
 //! - the measured per-rank timeline as a Chrome trace (`measured-trace.json`), and, when
 //!   the plan directory holds `compile`'s simulated `trace.json`, both in one trace
 //!   (`compare-trace.json`) to view side by side;
@@ -229,12 +230,19 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let overlapped: Vec<f64> = (0..stages).map(|s| get("FB", s).unwrap_or(forward[s] + backward[s])).collect();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
     let p2p = percentile(comm, 0.0);
+    // Once a step: the busiest rank's own work (prologue, epilogue) and its mirror sum.
+    let per_rank = |keep: &dyn Fn(&OpTime) -> bool| {
+        profiles.iter().map(|p| p.ops.iter().filter(|o| keep(o)).map(|o| o.ms).sum::<f64>()).fold(0.0, f64::max)
+    };
+    let per_step = per_rank(&|o| o.kind == "STEP");
+    let mirror_sum = per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"));
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches),\n\
          # milliseconds per op (medians over the profiled steps after the first; p2p: the fastest\n\
          # batch). To simulate this machine: `[costs] from = \"<this file>\"` in the spec (whose\n\
          # own `comm` says how the plan communicates).\n\
-         [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\n",
+         [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\n\
+         per_step = {:.4}\nmirror_sum = {:.4}\n",
         plan.schedule,
         plan.world_size,
         plan.stages,
@@ -244,6 +252,8 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
         list(&weights),
         list(&overlapped),
         if p2p.is_finite() { p2p } else { 0.0 },
+        per_step,
+        mirror_sum,
     )
 }
 

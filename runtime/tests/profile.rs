@@ -94,6 +94,9 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     assert_eq!(list("weight"), (0..stages).map(|s| 0.5 * (s as f64 + 1.0)).collect::<Vec<_>>());
     assert_eq!(list("backward"), (0..stages).map(|s| 2.5 * (s as f64 + 1.0)).collect::<Vec<_>>());
     assert!((costs["p2p"].as_float().unwrap() - 0.1).abs() < 1e-9, "{toml_text}");
+    // The step's own work once a step (prologue and epilogue, 0.25 each); no mirrored pipes.
+    assert_eq!(costs["per_step"].as_float(), Some(0.5), "{toml_text}");
+    assert_eq!(costs["mirror_sum"].as_float(), Some(0.0), "{toml_text}");
     // The ideal: each rank's compute (its ops and the step's own work), not its p2p.
     for (r, p) in plan.ranks.iter().zip(&profiles) {
         let want: f64 = r
@@ -161,4 +164,31 @@ fn node_timings_group_by_kind_with_their_rates() {
     // 2·8·256·64 FLOPs per 2 ms = 0.0000262 TFLOP/s.
     assert!(row.contains("| 8 | 16.000 |"), "{row}");
     assert!(row.ends_with("| 2.0000 | 0.0 TFLOP/s |"), "{row}");
+}
+
+#[test]
+fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
+    // Every op 1 ms, the step's own work 0.5 ms a part, and the mirror-gradient exchange
+    // 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's.
+    let plan = plan(Family::DualPipe, (8, 32, 4, 1), Dtype::F32);
+    let profiles: Vec<_> = plan
+        .ranks
+        .iter()
+        .map(|r| {
+            let step: Vec<(f64, f64)> = r
+                .ops
+                .iter()
+                .map(|o| match o.kind.as_str() {
+                    "STEP" => (0.0, 0.5),
+                    "COMM" if o.label.starts_with("mirror-sum") => (0.0, 3.0 - r.rank as f64),
+                    _ => (0.0, 1.0),
+                })
+                .collect();
+            rank_profile(&plan, r.rank, &report(r.rank, vec![step.clone(), step.clone(), step], vec![]))
+        })
+        .collect();
+    let text = costs_toml(&plan, &profiles, "test");
+    let costs = &toml::from_str::<toml::Value>(&text).unwrap()["costs"];
+    assert_eq!(costs["mirror_sum"].as_float(), Some(3.0), "{text}");
+    assert_eq!(costs["per_step"].as_float(), Some(1.0), "{text}");
 }
