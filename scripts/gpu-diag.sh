@@ -4,8 +4,9 @@
 # random data: forward, input-gradient and weight-gradient forms, with and without the
 # GELU epilogues); for each plan named in DIAG_PLANS (default: the 1-GPU dualpipev plans),
 # a profile with node timings (nodes.md: time per kind of node and the rate it reached)
-# and graph replays (the graph's node census and the host launch time); and which
-# transport NCCL picks between two GPUs. Results in $OUT/diag.txt, $OUT/nodes-*.md.
+# and graph replays (the graph's node census and the host launch time), also with
+# `--memset-kernels` (same losses? faster launch?); and which transport NCCL picks
+# between two GPUs. Results in $OUT/diag.txt, $OUT/nodes-*.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0
@@ -37,6 +38,13 @@ for plan in ${DIAG_PLANS:-target/gpu/bench/dualpipev-r1-h512 target/gpu/bench/du
   head -14 "$LOGS/profile-$name/nodes.md" 2>/dev/null | tee -a "$OUT/diag.txt"
   timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 > "$LOGS/$name-graph.log" 2>&1
   grep -E "graph of|median|error|note" "$LOGS/$name-graph.log" | tee -a "$OUT/diag.txt"
+  # The memset-as-kernel experiment (runtime/src/graph.rs): launch time, and the same
+  # losses as the graph as captured (step 1 on is a replay).
+  timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 --memset-kernels > "$LOGS/$name-memk.log" 2>&1
+  grep -E "graph of|median|error|note" "$LOGS/$name-memk.log" | sed 's/^/memset-kernels: /' | tee -a "$OUT/diag.txt"
+  same=$(diff <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-graph.log" | sed 's/: [0-9.]* ms//' | sort) \
+              <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-memk.log" | sed 's/: [0-9.]* ms//' | sort) > /dev/null && echo equal || echo DIFFER)
+  echo "memset-kernels: losses of the replayed steps $same to the captured graph's" | tee -a "$OUT/diag.txt"
 done
 
 if [ "$GPUS" -ge 2 ]; then

@@ -35,6 +35,9 @@ pub struct RunOptions {
     /// Time every op of the program with CUDA events (eager steps only; see
     /// [`crate::profile`]).
     pub profile: bool,
+    /// Replace the captured graph's memset nodes by kernel nodes before replaying it (an
+    /// experiment on the host launch time, see [`crate::graph`]).
+    pub memset_kernels: bool,
 }
 
 /// What a run measured.
@@ -151,7 +154,7 @@ pub fn run(
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
     };
-    let mut graph: Option<cudarc::driver::CudaGraph> = None;
+    let mut graph: Option<crate::graph::Replay> = None;
     let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
     for step in first_step..steps {
         let began = Instant::now();
@@ -176,14 +179,20 @@ pub fn run(
                 let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
                 issued?;
                 let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
-                report.graph_nodes = crate::gpu::graph_census(&g)?;
+                let g = if opts.memset_kernels {
+                    let fill = gpu.function(crate::gpu::FILL_KERNEL)?.cu_function();
+                    crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream())?.0
+                } else {
+                    crate::graph::Replay::captured(g)
+                };
+                report.graph_nodes = crate::gpu::graph_census(g.graph())?;
                 // Upload once, so that replays only launch.
-                g.upload().map_err(driver)?;
+                g.upload()?;
                 graph = Some(g);
             }
             if let Some(g) = &graph {
                 let launch = Instant::now();
-                g.launch().map_err(driver)?;
+                g.launch()?;
                 report.launch_us.push(launch.elapsed().as_secs_f64() * 1e6);
             }
         }

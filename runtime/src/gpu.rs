@@ -16,16 +16,21 @@ use std::sync::Arc;
 pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("elementwise.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/elementwise.cu"))),
     ("progress.cu", include_str!("../../kernels/progress.cu")),
+    ("fill.cu", include_str!("../../kernels/fill.cu")),
     ("bf16.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/bf16.cu"))),
 ];
 
 /// The watchdog's progress kernel (`kernels/progress.cu`), beside the plan's kernels.
 const MARK_KERNEL: &str = "mark_progress";
 
+/// A memset as a kernel (`kernels/fill.cu`, [`crate::graph`]).
+pub const FILL_KERNEL: &str = "fill_memset";
+
 /// The functions each kernel file defines.
 fn functions_of(file: &str) -> Vec<&'static str> {
     match file {
         "progress.cu" => vec![MARK_KERNEL],
+        "fill.cu" => vec![FILL_KERNEL],
         "bf16.cu" => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| n.ends_with("_bf16")).collect(),
         _ => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_bf16")).collect(),
     }
@@ -206,6 +211,11 @@ impl Gpu {
                 self.kernel(stream, &format!("gelu_backward{suffix}"), &[pre, c.offset, c.offset], elements, &[])
             }
         }
+    }
+
+    /// The loaded kernel `name` (the plan's, or the runtime's own).
+    pub fn function(&self, name: &str) -> Result<&CudaFunction, RuntimeError> {
+        self.kernels.get(name).ok_or_else(|| RuntimeError::Driver(format!("kernel {name} not loaded")))
     }
 
     /// Prepares (and tunes, see [`crate::blas`]) the algorithm of every distinct product

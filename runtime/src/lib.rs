@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod exec;
 pub mod gpu;
+pub mod graph;
 pub mod launch;
 pub mod profile;
 pub mod watchdog;

@@ -115,6 +115,10 @@ struct RunArgs {
     /// (what `profile` runs on every rank).
     #[arg(long)]
     profile_out: Option<PathBuf>,
+    /// Turn the captured graph's memset nodes (cuBLASLt's) into kernel nodes before
+    /// replaying it: an experiment on the host launch time.
+    #[arg(long)]
+    memset_kernels: bool,
 }
 
 impl RunArgs {
@@ -127,6 +131,7 @@ impl RunArgs {
             dump: self.dump.clone(),
             watchdog: std::time::Duration::from_secs_f64(self.watchdog.max(0.0)),
             profile: self.profile_out.is_some(),
+            memset_kernels: self.memset_kernels,
         }
     }
 
@@ -138,7 +143,13 @@ impl RunArgs {
             "--watchdog".into(),
             self.watchdog.to_string().into(),
         ];
-        for (on, flag) in [(self.reference, "--reference"), (self.eager, "--eager"), (self.resume, "--resume")] {
+        let flags = [
+            (self.reference, "--reference"),
+            (self.eager, "--eager"),
+            (self.resume, "--resume"),
+            (self.memset_kernels, "--memset-kernels"),
+        ];
+        for (on, flag) in flags {
             if on {
                 out.push(flag.into());
             }
@@ -327,6 +338,7 @@ fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::R
         dump: None,
         watchdog: 60.0,
         profile_out: Some(out.clone()),
+        memset_kernels: false,
     };
     let code = launch(gpus, dir, &args)?;
     if code != ExitCode::SUCCESS {

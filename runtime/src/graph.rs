@@ -1,0 +1,181 @@
+//! The captured step as a replayable CUDA graph, and an experiment on it: `--memset-kernels`
+//! turns the graph's memset nodes into kernel nodes before instantiating it.
+//!
+//! Why: cuBLASLt's split-K and stream-K products capture a memset before each product, and
+//! a replay's host time grows with them (measured on one H200: 3–5 µs to launch a graph of
+//! 470–550 kernel nodes, 245 µs for 270 kernels and 176 memsets). A kernel node that
+//! writes the same bytes (`kernels/fill.cu`) should launch like the other kernels. Off by
+//! default until it is measured: the rewrite keeps every dependency (the new node depends
+//! on what the memset depended on, and everything that depended on the memset depends on
+//! it), so the graph computes the same; whether it launches faster is the question.
+
+use crate::RuntimeError;
+use cudarc::driver::{sys, CudaGraph};
+
+fn driver(what: &str, r: sys::CUresult) -> Result<(), RuntimeError> {
+    r.result().map_err(|e| RuntimeError::Driver(format!("{what}: {e:?}")))
+}
+
+/// A graph ready to replay on the stream it was captured on.
+pub enum Replay {
+    /// As captured and instantiated by cudarc.
+    Captured(CudaGraph),
+    /// Rewritten, then instantiated here; `graph` owns the rewritten CUgraph.
+    Rewritten { graph: CudaGraph, exec: sys::CUgraphExec, stream: sys::CUstream },
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Replay::Captured(_) => "Replay::Captured",
+            Replay::Rewritten { .. } => "Replay::Rewritten",
+        })
+    }
+}
+
+impl Replay {
+    /// `graph` as captured.
+    pub fn captured(graph: CudaGraph) -> Replay {
+        Replay::Captured(graph)
+    }
+
+    /// `graph` with every memset node replaced by a launch of `fill` (the `fill_memset`
+    /// kernel), instantiated for `stream`; also the number of memsets replaced.
+    pub fn without_memsets(
+        graph: CudaGraph,
+        fill: sys::CUfunction,
+        stream: sys::CUstream,
+    ) -> Result<(Replay, usize), RuntimeError> {
+        let replaced = memsets_to_kernels(graph.cu_graph(), fill)?;
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: the graph is live (owned by `graph`) and was just rewritten; `exec`
+        // receives the new executable graph.
+        driver("instantiating the rewritten graph", unsafe {
+            sys::cuGraphInstantiateWithFlags(&mut exec, graph.cu_graph(), 0)
+        })?;
+        Ok((Replay::Rewritten { graph, exec, stream }, replaced))
+    }
+
+    /// The graph (for its census).
+    pub fn graph(&self) -> &CudaGraph {
+        match self {
+            Replay::Captured(g) | Replay::Rewritten { graph: g, .. } => g,
+        }
+    }
+
+    /// Uploads it, so that replays only launch.
+    pub fn upload(&self) -> Result<(), RuntimeError> {
+        match self {
+            Replay::Captured(g) => g.upload().map_err(|e| RuntimeError::Driver(format!("{e:?}"))),
+            // SAFETY: a live executable graph and the stream it runs on.
+            Replay::Rewritten { exec, stream, .. } => {
+                driver("cuGraphUpload", unsafe { sys::cuGraphUpload(*exec, *stream) })
+            }
+        }
+    }
+
+    /// Launches one replay.
+    pub fn launch(&self) -> Result<(), RuntimeError> {
+        match self {
+            Replay::Captured(g) => g.launch().map_err(|e| RuntimeError::Driver(format!("{e:?}"))),
+            // SAFETY: as in `upload`.
+            Replay::Rewritten { exec, stream, .. } => {
+                driver("cuGraphLaunch", unsafe { sys::cuGraphLaunch(*exec, *stream) })
+            }
+        }
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if let Replay::Rewritten { exec, .. } = self {
+            // SAFETY: instantiated in `without_memsets`, destroyed once; cudarc's own
+            // executable graph and the CUgraph go with `graph` after this.
+            let _ = unsafe { sys::cuGraphExecDestroy(*exec) };
+        }
+    }
+}
+
+/// The nodes linked to `node`: its dependencies (`upstream`) or its dependents.
+fn neighbours(node: sys::CUgraphNode, upstream: bool) -> Result<Vec<sys::CUgraphNode>, RuntimeError> {
+    let query = |nodes: *mut sys::CUgraphNode, edges: *mut sys::CUgraphEdgeData, count: &mut usize| {
+        // SAFETY: a live node; with null arrays only the count is written, otherwise the
+        // arrays hold `count` entries.
+        unsafe {
+            if upstream {
+                sys::cuGraphNodeGetDependencies_v2(node, nodes, edges, count)
+            } else {
+                sys::cuGraphNodeGetDependentNodes_v2(node, nodes, edges, count)
+            }
+        }
+    };
+    let mut count = 0usize;
+    driver("counting a node's edges", query(std::ptr::null_mut(), std::ptr::null_mut(), &mut count))?;
+    let mut nodes = vec![std::ptr::null_mut(); count];
+    // Edge data asked for too: without it, the query fails on a non-default edge.
+    // SAFETY: CUgraphEdgeData is plain bytes; zero is the default edge.
+    let mut edges: Vec<sys::CUgraphEdgeData> = vec![unsafe { std::mem::zeroed() }; count];
+    driver("reading a node's edges", query(nodes.as_mut_ptr(), edges.as_mut_ptr(), &mut count))?;
+    nodes.truncate(count);
+    Ok(nodes)
+}
+
+/// Replaces every memset node of `graph` by a kernel node of `fill` with the same effect
+/// and the same edges (default ones); returns how many. (Through [`Replay::without_memsets`],
+/// which holds the graph and the function live.)
+fn memsets_to_kernels(graph: sys::CUgraph, fill: sys::CUfunction) -> Result<usize, RuntimeError> {
+    let mut count = 0usize;
+    // SAFETY: a live graph; with a null array only the count is written.
+    driver("counting graph nodes", unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut count) })?;
+    let mut nodes = vec![std::ptr::null_mut(); count];
+    // SAFETY: `nodes` holds `count` entries.
+    driver("listing graph nodes", unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) })?;
+    let mut replaced = 0;
+    for node in nodes.into_iter().take(count) {
+        let mut kind = 0u32;
+        // SAFETY: a node of the live graph; the type is a 32-bit enum, read as its integer.
+        driver("reading a node's type", unsafe {
+            sys::cuGraphNodeGetType(node, &mut kind as *mut u32 as *mut sys::CUgraphNodeType)
+        })?;
+        if kind != sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMSET as u32 {
+            continue;
+        }
+        // SAFETY: a memset node; the parameters are plain data it writes.
+        let mut p: sys::CUDA_MEMSET_NODE_PARAMS = unsafe { std::mem::zeroed() };
+        driver("reading a memset", unsafe { sys::cuGraphMemsetNodeGetParams(node, &mut p) })?;
+        let (before, after) = (neighbours(node, true)?, neighbours(node, false)?);
+        let (dst, pitch, value, size, width, height) =
+            (p.dst, p.pitch as u64, p.value, p.elementSize, p.width as u64, p.height.max(1) as u64);
+        let mut args: [*mut std::ffi::c_void; 6] = [
+            &dst as *const u64 as *mut _,
+            &pitch as *const u64 as *mut _,
+            &value as *const u32 as *mut _,
+            &size as *const u32 as *mut _,
+            &width as *const u64 as *mut _,
+            &height as *const u64 as *mut _,
+        ];
+        let blocks = (width * height).div_ceil(256).clamp(1, 1024) as u32;
+        // SAFETY: plain data; every field the launch reads is set below, the rest zero.
+        let mut params: sys::CUDA_KERNEL_NODE_PARAMS = unsafe { std::mem::zeroed() };
+        params.func = fill;
+        (params.gridDimX, params.gridDimY, params.gridDimZ) = (blocks, 1, 1);
+        (params.blockDimX, params.blockDimY, params.blockDimZ) = (256, 1, 1);
+        params.kernelParams = args.as_mut_ptr();
+        let mut kernel = std::ptr::null_mut();
+        // SAFETY: `args` points at the six arguments of `fill_memset` in order, alive for
+        // this call (the graph copies them); `before` are nodes of this graph.
+        driver("adding a fill kernel", unsafe {
+            sys::cuGraphAddKernelNode_v2(&mut kernel, graph, before.as_ptr(), before.len(), &params)
+        })?;
+        for next in after {
+            // SAFETY: both nodes belong to the graph; a default edge (no edge data).
+            driver("linking a fill kernel", unsafe {
+                sys::cuGraphAddDependencies_v2(graph, &kernel, &next, std::ptr::null(), 1)
+            })?;
+        }
+        // SAFETY: the memset's work is now the kernel's, with the same edges.
+        driver("removing a memset", unsafe { sys::cuGraphDestroyNode(node) })?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
