@@ -2,6 +2,7 @@
 //! f32 accumulation, the same transposes and epilogues), on random data — a product on
 //! zeros runs faster than on real data and would flatter the benchmarks' FLOP floor.
 
+use crate::blas::Fused;
 use crate::gpu::Gpu;
 use crate::RuntimeError;
 use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm};
@@ -12,8 +13,7 @@ pub struct GemmCase {
     pub dtype: Dtype,
     pub mnk: (u64, u64, u64),
     pub trans: (bool, bool),
-    /// 0: none, 1: GELU, 2: GELU gradient.
-    pub epilogue: u8,
+    pub epilogue: Fused,
     /// C in f32 with beta = 1 (the weight-gradient form).
     pub accumulate: bool,
 }
@@ -33,12 +33,12 @@ impl GemmCase {
             other => return Err(RuntimeError::Environment(format!("--dtype {other}: use f32 or bf16"))),
         };
         let epilogue = match epilogue {
-            "none" => 0,
-            "gelu" => 1,
-            "gelu-grad" => 2,
+            "none" => Fused::Nothing,
+            "gelu" => Fused::Gelu,
+            "gelu-grad" => Fused::GeluGrad,
             other => return Err(RuntimeError::Environment(format!("--epilogue {other}: use none, gelu or gelu-grad"))),
         };
-        if accumulate && epilogue != 0 {
+        if accumulate && epilogue != Fused::Nothing {
             return Err(RuntimeError::Environment("--accumulate takes no epilogue (it needs beta = 0)".into()));
         }
         Ok(GemmCase { dtype, mnk, trans, epilogue, accumulate })
@@ -54,9 +54,9 @@ impl GemmCase {
             extra.push(format!("{}{}", if self.trans.0 { "T" } else { "N" }, if self.trans.1 { "T" } else { "N" }));
         }
         match self.epilogue {
-            1 => extra.push("gelu".into()),
-            2 => extra.push("gelu-grad".into()),
-            _ => {}
+            Fused::Gelu => extra.push("gelu".into()),
+            Fused::GeluGrad => extra.push("gelu-grad".into()),
+            Fused::Nothing => {}
         }
         if self.accumulate {
             extra.push("f32 C += ".into());
@@ -92,9 +92,9 @@ impl GemmCase {
             gpu.kernel(0, synth, &[b.offset, buffers[4].offset], elements, &[tag as f32, 0.0, 1.0, 2.0, 3.0, 4.0])?;
         }
         let epilogue = match self.epilogue {
-            1 => Epilogue::Gelu { pre: 3 },
-            2 => Epilogue::GeluGrad { pre: 3 },
-            _ => Epilogue::None,
+            Fused::Gelu => Epilogue::Gelu { pre: 3 },
+            Fused::GeluGrad => Epilogue::GeluGrad { pre: 3 },
+            Fused::Nothing => Epilogue::None,
         };
         let gemm = Gemm {
             stream: 0,

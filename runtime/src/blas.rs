@@ -37,6 +37,16 @@ pub const CANDIDATES: usize = 8;
 /// one that adds memset nodes.
 pub const MEMSET_TOLERANCE: f64 = 0.05;
 
+/// What a product fuses after its sum (a plan's [`Epilogue`] without its buffer).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Fused {
+    Nothing,
+    /// GELU, keeping the pre-activation (cuBLASLt's `GELU_AUX`).
+    Gelu,
+    /// The GELU gradient at a kept pre-activation (`DGELU`).
+    GeluGrad,
+}
+
 /// What distinguishes one prepared product from another.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Shape {
@@ -47,8 +57,7 @@ pub struct Shape {
     pub trans_b: bool,
     /// A, B and C.
     pub dtypes: (Dtype, Dtype, Dtype),
-    /// 0: none, 1: GELU (aux out), 2: GELU gradient (aux in).
-    pub epilogue: u8,
+    pub epilogue: Fused,
     pub accumulate: bool,
 }
 
@@ -63,9 +72,9 @@ impl Shape {
             trans_b: g.trans_b,
             dtypes,
             epilogue: match g.epilogue {
-                Epilogue::None => 0,
-                Epilogue::Gelu { .. } => 1,
-                Epilogue::GeluGrad { .. } => 2,
+                Epilogue::None => Fused::Nothing,
+                Epilogue::Gelu { .. } => Fused::Gelu,
+                Epilogue::GeluGrad { .. } => Fused::GeluGrad,
             },
             accumulate: g.beta != 0.0,
         }
@@ -159,15 +168,32 @@ impl Lt {
     fn prepare(&self, s: Shape) -> Result<Option<Prepared>, RuntimeError> {
         let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
             .map_err(blas)?;
+        let mut layouts = [std::ptr::null_mut(); 3];
+        match Self::describe(desc, &mut layouts, s) {
+            Ok(()) => self.choose(desc, layouts, s),
+            Err(e) => {
+                destroy(desc, &layouts);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets `desc`'s attributes and creates the three layouts of `s` (on error, those
+    /// created so far stay in `layouts` for the caller to destroy).
+    fn describe(
+        desc: sys::cublasLtMatmulDesc_t,
+        layouts: &mut [sys::cublasLtMatrixLayout_t; 3],
+        s: Shape,
+    ) -> Result<(), RuntimeError> {
         use sys::cublasLtMatmulDescAttributes_t as attr;
-        // SAFETY: `desc` was just created; each value has its attribute's type (the
-        // operations are cublasOperation_t, the epilogue cublasLtEpilogue_t, both 32-bit
-        // enums, and the leading dimension int64).
+        // SAFETY: `desc` is live; each value has its attribute's type (the operations are
+        // cublasOperation_t, the epilogue cublasLtEpilogue_t, both 32-bit enums, and the
+        // leading dimension int64).
         unsafe {
             set(desc, attr::CUBLASLT_MATMUL_DESC_TRANSA, &op(s.trans_b))?;
             set(desc, attr::CUBLASLT_MATMUL_DESC_TRANSB, &op(s.trans_a))?;
-            if s.epilogue != 0 {
-                let e = if s.epilogue == 1 {
+            if s.epilogue != Fused::Nothing {
+                let e = if s.epilogue == Fused::Gelu {
                     sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX
                 } else {
                     sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU
@@ -179,11 +205,21 @@ impl Lt {
         // Column-major: cuBLASLt's A is the plan's B (n × k after op), its B the plan's A.
         let (rows_b, cols_b, ld_b) = if s.trans_b { (s.k, s.n, s.k) } else { (s.n, s.k, s.n) };
         let (rows_a, cols_a, ld_a) = if s.trans_a { (s.m, s.k, s.m) } else { (s.k, s.m, s.k) };
-        let layouts = [
-            lt::create_matrix_layout(ty(s.dtypes.1), rows_b, cols_b, ld_b as i64).map_err(blas)?,
-            lt::create_matrix_layout(ty(s.dtypes.0), rows_a, cols_a, ld_a as i64).map_err(blas)?,
-            lt::create_matrix_layout(ty(s.dtypes.2), s.n, s.m, s.n as i64).map_err(blas)?,
-        ];
+        let shapes =
+            [(s.dtypes.1, rows_b, cols_b, ld_b), (s.dtypes.0, rows_a, cols_a, ld_a), (s.dtypes.2, s.n, s.m, s.n)];
+        for (slot, (dtype, rows, cols, ld)) in layouts.iter_mut().zip(shapes) {
+            *slot = lt::create_matrix_layout(ty(dtype), rows, cols, ld as i64).map_err(blas)?;
+        }
+        Ok(())
+    }
+
+    /// Picks the algorithm of `s` (described by `desc` and `layouts`, which it then owns).
+    fn choose(
+        &self,
+        desc: sys::cublasLtMatmulDesc_t,
+        layouts: [sys::cublasLtMatrixLayout_t; 3],
+        s: Shape,
+    ) -> Result<Option<Prepared>, RuntimeError> {
         // Candidates that may use the workspace and any split-K reduction; those that use
         // no workspace (none to clear); and those that split no sum at all (an in-place
         // split-K reduction accumulates into C, which must be cleared first).
@@ -200,7 +236,7 @@ impl Lt {
         }
         if results.is_empty() {
             destroy(desc, &layouts);
-            return if s.epilogue != 0 {
+            return if s.epilogue != Fused::Nothing {
                 Ok(None)
             } else {
                 Err(RuntimeError::Blas(format!("cuBLASLt has no algorithm for {s:?}")))
@@ -305,7 +341,7 @@ impl Lt {
             unsafe { cudarc::driver::result::memset_d8_async(ptr(i), 0x3c, b, stream.cu_stream()) }.map_err(driver)?;
         }
         let operands = (ptr(0), ptr(1), ptr(2));
-        let pre = (s.epilogue != 0).then(|| ptr(3));
+        let pre = (s.epilogue != Fused::Nothing).then(|| ptr(3));
         let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut tried = Vec::new();
         for c in candidates {
@@ -433,10 +469,10 @@ impl Lt {
 }
 
 fn destroy(desc: sys::cublasLtMatmulDesc_t, layouts: &[sys::cublasLtMatrixLayout_t; 3]) {
-    // SAFETY: each was created by cuBLASLt and is destroyed once, here.
+    // SAFETY: each was created by cuBLASLt (null: never created) and is destroyed once, here.
     unsafe {
         let _ = lt::destroy_matmul_desc(desc);
-        for l in layouts {
+        for l in layouts.iter().filter(|l| !l.is_null()) {
             let _ = lt::destroy_matrix_layout(*l);
         }
     }

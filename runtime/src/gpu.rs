@@ -2,7 +2,7 @@
 //! streams and events, the arena, the matrix products (through [`crate::blas`]), the kernels
 //! of `kernels/` and NCCL.
 
-use crate::blas::{Lt, Shape};
+use crate::blas::{Fused, Lt, Shape};
 use crate::RuntimeError;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
@@ -194,7 +194,7 @@ impl Gpu {
         if self.unfused.insert(shape) {
             eprintln!("note: cuBLASLt cannot fuse {:?} into {shape:?}; running it as a kernel", g.epilogue);
         }
-        shape.epilogue = 0;
+        shape.epilogue = Fused::Nothing;
         self.lt.supports(shape)?;
         let suffix = if c.dtype == Dtype::Bf16 { "_bf16" } else { "" };
         let elements = g.m * g.n;
@@ -226,7 +226,7 @@ impl Gpu {
                 let dtype = |b: u32| buffers.get(b as usize).map_or(Dtype::F32, |b| b.dtype);
                 let shape = Shape::of(g, (dtype(g.a), dtype(g.b), dtype(g.c)));
                 if !self.lt.supports(shape)? {
-                    self.lt.supports(Shape { epilogue: 0, ..shape })?;
+                    self.lt.supports(Shape { epilogue: Fused::Nothing, ..shape })?;
                 }
             }
         }
