@@ -128,3 +128,29 @@ impl GemmCase {
         Ok(format!("{}: {ms:.4} ms, {tflops:.1} TFLOP/s (random data; algorithm {choice})", self.label()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_forward_form_keeps_the_label_the_bench_table_reads() {
+        // scripts/bench-table.py reads `gemm DTYPE MxNxK: ... ms, R TFLOP/s` as the rate.
+        let plain = GemmCase::parse("bf16", (4096, 16384, 4096), (false, false), "none", false).unwrap();
+        assert_eq!(plain.label(), "gemm bf16 4096x16384x4096");
+        let grad = GemmCase::parse("bf16", (4096, 16384, 4096), (false, true), "gelu-grad", false).unwrap();
+        assert_eq!(grad.label(), "gemm bf16 4096x16384x4096 [NT, gelu-grad]");
+        let weight = GemmCase::parse("f32", (512, 2048, 768), (true, false), "none", true).unwrap();
+        assert_eq!(weight.label(), "gemm f32 512x2048x768 [TN, f32 C += ]");
+    }
+
+    #[test]
+    fn bad_arguments_say_what_to_use() {
+        let e = GemmCase::parse("fp8", (1, 1, 1), (false, false), "none", false).unwrap_err().to_string();
+        assert!(e.contains("--dtype fp8") && e.contains("f32 or bf16"), "{e}");
+        let e = GemmCase::parse("bf16", (1, 1, 1), (false, false), "relu", false).unwrap_err().to_string();
+        assert!(e.contains("--epilogue relu") && e.contains("gelu-grad"), "{e}");
+        let e = GemmCase::parse("bf16", (1, 1, 1), (false, false), "gelu", true).unwrap_err().to_string();
+        assert!(e.contains("--accumulate"), "{e}");
+    }
+}
