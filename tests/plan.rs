@@ -359,3 +359,35 @@ fn mismatched_plans_are_refused_with_the_reason() {
     bad.ranks[1].ops.last_mut().unwrap().last = n;
     assert!(bad.validate().unwrap_err().to_string().contains("spans nodes"));
 }
+
+#[test]
+fn dualpipe_updates_each_layer_while_the_next_layers_gradients_are_exchanged() {
+    // Layer by layer: the exchange of a layer's gradients (one group, in global-layer
+    // order on both ranks), then its accumulation and update, before the next group waits
+    // for anything on the compute stream.
+    use pipewright_plan::Node;
+    let set = Family::DualPipe.generate(2, 4, 1);
+    let plan = emit(&set, &model(2), &training(), hashes()).unwrap();
+    for r in &plan.ranks {
+        let layers_of = |g: &Node| match g {
+            Node::Group { ops, .. } => {
+                let names: Vec<&str> = ops.iter().map(|o| r.buffers[o.buffer as usize].name.as_str()).collect();
+                names.iter().filter_map(|n| n.rsplit('.').next()?.parse::<u32>().ok()).max()
+            }
+            _ => None,
+        };
+        let start = r.nodes.iter().rposition(|n| matches!(n, Node::Kernel(k) if k.name == "tick")).unwrap();
+        let tail = &r.nodes[start..];
+        let groups: Vec<(usize, u32)> =
+            tail.iter().enumerate().filter_map(|(i, n)| layers_of(n).map(|l| (i, l))).collect();
+        // 2 stages × 2 layers per stage, all mirrored: one group per layer, in order.
+        assert_eq!(groups.iter().map(|g| g.1).collect::<Vec<_>>(), vec![0, 1, 2, 3], "rank {}", r.rank);
+        for w in groups.windows(2) {
+            let between = &tail[w[0].0..w[1].0];
+            let updates = between.iter().filter(|n| matches!(n, Node::Kernel(k) if k.name == "sgd_update")).count();
+            assert_eq!(updates, 2, "rank {}: layer {}'s two matrices updated before the next group", r.rank, w[0].1);
+        }
+    }
+    // And the plan still computes the model (every step's exchange and update included).
+    check(Family::DualPipe, 2, 4, 2);
+}

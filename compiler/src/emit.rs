@@ -23,14 +23,15 @@
 //! arrives and given back once its backward and its input-gradient send are done, so the
 //! arena holds as many slots per module as the verified order keeps in flight. The step
 //! starts by zeroing the gradients and the losses and ends with DualPipe's mirror-gradient
-//! sum (mirrored stages exchange gradients) and the optimizer.
+//! sum (mirrored stages exchange gradients) and the optimizer, layer by layer, so that a
+//! layer's update overlaps the next layer's exchange.
 
 use crate::cost::CommMode;
 use crate::dag::payload;
 use crate::ir::{CommKind, Event, Layout, ProgramSet, UnitKind};
 use pipewright_plan::node::{Epilogue, Gemm, Kernel, Node, P2p};
 use pipewright_plan::{Buffer, Dtype, Hashes, Model, OpSpan, Plan, RankPlan, Training, PLAN_VERSION};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use thiserror::Error;
 
 /// Why a program set cannot be emitted.
@@ -443,12 +444,7 @@ pub fn emit_with(
             rank.nodes.push(Node::Wait { stream: COMPUTE, event: last });
             rank.waited[0] = last;
         }
-        // The mirror-gradient exchange is communication (timed as COMM, like the
-        // program's batches); the accumulation and the optimizer after it are the step's
-        // own compute.
-        let accumulate = mirror_sum(&mut rank, &mut spans);
-        optimizer(&mut rank, training);
-        spans.extend(step_span("epilogue", accumulate, rank.nodes.len() as u32));
+        epilogue(&mut rank, training, &mut spans);
         let arena_bytes = rank.end.div_ceil(256) * 256;
         ranks.push(RankPlan {
             rank: r as u32,
@@ -554,100 +550,111 @@ fn prologue(rank: &mut Rank) {
 /// DualPipe: a stage held twice (once per pipe) sums its two gradients; each copy sends
 /// its gradient to the other and adds what it receives, so both apply the same update.
 /// Returns the first node after the exchanges (the accumulations).
-fn mirror_sum(rank: &mut Rank, spans: &mut Vec<OpSpan>) -> u32 {
-    if rank.layout.mirrored_pipes.is_empty() {
-        return rank.nodes.len() as u32;
-    }
+/// After the program: DualPipe's mirror-gradient sum and the optimizer, layer by layer.
+///
+/// Each mirrored layer's gradients are exchanged with the rank holding its mirror copy in
+/// one NCCL group (timed as COMM, like the program's batches), in global-layer order on
+/// every rank (one total order, so the groups cannot wait in a cycle); the compute stream
+/// adds the mirror's gradients and updates that layer as soon as its group is done, while
+/// the next layer's group is in flight. Then the layers no one mirrors. The accumulation
+/// and the updates are the step's own compute (STEP spans, one per layer, each starting
+/// after the wait for its exchange).
+fn epilogue(rank: &mut Rank, training: &Training, spans: &mut Vec<OpSpan>) {
     let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
-    // peer → [(gradient, scratch, elements)], in global-layer order on both sides.
-    let mut by_peer: BTreeMap<u32, Vec<(u32, u32, u32, u64)>> = BTreeMap::new();
+    let first = rank.nodes.len() as u32;
+    let step = ticks(rank, training);
+    spans.extend(step_span("epilogue", first, rank.nodes.len() as u32));
+    // (global layer, stage, layer in stage, the peer holding its mirror copy)
+    let mut layers: Vec<(u32, u32, u32, Option<u32>)> = Vec::new();
     for dir in 0..rank.layout.modules[rank.rank as usize].len() as u32 {
         let (pipe, stage) = rank.stage(dir);
         let other = if pipe == 0 { 1 } else { 0 };
-        if pipe != 0 && !rank.layout.mirrored_pipes.contains(&pipe) {
-            continue;
-        }
-        let Some((peer, _)) = rank.layout.locate(other, stage) else { continue };
+        let mirrored =
+            !rank.layout.mirrored_pipes.is_empty() && (pipe == 0 || rank.layout.mirrored_pipes.contains(&pipe));
+        let peer = if mirrored { rank.layout.locate(other, stage).map(|(peer, _)| peer) } else { None };
         for l in 0..rank.model.layers_per_stage {
-            let gl = rank.global_layer(stage, l);
-            let (_, _, g1, g2) = rank.weights(stage, l);
-            let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, Dtype::F32);
-            let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, Dtype::F32);
-            by_peer.entry(peer).or_default().extend([(gl * 2, g1, s1, h * f), (gl * 2 + 1, g2, s2, f * h)]);
+            layers.push((rank.global_layer(stage, l), stage, l, peer));
         }
     }
-    // Every exchange first (in peer order on every rank, so they cannot wait in a
-    // cycle), then every accumulation.
-    let mut sums = Vec::new();
-    for (peer, mut grads) in by_peer {
-        grads.sort();
-        let mut ops: Vec<P2p> = grads.iter().map(|&(_, g, _, _)| P2p { send: true, peer, buffer: g }).collect();
-        ops.extend(grads.iter().map(|&(_, _, s, _)| P2p { send: false, peer, buffer: s }));
+    layers.sort();
+    let mut joined = false;
+    for &(gl, stage, l, peer) in layers.iter().filter(|x| x.3.is_some()) {
+        let peer = peer.unwrap_or_default();
+        if !joined {
+            // The exchange sends final gradients: after all of the program's compute.
+            rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
+            rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
+            joined = true;
+        }
+        let (_, _, g1, g2) = rank.weights(stage, l);
+        let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, Dtype::F32);
+        let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, Dtype::F32);
+        let ops = vec![
+            P2p { send: true, peer, buffer: g1 },
+            P2p { send: true, peer, buffer: g2 },
+            P2p { send: false, peer, buffer: s1 },
+            P2p { send: false, peer, buffer: s2 },
+        ];
         let bytes = ops.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum();
-        let first = rank.nodes.len() as u32;
-        rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
-        rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
+        let group = rank.nodes.len() as u32;
         rank.nodes.push(Node::Group { stream: COMM, ops });
         rank.nodes.push(Node::Record { stream: COMM, event: 1 });
-        rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
         spans.push(OpSpan {
-            label: format!("mirror-sum with rank {peer}"),
+            label: format!("mirror-sum of layer {gl} with rank {peer}"),
             kind: "COMM".into(),
             stages: vec![],
             stream: COMM,
-            first: first + 1,
-            last: first + 2,
+            first: group,
+            last: group,
             bytes,
         });
-        sums.extend(grads);
+        let first = rank.nodes.len() as u32;
+        rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
+        rank.kernel(COMPUTE, "accumulate", vec![s1, g1], h * f, vec![]);
+        rank.kernel(COMPUTE, "accumulate", vec![s2, g2], f * h, vec![]);
+        update(rank, training, step, stage, l);
+        spans.extend(step_span(&format!("epilogue: layer {gl}"), first, rank.nodes.len() as u32));
     }
-    let accumulate = rank.nodes.len() as u32;
-    for (_, g, s, n) in sums {
-        rank.kernel(COMPUTE, "accumulate", vec![s, g], n, vec![]);
+    let first = rank.nodes.len() as u32;
+    for &(_, stage, l, _) in layers.iter().filter(|x| x.3.is_none()) {
+        update(rank, training, step, stage, l);
     }
-    accumulate
+    spans.extend(step_span("epilogue: updates", first, rank.nodes.len() as u32));
 }
 
-/// The optimizer step on every weight the rank holds.
-fn optimizer(rank: &mut Rank, training: &Training) {
-    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
-    let lr = training.lr as f32;
-    let adam = training.optimizer == "adamw";
+/// The step counters the epilogue advances: the data's step, and AdamW's (returned).
+fn ticks(rank: &mut Rank, training: &Training) -> Option<u32> {
     if let Some(&data_step) = rank.by_name.get("data.step") {
         rank.kernel(COMPUTE, "tick", vec![data_step], 1, vec![]);
     }
-    let step = adam.then(|| rank.buffer("adam.step".into(), 1, Dtype::F32));
+    let step = (training.optimizer == "adamw").then(|| rank.buffer("adam.step".into(), 1, Dtype::F32));
     if let Some(step) = step {
         rank.kernel(COMPUTE, "tick", vec![step], 1, vec![]);
     }
-    for dir in 0..rank.layout.modules[rank.rank as usize].len() as u32 {
-        let (_, stage) = rank.stage(dir);
-        for l in 0..rank.model.layers_per_stage {
-            let gl = rank.global_layer(stage, l);
-            let (w1, w2, g1, g2) = rank.weights(stage, l);
-            for (w, g, n, which) in [(w1, g1, h * f, 1), (w2, g2, f * h, 2)] {
-                // bf16: the optimizer updates f32 master weights, then refreshes the copy.
-                let bf16 = rank.model.dtype == Dtype::Bf16;
-                let copy = w;
-                let w = if bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
-                match step {
-                    Some(step) => {
-                        let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
-                        let v = rank.buffer(format!("adam.v{which}.{gl}"), n, Dtype::F32);
-                        rank.kernel(
-                            COMPUTE,
-                            "adamw_update",
-                            vec![w, g, m, v, step],
-                            n,
-                            vec![lr, 0.9, 0.999, 1e-8, 0.01],
-                        );
-                    }
-                    None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
-                }
-                if bf16 {
-                    rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
-                }
+    step
+}
+
+/// The optimizer's update of layer `l` of `stage` (AdamW when `step` is its counter, else
+/// SGD); bf16: on the f32 master weights, then a cast into the bf16 copy.
+fn update(rank: &mut Rank, training: &Training, step: Option<u32>, stage: u32, l: u32) {
+    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
+    let lr = training.lr as f32;
+    let gl = rank.global_layer(stage, l);
+    let (w1, w2, g1, g2) = rank.weights(stage, l);
+    for (w, g, n, which) in [(w1, g1, h * f, 1), (w2, g2, f * h, 2)] {
+        let bf16 = rank.model.dtype == Dtype::Bf16;
+        let copy = w;
+        let w = if bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
+        match step {
+            Some(step) => {
+                let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
+                let v = rank.buffer(format!("adam.v{which}.{gl}"), n, Dtype::F32);
+                rank.kernel(COMPUTE, "adamw_update", vec![w, g, m, v, step], n, vec![lr, 0.9, 0.999, 1e-8, 0.01]);
             }
+            None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
+        }
+        if bf16 {
+            rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
         }
     }
 }

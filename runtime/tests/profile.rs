@@ -94,8 +94,12 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     assert_eq!(list("weight"), (0..stages).map(|s| 0.5 * (s as f64 + 1.0)).collect::<Vec<_>>());
     assert_eq!(list("backward"), (0..stages).map(|s| 2.5 * (s as f64 + 1.0)).collect::<Vec<_>>());
     assert!((costs["p2p"].as_float().unwrap() - 0.1).abs() < 1e-9, "{toml_text}");
-    // The step's own work once a step (prologue and epilogue, 0.25 each); no mirrored pipes.
-    assert_eq!(costs["per_step"].as_float(), Some(0.5), "{toml_text}");
+    // The step's own work once a step (prologue and epilogue parts, 0.25 each); no
+    // mirrored pipes.
+    let parts = |r: &pipewright_plan::RankPlan, kind: &str| r.ops.iter().filter(|o| o.kind == kind).count();
+    let step_parts = plan.ranks.iter().map(|r| parts(r, "STEP")).max().unwrap();
+    assert!(step_parts >= 2, "a prologue and an epilogue");
+    assert_eq!(costs["per_step"].as_float(), Some(0.25 * step_parts as f64), "{toml_text}");
     assert_eq!(costs["mirror_sum"].as_float(), Some(0.0), "{toml_text}");
     // The ideal: each rank's compute (its ops and the step's own work), not its p2p.
     for (r, p) in plan.ranks.iter().zip(&profiles) {
@@ -168,8 +172,8 @@ fn node_timings_group_by_kind_with_their_rates() {
 
 #[test]
 fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
-    // Every op 1 ms, the step's own work 0.5 ms a part, and the mirror-gradient exchange
-    // 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's.
+    // Every op 1 ms, the step's own work 0.5 ms a part, and each layer's mirror-gradient
+    // exchange 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's.
     let plan = plan(Family::DualPipe, (8, 32, 4, 1), Dtype::F32);
     let profiles: Vec<_> = plan
         .ranks
@@ -189,6 +193,14 @@ fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
         .collect();
     let text = costs_toml(&plan, &profiles, "test");
     let costs = &toml::from_str::<toml::Value>(&text).unwrap()["costs"];
-    assert_eq!(costs["mirror_sum"].as_float(), Some(3.0), "{text}");
-    assert_eq!(costs["per_step"].as_float(), Some(1.0), "{text}");
+    // Both ranks hold both layers of the 2-stage DualPipe, each mirrored: two exchanges,
+    // and STEP parts: the prologue, the counters, and one per layer after its exchange.
+    for r in &plan.ranks {
+        let kinds = |k: &str, prefix: &str| r.ops.iter().filter(|o| o.kind == k && o.label.starts_with(prefix)).count();
+        assert_eq!(kinds("COMM", "mirror-sum of layer"), 2, "rank {}", r.rank);
+        assert_eq!(kinds("STEP", "epilogue: layer"), 2, "rank {}", r.rank);
+        assert_eq!(kinds("STEP", ""), 4, "rank {}", r.rank);
+    }
+    assert_eq!(costs["mirror_sum"].as_float(), Some(6.0), "{text}");
+    assert_eq!(costs["per_step"].as_float(), Some(2.0), "{text}");
 }
