@@ -361,33 +361,80 @@ fn mismatched_plans_are_refused_with_the_reason() {
 }
 
 #[test]
-fn dualpipe_updates_each_layer_while_the_next_layers_gradients_are_exchanged() {
-    // Layer by layer: the exchange of a layer's gradients (one group, in global-layer
-    // order on both ranks), then its accumulation and update, before the next group waits
-    // for anything on the compute stream.
+fn dualpipe_exchanges_mirrored_gradients_in_finishing_order_while_the_tail_computes() {
+    // DualPipe on 2 ranks: each rank holds both stages, one copy per pipe. On both ranks
+    // stage 1's copy is final early in the tail (rank 0: B1.7; rank 1: B0.7) and stage
+    // 0's at the very end (the last W). So the first exchange group moves stage 1 both
+    // ways and may start before the program's last batch; the second moves stage 0; and
+    // stage 1 is added and updated before the compute stream waits for the second.
     use pipewright_plan::Node;
-    let set = Family::DualPipe.generate(2, 4, 1);
+    let set = Family::DualPipe.generate(2, 8, 1);
     let plan = emit(&set, &model(2), &training(), hashes()).unwrap();
     for r in &plan.ranks {
-        let layers_of = |g: &Node| match g {
-            Node::Group { ops, .. } => {
-                let names: Vec<&str> = ops.iter().map(|o| r.buffers[o.buffer as usize].name.as_str()).collect();
-                names.iter().filter_map(|n| n.rsplit('.').next()?.parse::<u32>().ok()).max()
-            }
-            _ => None,
+        let name = |b: u32| r.buffers[b as usize].name.as_str();
+        let layer = |b: u32| name(b).rsplit('.').next().unwrap().parse::<u32>().unwrap();
+        let ticks = r.nodes.iter().rposition(|n| matches!(n, Node::Kernel(k) if k.name == "tick")).unwrap();
+        let groups: Vec<(usize, Vec<(bool, u32)>)> = r.nodes[ticks..]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match n {
+                Node::Group { ops, .. } => Some((ticks + i, ops.iter().map(|o| (o.send, layer(o.buffer))).collect())),
+                _ => None,
+            })
+            .collect();
+        // Layers 2 and 3 are stage 1, layers 0 and 1 stage 0 (two layers per stage).
+        let moved = |g: &Vec<(bool, u32)>, send: bool| {
+            let mut l: Vec<u32> = g.iter().filter(|o| o.0 == send).map(|o| o.1).collect();
+            l.sort();
+            l.dedup();
+            l
         };
-        let start = r.nodes.iter().rposition(|n| matches!(n, Node::Kernel(k) if k.name == "tick")).unwrap();
-        let tail = &r.nodes[start..];
-        let groups: Vec<(usize, u32)> =
-            tail.iter().enumerate().filter_map(|(i, n)| layers_of(n).map(|l| (i, l))).collect();
-        // 2 stages × 2 layers per stage, all mirrored: one group per layer, in order.
-        assert_eq!(groups.iter().map(|g| g.1).collect::<Vec<_>>(), vec![0, 1, 2, 3], "rank {}", r.rank);
-        for w in groups.windows(2) {
-            let between = &tail[w[0].0..w[1].0];
-            let updates = between.iter().filter(|n| matches!(n, Node::Kernel(k) if k.name == "sgd_update")).count();
-            assert_eq!(updates, 2, "rank {}: layer {}'s two matrices updated before the next group", r.rank, w[0].1);
+        assert_eq!(groups.len(), 2, "rank {}", r.rank);
+        assert_eq!(
+            (moved(&groups[0].1, true), moved(&groups[0].1, false)),
+            (vec![2, 3], vec![2, 3]),
+            "rank {}",
+            r.rank
+        );
+        assert_eq!(
+            (moved(&groups[1].1, true), moved(&groups[1].1, false)),
+            (vec![0, 1], vec![0, 1]),
+            "rank {}",
+            r.rank
+        );
+        // Each group waits (on the communication stream) for the event recorded after the
+        // last weight gradient of what it sends: for the first, before the program's last
+        // batch; for the second, after it.
+        let last_batch = r.nodes[..ticks].iter().rposition(|n| matches!(n, Node::Group { .. })).unwrap();
+        for (k, &(at, _)) in groups.iter().enumerate() {
+            let Node::Wait { stream: 2, event } = r.nodes[at - 1] else {
+                panic!("rank {}: group {k} waits for nothing", r.rank)
+            };
+            let recorded =
+                r.nodes[..at].iter().rposition(|n| matches!(n, Node::Record { event: e, .. } if *e == event));
+            let recorded = recorded.unwrap_or_else(|| panic!("rank {}: event {event} never recorded", r.rank));
+            assert_eq!(
+                recorded < last_batch,
+                k == 0,
+                "rank {}: group {k}'s gradients are final at node {recorded}",
+                r.rank
+            );
         }
+        // Stage 1 updated (2 layers × 2 matrices) before the compute stream waits for the
+        // second group.
+        let compute_waits: Vec<usize> =
+            (groups[0].0..r.nodes.len()).filter(|&i| matches!(r.nodes[i], Node::Wait { stream: 0, .. })).collect();
+        assert_eq!(compute_waits.len(), 2, "rank {}", r.rank);
+        let between = &r.nodes[compute_waits[0]..compute_waits[1]];
+        let updated: Vec<u32> = between
+            .iter()
+            .filter_map(|n| match n {
+                Node::Kernel(k) if k.name == "sgd_update" => Some(layer(k.buffers[0])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(updated, vec![2, 2, 3, 3], "rank {}", r.rank);
     }
-    // And the plan still computes the model (every step's exchange and update included).
-    check(Family::DualPipe, 2, 4, 2);
+    // And the plan still computes the model.
+    check(Family::DualPipe, 2, 8, 2);
 }

@@ -172,8 +172,8 @@ fn node_timings_group_by_kind_with_their_rates() {
 
 #[test]
 fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
-    // Every op 1 ms, the step's own work 0.5 ms a part, and each layer's mirror-gradient
-    // exchange 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's.
+    // Every op 1 ms, the step's own work 0.5 ms a part, and each mirror-gradient exchange
+    // group 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's.
     let plan = plan(Family::DualPipe, (8, 32, 4, 1), Dtype::F32);
     let profiles: Vec<_> = plan
         .ranks
@@ -193,12 +193,13 @@ fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
         .collect();
     let text = costs_toml(&plan, &profiles, "test");
     let costs = &toml::from_str::<toml::Value>(&text).unwrap()["costs"];
-    // Both ranks hold both layers of the 2-stage DualPipe, each mirrored: two exchanges,
-    // and STEP parts: the prologue, the counters, and one per layer after its exchange.
+    // Both ranks hold both stages of the 2-stage DualPipe, each mirrored: two exchange
+    // groups, and STEP parts: the prologue, the counters, and one per stage after its
+    // exchange.
     for r in &plan.ranks {
         let kinds = |k: &str, prefix: &str| r.ops.iter().filter(|o| o.kind == k && o.label.starts_with(prefix)).count();
-        assert_eq!(kinds("COMM", "mirror-sum of layer"), 2, "rank {}", r.rank);
-        assert_eq!(kinds("STEP", "epilogue: layer"), 2, "rank {}", r.rank);
+        assert_eq!(kinds("COMM", "mirror-sum"), 2, "rank {}", r.rank);
+        assert_eq!(kinds("STEP", "epilogue: stage"), 2, "rank {}", r.rank);
         assert_eq!(kinds("STEP", ""), 4, "rank {}", r.rank);
     }
     assert_eq!(costs["mirror_sum"].as_float(), Some(6.0), "{text}");

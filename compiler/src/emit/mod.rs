@@ -23,8 +23,10 @@
 //! arrives and given back once its backward and its input-gradient send are done, so the
 //! arena holds as many slots per module as the verified order keeps in flight. The step
 //! starts by zeroing the gradients and the losses and ends with DualPipe's mirror-gradient
-//! sum (mirrored stages exchange gradients) and the optimizer, layer by layer, so that a
-//! layer's update overlaps the next layer's exchange.
+//! sum (mirrored stages exchange gradients, in the order they become final) and the
+//! optimizer ([`epilogue`]).
+
+mod epilogue;
 
 use crate::cost::CommMode;
 use crate::dag::payload;
@@ -86,6 +88,12 @@ struct Rank<'a> {
     waited: [u32; 2],
     /// The next free event id (0–3 are the fixed fork/join events).
     next_event: u32,
+    /// Async p2p: the event of the last batch so far.
+    last_batch: Option<u32>,
+    /// Per module whose gradients a mirror copy shares (DualPipe): the event recorded
+    /// after each of its weight gradients, so that the epilogue's exchange of them waits
+    /// for the last one only, not for the whole program.
+    grad_events: Vec<Option<u32>>,
 }
 
 impl<'a> Rank<'a> {
@@ -323,6 +331,9 @@ impl<'a> Rank<'a> {
             self.gemm(stream, (slot.a[l], slot.dy[l], g2), (f, h, t), (true, false), 1.0);
             self.gemm(stream, (x, slot.dh[l], g1), (h, f, t), (true, false), 1.0);
         }
+        if let Some(&Some(event)) = self.grad_events.get(dir as usize) {
+            self.nodes.push(Node::Record { stream, event });
+        }
         self.release(dir, mb);
     }
 
@@ -378,7 +389,17 @@ pub fn emit_with(
             pending: HashMap::new(),
             waited: [0; 2],
             next_event: 4,
+            last_batch: None,
+            grad_events: Vec::new(),
         };
+        rank.grad_events = (0..modules as u32)
+            .map(|dir| {
+                epilogue::mirror_peer(&rank, dir).map(|_| {
+                    rank.next_event += 1;
+                    rank.next_event - 1
+                })
+            })
+            .collect();
         prologue(&mut rank);
         let mut spans = Vec::with_capacity(program.len() + 2);
         spans.extend(step_span("prologue", 0, rank.nodes.len() as u32));
@@ -408,6 +429,7 @@ pub fn emit_with(
                     if rank.async_comm {
                         let e = rank.next_event;
                         rank.next_event += 1;
+                        rank.last_batch = Some(e);
                         for o in &p2p {
                             rank.pending.insert(o.buffer, e);
                         }
@@ -439,12 +461,11 @@ pub fn emit_with(
         }
         // Async p2p: the compute stream joins the communication stream before the
         // epilogue (and so before the step, or a captured graph, ends).
-        if rank.async_comm && rank.next_event > 4 {
-            let last = rank.next_event - 1;
+        if let Some(last) = rank.last_batch {
             rank.nodes.push(Node::Wait { stream: COMPUTE, event: last });
             rank.waited[0] = last;
         }
-        epilogue(&mut rank, training, &mut spans);
+        epilogue::epilogue(&mut rank, training, set, &mut spans);
         let arena_bytes = rank.end.div_ceil(256) * 256;
         ranks.push(RankPlan {
             rank: r as u32,
@@ -544,117 +565,5 @@ fn prologue(rank: &mut Rank) {
     if holds_last {
         let loss = rank.buffer("loss".into(), rank.microbatches_in_step as u64, Dtype::F32);
         rank.kernel(COMPUTE, "zero", vec![loss], rank.microbatches_in_step as u64, vec![]);
-    }
-}
-
-/// DualPipe: a stage held twice (once per pipe) sums its two gradients; each copy sends
-/// its gradient to the other and adds what it receives, so both apply the same update.
-/// Returns the first node after the exchanges (the accumulations).
-/// After the program: DualPipe's mirror-gradient sum and the optimizer, layer by layer.
-///
-/// Each mirrored layer's gradients are exchanged with the rank holding its mirror copy in
-/// one NCCL group (timed as COMM, like the program's batches), in global-layer order on
-/// every rank (one total order, so the groups cannot wait in a cycle); the compute stream
-/// adds the mirror's gradients and updates that layer as soon as its group is done, while
-/// the next layer's group is in flight. Then the layers no one mirrors. The accumulation
-/// and the updates are the step's own compute (STEP spans, one per layer, each starting
-/// after the wait for its exchange).
-fn epilogue(rank: &mut Rank, training: &Training, spans: &mut Vec<OpSpan>) {
-    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
-    let first = rank.nodes.len() as u32;
-    let step = ticks(rank, training);
-    spans.extend(step_span("epilogue", first, rank.nodes.len() as u32));
-    // (global layer, stage, layer in stage, the peer holding its mirror copy)
-    let mut layers: Vec<(u32, u32, u32, Option<u32>)> = Vec::new();
-    for dir in 0..rank.layout.modules[rank.rank as usize].len() as u32 {
-        let (pipe, stage) = rank.stage(dir);
-        let other = if pipe == 0 { 1 } else { 0 };
-        let mirrored =
-            !rank.layout.mirrored_pipes.is_empty() && (pipe == 0 || rank.layout.mirrored_pipes.contains(&pipe));
-        let peer = if mirrored { rank.layout.locate(other, stage).map(|(peer, _)| peer) } else { None };
-        for l in 0..rank.model.layers_per_stage {
-            layers.push((rank.global_layer(stage, l), stage, l, peer));
-        }
-    }
-    layers.sort();
-    let mut joined = false;
-    for &(gl, stage, l, peer) in layers.iter().filter(|x| x.3.is_some()) {
-        let peer = peer.unwrap_or_default();
-        if !joined {
-            // The exchange sends final gradients: after all of the program's compute.
-            rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
-            rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
-            joined = true;
-        }
-        let (_, _, g1, g2) = rank.weights(stage, l);
-        let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, Dtype::F32);
-        let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, Dtype::F32);
-        let ops = vec![
-            P2p { send: true, peer, buffer: g1 },
-            P2p { send: true, peer, buffer: g2 },
-            P2p { send: false, peer, buffer: s1 },
-            P2p { send: false, peer, buffer: s2 },
-        ];
-        let bytes = ops.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum();
-        let group = rank.nodes.len() as u32;
-        rank.nodes.push(Node::Group { stream: COMM, ops });
-        rank.nodes.push(Node::Record { stream: COMM, event: 1 });
-        spans.push(OpSpan {
-            label: format!("mirror-sum of layer {gl} with rank {peer}"),
-            kind: "COMM".into(),
-            stages: vec![],
-            stream: COMM,
-            first: group,
-            last: group,
-            bytes,
-        });
-        let first = rank.nodes.len() as u32;
-        rank.nodes.push(Node::Wait { stream: COMPUTE, event: 1 });
-        rank.kernel(COMPUTE, "accumulate", vec![s1, g1], h * f, vec![]);
-        rank.kernel(COMPUTE, "accumulate", vec![s2, g2], f * h, vec![]);
-        update(rank, training, step, stage, l);
-        spans.extend(step_span(&format!("epilogue: layer {gl}"), first, rank.nodes.len() as u32));
-    }
-    let first = rank.nodes.len() as u32;
-    for &(_, stage, l, _) in layers.iter().filter(|x| x.3.is_none()) {
-        update(rank, training, step, stage, l);
-    }
-    spans.extend(step_span("epilogue: updates", first, rank.nodes.len() as u32));
-}
-
-/// The step counters the epilogue advances: the data's step, and AdamW's (returned).
-fn ticks(rank: &mut Rank, training: &Training) -> Option<u32> {
-    if let Some(&data_step) = rank.by_name.get("data.step") {
-        rank.kernel(COMPUTE, "tick", vec![data_step], 1, vec![]);
-    }
-    let step = (training.optimizer == "adamw").then(|| rank.buffer("adam.step".into(), 1, Dtype::F32));
-    if let Some(step) = step {
-        rank.kernel(COMPUTE, "tick", vec![step], 1, vec![]);
-    }
-    step
-}
-
-/// The optimizer's update of layer `l` of `stage` (AdamW when `step` is its counter, else
-/// SGD); bf16: on the f32 master weights, then a cast into the bf16 copy.
-fn update(rank: &mut Rank, training: &Training, step: Option<u32>, stage: u32, l: u32) {
-    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
-    let lr = training.lr as f32;
-    let gl = rank.global_layer(stage, l);
-    let (w1, w2, g1, g2) = rank.weights(stage, l);
-    for (w, g, n, which) in [(w1, g1, h * f, 1), (w2, g2, f * h, 2)] {
-        let bf16 = rank.model.dtype == Dtype::Bf16;
-        let copy = w;
-        let w = if bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
-        match step {
-            Some(step) => {
-                let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
-                let v = rank.buffer(format!("adam.v{which}.{gl}"), n, Dtype::F32);
-                rank.kernel(COMPUTE, "adamw_update", vec![w, g, m, v, step], n, vec![lr, 0.9, 0.999, 1e-8, 0.01]);
-            }
-            None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
-        }
-        if bf16 {
-            rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
-        }
     }
 }
