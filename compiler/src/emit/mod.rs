@@ -24,7 +24,7 @@
 //! arena holds as many slots per module as the verified order keeps in flight. The step
 //! starts by zeroing the gradients and the losses and ends with DualPipe's mirror-gradient
 //! sum (mirrored stages exchange gradients, in the order they become final) and the
-//! optimizer ([`epilogue`]).
+//! optimizer (`emit/epilogue.rs`).
 
 mod epilogue;
 
