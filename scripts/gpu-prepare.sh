@@ -80,11 +80,13 @@ for opt in "" "--optimize"; do
     | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'])" \
     | tee -a target/gpu/bench/simulated.txt
 done
-# DualPipe optimised under the costs measured on 2 × H200 (specs/measured/): the optimiser's
-# programs against the family's at the bf16 settings (async p2p, GELU fused).
-for h in 2048 4096; do
-  tag="dualpipe-r2-h$h-opt"
-  ./target/release/pipewright compile "specs/mlp-dualpipe-h$h-measured.toml" -o "target/gpu/bench/$tag" --optimize --json \
+# DualPipe and DualPipeV optimised under the costs measured on 2 × H200 (specs/measured/):
+# the optimiser's programs against the family's at the bf16 settings (async p2p,
+# GELU fused).
+for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; do
+  set -- $case
+  fam=$1 h=$2 tag="$1-r2-h$2-opt"
+  ./target/release/pipewright compile "specs/mlp-$fam-h$h-measured.toml" -o "target/gpu/bench/$tag" --optimize --json \
     | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'], 'step', r['step_time'])" \
     | tee -a target/gpu/bench/simulated.txt
 done
