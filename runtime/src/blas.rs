@@ -364,7 +364,7 @@ impl Lt {
             let graph = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0)).map_err(driver)?;
             issued?;
             let census = match &graph {
-                Some(g) => crate::gpu::graph_census(g)?,
+                Some(g) => crate::graph::graph_census(g)?,
                 None => Default::default(),
             };
             let extra_nodes = census.iter().filter(|(k, _)| k.as_str() != "kernel").map(|(_, n)| n).sum();

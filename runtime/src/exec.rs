@@ -185,7 +185,7 @@ pub fn run(
                 } else {
                     crate::graph::Replay::captured(g)
                 };
-                report.graph_nodes = crate::gpu::graph_census(g.graph())?;
+                report.graph_nodes = crate::graph::graph_census(g.graph())?;
                 // Upload once, so that replays only launch.
                 g.upload()?;
                 graph = Some(g);

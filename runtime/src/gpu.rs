@@ -356,47 +356,6 @@ impl Gpu {
     }
 }
 
-/// The nodes of a captured graph, counted by type (kernel, event record, memory
-/// allocation, …): what a replay launches.
-pub fn graph_census(
-    graph: &cudarc::driver::CudaGraph,
-) -> Result<std::collections::BTreeMap<String, usize>, RuntimeError> {
-    use cudarc::driver::sys;
-    let graph = graph.cu_graph();
-    let mut count = 0usize;
-    // SAFETY: a live graph; with a null array the call only writes the count.
-    unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut count) }.result().map_err(driver)?;
-    let mut nodes = vec![std::ptr::null_mut(); count];
-    // SAFETY: `nodes` holds `count` entries, as the call requires.
-    unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) }.result().map_err(driver)?;
-    let mut census = std::collections::BTreeMap::new();
-    for node in nodes.into_iter().take(count) {
-        let mut kind = 0u32;
-        // SAFETY: the node belongs to the live graph; CUgraphNodeType is a 32-bit enum,
-        // read as its integer so that a type newer than these bindings is still counted.
-        unsafe { sys::cuGraphNodeGetType(node, &mut kind as *mut u32 as *mut sys::CUgraphNodeType) }
-            .result()
-            .map_err(driver)?;
-        let name = match kind {
-            0 => "kernel",
-            1 => "memcpy",
-            2 => "memset",
-            3 => "host",
-            4 => "child graph",
-            5 => "empty",
-            6 => "event wait",
-            7 => "event record",
-            10 => "memory allocation",
-            11 => "memory free",
-            12 => "batched memory op",
-            13 => "conditional",
-            _ => "other",
-        };
-        *census.entry(name.to_owned()).or_insert(0) += 1;
-    }
-    Ok(census)
-}
-
 /// This rank's NCCL communicator. Aborted on drop (never left with pending work).
 #[derive(Debug)]
 pub struct Communicator {

@@ -1,5 +1,6 @@
-//! The captured step as a replayable CUDA graph, and an experiment on it: `--memset-kernels`
-//! turns the graph's memset nodes into kernel nodes before instantiating it.
+//! The captured step as a replayable CUDA graph, the census of its nodes, and an experiment
+//! on it: `--memset-kernels` turns the graph's memset nodes into kernel nodes before
+//! instantiating it.
 //!
 //! Why: cuBLASLt's split-K and stream-K products capture a memset before each product, and
 //! a replay's host time grows with them (measured on one H200: 3–5 µs to launch a graph of
@@ -124,22 +125,9 @@ fn neighbours(node: sys::CUgraphNode, upstream: bool) -> Result<Vec<sys::CUgraph
 /// and the same edges (default ones); returns how many. (Through [`Replay::without_memsets`],
 /// which holds the graph and the function live.)
 fn memsets_to_kernels(graph: sys::CUgraph, fill: sys::CUfunction) -> Result<usize, RuntimeError> {
-    let mut count = 0usize;
-    // SAFETY: a live graph; with a null array only the count is written.
-    driver("counting graph nodes", unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut count) })?;
-    let mut nodes = vec![std::ptr::null_mut(); count];
-    // SAFETY: `nodes` holds `count` entries.
-    driver("listing graph nodes", unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) })?;
+    let memset = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMSET as u32;
     let mut replaced = 0;
-    for node in nodes.into_iter().take(count) {
-        let mut kind = 0u32;
-        // SAFETY: a node of the live graph; the type is a 32-bit enum, read as its integer.
-        driver("reading a node's type", unsafe {
-            sys::cuGraphNodeGetType(node, &mut kind as *mut u32 as *mut sys::CUgraphNodeType)
-        })?;
-        if kind != sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMSET as u32 {
-            continue;
-        }
+    for (node, _) in typed_nodes(graph)?.into_iter().filter(|&(_, kind)| kind == memset) {
         // SAFETY: a memset node; the parameters are plain data it writes.
         let mut p: sys::CUDA_MEMSET_NODE_PARAMS = unsafe { std::mem::zeroed() };
         driver("reading a memset", unsafe { sys::cuGraphMemsetNodeGetParams(node, &mut p) })?;
@@ -178,4 +166,53 @@ fn memsets_to_kernels(graph: sys::CUgraph, fill: sys::CUfunction) -> Result<usiz
         replaced += 1;
     }
     Ok(replaced)
+}
+
+/// The nodes of a captured graph, counted by type (kernel, event record, memset, …): what a
+/// replay launches.
+pub fn graph_census(graph: &CudaGraph) -> Result<std::collections::BTreeMap<String, usize>, RuntimeError> {
+    let mut census = std::collections::BTreeMap::new();
+    for (_, kind) in typed_nodes(graph.cu_graph())? {
+        let name = match kind {
+            0 => "kernel",
+            1 => "memcpy",
+            2 => "memset",
+            3 => "host",
+            4 => "child graph",
+            5 => "empty",
+            6 => "event wait",
+            7 => "event record",
+            10 => "memory allocation",
+            11 => "memory free",
+            12 => "batched memory op",
+            13 => "conditional",
+            _ => "other",
+        };
+        *census.entry(name.to_owned()).or_insert(0) += 1;
+    }
+    Ok(census)
+}
+
+/// Every node of `graph` with its type (CUgraphNodeType as its integer, so that a type
+/// newer than these bindings still reads).
+fn typed_nodes(graph: sys::CUgraph) -> Result<Vec<(sys::CUgraphNode, u32)>, RuntimeError> {
+    let mut count = 0usize;
+    // SAFETY: `graph` is live (its owner holds it for the call); with a null array only
+    // the count is written.
+    driver("counting graph nodes", unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut count) })?;
+    let mut nodes = vec![std::ptr::null_mut(); count];
+    // SAFETY: `nodes` holds `count` entries.
+    driver("listing graph nodes", unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut count) })?;
+    nodes.truncate(count);
+    nodes
+        .into_iter()
+        .map(|node| {
+            let mut kind = 0u32;
+            // SAFETY: a node of the live graph; the type is a 32-bit enum.
+            driver("reading a node's type", unsafe {
+                sys::cuGraphNodeGetType(node, &mut kind as *mut u32 as *mut sys::CUgraphNodeType)
+            })?;
+            Ok((node, kind))
+        })
+        .collect()
 }
