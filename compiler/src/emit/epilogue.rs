@@ -18,44 +18,40 @@
 //! order on both sides; pairs go in one global order (by the lower rank, then the higher).
 
 use super::{step_span, Rank, COMM, COMPUTE};
-use crate::ir::{Event, ProgramSet};
+use crate::ir::{Event, Layout, ProgramSet};
 use pipewright_plan::node::{Node, P2p};
 use pipewright_plan::{Dtype, OpSpan, Training};
 
+/// The rank holding the mirror copy of module `dir` of `rank` in `layout`, and the stage,
+/// if its pipe is mirrored.
+fn mirror_of(layout: &Layout, rank: u32, dir: u32) -> Option<(u32, u32)> {
+    let m = layout.modules[rank as usize].get(dir as usize)?;
+    if layout.mirrored_pipes.is_empty() || (m.pipe != 0 && !layout.mirrored_pipes.contains(&m.pipe)) {
+        return None;
+    }
+    let other = if m.pipe == 0 { 1 } else { 0 };
+    layout.locate(other, m.stage).map(|(peer, _)| (peer, m.stage))
+}
+
 /// The rank holding the mirror copy of module `dir` of `rank`, if its pipe is mirrored.
 pub(super) fn mirror_peer(rank: &Rank, dir: u32) -> Option<u32> {
-    let layout = rank.layout;
-    if layout.mirrored_pipes.is_empty() {
-        return None;
-    }
-    let (pipe, stage) = rank.stage(dir);
-    if pipe != 0 && !layout.mirrored_pipes.contains(&pipe) {
-        return None;
-    }
-    let other = if pipe == 0 { 1 } else { 0 };
-    layout.locate(other, stage).map(|(peer, _)| peer)
+    mirror_of(rank.layout, rank.rank, dir).map(|(peer, _)| peer)
 }
 
 /// The stages of `rank`'s modules mirrored on `peer`, in the order their gradients become
 /// final in `rank`'s program (its last B, W, or FB backward of each; ties, and a stage
 /// with none, by stage).
-fn finishing_order(set: &ProgramSet, rank: u32, peer: u32) -> Vec<u32> {
-    let Some(layout) = set.resolved_layout() else { return Vec::new() };
-    let modules = &layout.modules[rank as usize];
-    let mirrored = |dir: usize| {
-        let m = modules.get(dir)?;
-        let other = if m.pipe == 0 { 1 } else { 0 };
-        let pipe_mirrored = m.pipe == 0 || layout.mirrored_pipes.contains(&m.pipe);
-        (pipe_mirrored && layout.locate(other, m.stage).map(|(p, _)| p) == Some(peer)).then_some(m.stage)
-    };
-    let mut last: Vec<(usize, u32)> = (0..modules.len()).filter_map(|d| mirrored(d).map(|s| (0, s))).collect();
+fn finishing_order(layout: &Layout, set: &ProgramSet, rank: u32, peer: u32) -> Vec<u32> {
+    let mirrored = |dir: u32| mirror_of(layout, rank, dir).filter(|&(p, _)| p == peer).map(|(_, stage)| stage);
+    let dirs = layout.modules[rank as usize].len() as u32;
+    let mut last: Vec<(usize, u32)> = (0..dirs).filter_map(|d| mirrored(d).map(|s| (0, s))).collect();
     for (i, event) in set.programs[rank as usize].iter().enumerate() {
         let dir = match event {
             Event::B { dir, .. } | Event::W { dir, .. } => *dir,
             Event::FB { b, .. } => b.dir,
             _ => continue,
         };
-        if let Some(stage) = mirrored(dir as usize) {
+        if let Some(stage) = mirrored(dir) {
             for entry in last.iter_mut().filter(|e| e.1 == stage) {
                 entry.0 = i + 1;
             }
@@ -103,8 +99,8 @@ fn exchange_with(
     spans: &mut Vec<OpSpan>,
 ) {
     let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
-    let mine = finishing_order(set, rank.rank, peer);
-    let theirs = finishing_order(set, peer, rank.rank);
+    let mine = finishing_order(rank.layout, set, rank.rank, peer);
+    let theirs = finishing_order(rank.layout, set, peer, rank.rank);
     let dir_of = |rank: &Rank, stage: u32| {
         (0..rank.grad_events.len() as u32).find(|&d| rank.stage(d).1 == stage && mirror_peer(rank, d) == Some(peer))
     };
@@ -135,8 +131,7 @@ fn exchange_with(
         let bytes = ops.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum();
         let group = rank.nodes.len() as u32;
         rank.nodes.push(Node::Group { stream: COMM, ops });
-        let done = rank.next_event;
-        rank.next_event += 1;
+        let done = rank.new_event();
         rank.nodes.push(Node::Record { stream: COMM, event: done });
         spans.push(OpSpan {
             label: format!("mirror-sum {i} with rank {peer}"),

@@ -110,6 +110,12 @@ impl<'a> Rank<'a> {
         id
     }
 
+    /// A fresh event id.
+    fn new_event(&mut self) -> u32 {
+        self.next_event += 1;
+        self.next_event - 1
+    }
+
     fn stage(&self, dir: u32) -> (u32, u32) {
         let m = self.layout.modules[self.rank as usize][dir as usize];
         (m.pipe, m.stage)
@@ -393,12 +399,7 @@ pub fn emit_with(
             grad_events: Vec::new(),
         };
         rank.grad_events = (0..modules as u32)
-            .map(|dir| {
-                epilogue::mirror_peer(&rank, dir).map(|_| {
-                    rank.next_event += 1;
-                    rank.next_event - 1
-                })
-            })
+            .map(|dir| epilogue::mirror_peer(&rank, dir).is_some().then(|| rank.new_event()))
             .collect();
         prologue(&mut rank);
         let mut spans = Vec::with_capacity(program.len() + 2);
@@ -427,8 +428,7 @@ pub fn emit_with(
                     rank.nodes.push(Node::Record { stream: COMPUTE, event: 0 });
                     rank.nodes.push(Node::Wait { stream: COMM, event: 0 });
                     if rank.async_comm {
-                        let e = rank.next_event;
-                        rank.next_event += 1;
+                        let e = rank.new_event();
                         rank.last_batch = Some(e);
                         for o in &p2p {
                             rank.pending.insert(o.buffer, e);
