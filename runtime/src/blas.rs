@@ -343,24 +343,25 @@ impl Lt {
         let operands = (ptr(0), ptr(1), ptr(2));
         let pre = (s.epilogue != Fused::Nothing).then(|| ptr(3));
         let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let beta = if s.accumulate { 1.0 } else { 0.0 };
         let mut tried = Vec::new();
         for c in candidates {
             p.algo = c.algo;
             // Candidates that fail at run time (they may, for odd shapes) are skipped.
-            if self.matmul_with(p, 0, operands, pre, 1.0, if s.accumulate { 1.0 } else { 0.0 }).is_err() {
+            if self.matmul_with(p, 0, operands, pre, 1.0, beta).is_err() {
                 continue;
             }
             let mut times = Vec::new();
             for _ in 0..3 {
                 let a = stream.record_event(timed).map_err(driver)?;
-                self.matmul_with(p, 0, operands, pre, 1.0, if s.accumulate { 1.0 } else { 0.0 })?;
+                self.matmul_with(p, 0, operands, pre, 1.0, beta)?;
                 let b = stream.record_event(timed).map_err(driver)?;
                 times.push(a.elapsed_ms(&b).map_err(driver)? as f64);
             }
             times.sort_by(|a, b| a.total_cmp(b));
             let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
             stream.begin_capture(mode).map_err(driver)?;
-            let issued = self.matmul_with(p, 0, operands, pre, 1.0, if s.accumulate { 1.0 } else { 0.0 });
+            let issued = self.matmul_with(p, 0, operands, pre, 1.0, beta);
             let graph = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0)).map_err(driver)?;
             issued?;
             let census = match &graph {

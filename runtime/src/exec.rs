@@ -155,7 +155,6 @@ pub fn run(
         graph_nodes: Default::default(),
     };
     let mut graph: Option<crate::graph::Replay> = None;
-    let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
     for step in first_step..steps {
         let began = Instant::now();
         dog.phase(format!("step {step}{}", if eager || step == first_step { " (eager)" } else { " (graph replay)" }));
@@ -345,21 +344,22 @@ impl OpTimer {
     fn before(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
         if let Some(&op) = self.starts.get(&node) {
             let s = self.streams[op];
-            if let (true, Some(other)) = (self.serial && s < 2, self.last.get(1 - s.min(1)).copied().flatten()) {
-                if let Some(e) = &self.events[other].1 {
+            if self.serial && s < 2 {
+                if let Some(e) = self.last[1 - s].and_then(|other| self.events[other].1.as_ref()) {
                     gpu.streams[s].wait(e).map_err(driver)?;
                 }
             }
-            self.events[op].0 = Some(gpu.streams[self.streams[op]].record_event(Some(TIMED)).map_err(driver)?);
+            self.events[op].0 = Some(gpu.streams[s].record_event(Some(TIMED)).map_err(driver)?);
         }
         Ok(())
     }
 
     fn after(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
         if let Some(&op) = self.ends.get(&node) {
-            self.events[op].1 = Some(gpu.streams[self.streams[op]].record_event(Some(TIMED)).map_err(driver)?);
-            if self.streams[op] < 2 {
-                self.last[self.streams[op]] = Some(op);
+            let s = self.streams[op];
+            self.events[op].1 = Some(gpu.streams[s].record_event(Some(TIMED)).map_err(driver)?);
+            if s < 2 {
+                self.last[s] = Some(op);
             }
         }
         Ok(())

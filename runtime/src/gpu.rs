@@ -223,8 +223,7 @@ impl Gpu {
     pub fn prepare_gemms(&mut self, nodes: &[pipewright_plan::Node], buffers: &[Buffer]) -> Result<(), RuntimeError> {
         for node in nodes {
             if let pipewright_plan::Node::Gemm(g) = node {
-                let dtype = |b: u32| buffers.get(b as usize).map_or(Dtype::F32, |b| b.dtype);
-                let shape = Shape::of(g, (dtype(g.a), dtype(g.b), dtype(g.c)));
+                let shape = shape_in(g, buffers);
                 if !self.lt.supports(shape)? {
                     self.lt.supports(Shape { epilogue: Fused::Nothing, ..shape })?;
                 }
@@ -235,8 +234,7 @@ impl Gpu {
 
     /// How the algorithm of product `g` was chosen (after [`Gpu::prepare_gemms`]).
     pub fn gemm_choice(&self, g: &Gemm, buffers: &[Buffer]) -> Option<&str> {
-        let dtype = |b: u32| buffers.get(b as usize).map_or(Dtype::F32, |b| b.dtype);
-        self.lt.choice(&Shape::of(g, (dtype(g.a), dtype(g.b), dtype(g.c))))
+        self.lt.choice(&shape_in(g, buffers))
     }
 
     /// Launches kernel `name` over `elements` with buffer offsets `buffers` and `scalars`.
@@ -248,7 +246,7 @@ impl Gpu {
         elements: u64,
         scalars: &[f32],
     ) -> Result<(), RuntimeError> {
-        let f = self.kernels.get(name).ok_or_else(|| RuntimeError::Driver(format!("kernel {name} not loaded")))?;
+        let f = self.function(name)?;
         let ptrs: Vec<u64> = buffers.iter().map(|&o| self.addr(o)).collect();
         let n = elements as i64;
         let threads = 256u32;
@@ -344,8 +342,7 @@ impl Gpu {
 
     /// Writes `value` into `mark` once `stream` gets here.
     pub fn mark(&self, stream: usize, mark: &HostMark, value: u32) -> Result<(), RuntimeError> {
-        let f =
-            self.kernels.get(MARK_KERNEL).ok_or_else(|| RuntimeError::Driver(format!("{MARK_KERNEL} not loaded")))?;
+        let f = self.function(MARK_KERNEL)?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
         let mut launch = self.streams[stream].launch_builder(f);
         launch.arg(&mark.device);
@@ -354,6 +351,12 @@ impl Gpu {
         // device address of live page-locked host memory holding one u32.
         unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
     }
+}
+
+/// The shape of product `g`, whose operands are in `buffers` (a validated plan's).
+fn shape_in(g: &Gemm, buffers: &[Buffer]) -> Shape {
+    let dtype = |b: u32| buffers.get(b as usize).map_or(Dtype::F32, |b| b.dtype);
+    Shape::of(g, (dtype(g.a), dtype(g.b), dtype(g.c)))
 }
 
 /// This rank's NCCL communicator. Aborted on drop (never left with pending work).

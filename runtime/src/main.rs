@@ -268,11 +268,7 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
         );
     }
     if report.step_ms.len() > 2 {
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-        };
+        let median = |v: &[f64]| pipewright_runtime::profile::median(v.to_vec());
         println!(
             "rank {} {}: median step {:.3} ms over steps 2..{steps}, median host launch {:.1} µs",
             place.rank,

@@ -155,22 +155,14 @@ pub fn nodes_table(profiles: &[RankProfile]) -> String {
     out
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of the finite values of `v` (NaN when none).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return f64::NAN;
     }
     v[v.len() / 2]
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.retain(|x| x.is_finite());
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// The profile of `rank` from a profiled run's report.
@@ -229,7 +221,7 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let weights: Vec<f64> = (0..stages).map(|s| weight[s].unwrap_or(backward[s] / 2.0)).collect();
     let overlapped: Vec<f64> = (0..stages).map(|s| get("FB", s).unwrap_or(forward[s] + backward[s])).collect();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
-    let p2p = percentile(comm, 0.0);
+    let p2p = comm.into_iter().filter(|x| x.is_finite()).fold(f64::INFINITY, f64::min);
     // Once a step: the busiest rank's own work (prologue, epilogue) and its mirror sum.
     let per_rank = |keep: &dyn Fn(&OpTime) -> bool| {
         profiles.iter().map(|p| p.ops.iter().filter(|o| keep(o)).map(|o| o.ms).sum::<f64>()).fold(0.0, f64::max)
