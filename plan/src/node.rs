@@ -1,6 +1,6 @@
 //! The nodes of a rank's step: what the runtime issues, in order, on which stream.
 
-use crate::RankPlan;
+use crate::{Dtype, RankPlan};
 use serde::{Deserialize, Serialize};
 
 /// The element-wise kernels a plan may name: their buffers, and which of them hold one
@@ -38,6 +38,15 @@ pub const KERNELS: &[(&str, &[bool])] = &[
     // w(bf16) = master(f32)                     (master, w)
     ("cast_bf16", &[true, true]),
 ];
+
+/// The element-wise kernel `base` of [`KERNELS`] for activations of `dtype`: its `_bf16`
+/// variant in bf16.
+pub fn kernel_name(base: &str, dtype: Dtype) -> String {
+    match dtype {
+        Dtype::F32 => base.into(),
+        Dtype::Bf16 => format!("{base}_bf16"),
+    }
+}
 
 /// Blocks of the `mse_loss` kernel: the size of its `partials` buffer.
 pub const MSE_BLOCKS: u64 = 512;

@@ -86,10 +86,10 @@ impl GemmCase {
         let cache = std::env::temp_dir().join("pipewright-kernels");
         let mut gpu = Gpu::open(0, 1, 0, end, &cache)?;
         // Random operands (and pre-activation), from the plans' own generator.
-        let synth = if dt == Dtype::Bf16 { "synth_data_bf16" } else { "synth_data" };
+        let synth = pipewright_plan::node::kernel_name("synth_data", dt);
         for (tag, b) in [&buffers[0], &buffers[1], &buffers[3]].into_iter().enumerate() {
             let elements = b.bytes / b.dtype.size();
-            gpu.kernel(0, synth, &[b.offset, buffers[4].offset], elements, &[tag as f32, 0.0, 1.0, 2.0, 3.0, 4.0])?;
+            gpu.kernel(0, &synth, &[b.offset, buffers[4].offset], elements, &[tag as f32, 0.0, 1.0, 2.0, 3.0, 4.0])?;
         }
         let epilogue = match self.epilogue {
             Fused::Gelu => Epilogue::Gelu { pre: 3 },

@@ -196,19 +196,19 @@ impl Gpu {
         }
         shape.epilogue = Fused::Nothing;
         self.lt.supports(shape)?;
-        let suffix = if c.dtype == Dtype::Bf16 { "_bf16" } else { "" };
+        let kernel = |base: &str| pipewright_plan::node::kernel_name(base, c.dtype);
         let elements = g.m * g.n;
         match g.epilogue {
             Epilogue::None => self.lt.matmul(stream, shape, (pa, pb, pc), None, g.alpha, g.beta),
             Epilogue::Gelu { pre } => {
                 let pre = buf(pre)?.offset;
                 self.lt.matmul(stream, shape, (pa, pb, self.addr(pre)), None, g.alpha, g.beta)?;
-                self.kernel(stream, &format!("gelu_forward{suffix}"), &[pre, c.offset], elements, &[])
+                self.kernel(stream, &kernel("gelu_forward"), &[pre, c.offset], elements, &[])
             }
             Epilogue::GeluGrad { pre } => {
                 let pre = buf(pre)?.offset;
                 self.lt.matmul(stream, shape, (pa, pb, pc), None, g.alpha, g.beta)?;
-                self.kernel(stream, &format!("gelu_backward{suffix}"), &[pre, c.offset, c.offset], elements, &[])
+                self.kernel(stream, &kernel("gelu_backward"), &[pre, c.offset, c.offset], elements, &[])
             }
         }
     }

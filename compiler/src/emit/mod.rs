@@ -235,10 +235,7 @@ impl<'a> Rank<'a> {
 
     /// The variant of element-wise kernel `name` for the model's activation dtype.
     fn act_kernel(&self, name: &str) -> String {
-        match self.model.dtype {
-            Dtype::F32 => name.into(),
-            Dtype::Bf16 => format!("{name}_bf16"),
-        }
+        pipewright_plan::node::kernel_name(name, self.model.dtype)
     }
 
     fn kernel(&mut self, stream: u32, name: &str, buffers: Vec<u32>, elements: u64, scalars: Vec<f32>) {
