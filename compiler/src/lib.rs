@@ -107,9 +107,11 @@ pub fn lower_and_simulate(
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
     let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
-    let mut report =
-        Report::new(programs, dag.layout.stages, costs.comm, &simulation, memory.map(|m| m.budget), lower_bound);
+    // Once a step, outside the programs: the step's own work, and the mirror sum where
+    // pipes are mirrored.
     let mirror = if dag.layout.mirrored_pipes.is_empty() { 0.0 } else { costs.mirror_sum };
-    report.step_time = report.makespan + costs.per_step + mirror;
+    let budget = memory.map(|m| m.budget);
+    let outside = costs.per_step + mirror;
+    let report = Report::new(programs, dag.layout.stages, costs.comm, &simulation, budget, (lower_bound, outside));
     Ok((dag, simulation, report))
 }

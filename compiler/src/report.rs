@@ -55,14 +55,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Summarises a simulation.
+    /// Summarises a simulation, with its lower bound and the time a step spends outside
+    /// the programs (see `step_time`).
     pub fn new(
         set: &ProgramSet,
         stages: u32,
         comm: CommMode,
         sim: &Simulation,
         budget: Option<u64>,
-        lower_bound: f64,
+        (lower_bound, outside): (f64, f64),
     ) -> Report {
         let idle: f64 = sim.ranks.iter().map(|r| r.idle).sum();
         let denom = sim.makespan * sim.ranks.len() as f64;
@@ -81,7 +82,7 @@ impl Report {
             stages,
             comm,
             makespan: sim.makespan,
-            step_time: sim.makespan,
+            step_time: sim.makespan + outside,
             bubble_fraction: if denom > 0.0 { idle / denom } else { 0.0 },
             lower_bound,
             gap: if lower_bound > 0.0 { sim.makespan / lower_bound - 1.0 } else { 0.0 },
