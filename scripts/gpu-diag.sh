@@ -9,11 +9,9 @@
 # between two GPUs. Results in $OUT/diag.txt, $OUT/nodes-*.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export NCCL_NVLS_ENABLE=0
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 LOGS=$(mktemp -d); trap 'tar czf "$OUT/diag-logs.tgz" -C "$LOGS" .' EXIT
-RT=target/gpu/pipewright-runtime
-GPUS=$(nvidia-smi -L | wc -l)
+source scripts/gpu-common.sh
 
 echo "== products of each setting (dtype tokens hidden ffn), random data" | tee -a "$OUT/diag.txt"
 for setting in "bf16 4096 4096 16384" "bf16 4096 2048 8192" "f32 768 512 2048"; do
@@ -28,9 +26,8 @@ for setting in "bf16 4096 4096 16384" "bf16 4096 2048 8192" "f32 768 512 2048"; 
 done
 
 for plan in ${DIAG_PLANS:-target/gpu/bench/dualpipev-r1-h512 target/gpu/bench/dualpipev-r1-h2048 target/gpu/bench/dualpipev-r1-h4096}; do
-  name=$(basename "$plan")
-  ranks=$(python3 -c "import json;print(json.load(open('$plan/plan.json'))['world_size'])")
-  [ "$ranks" -gt "$GPUS" ] && { echo "SKIP $name: needs $ranks GPUs" | tee -a "$OUT/diag.txt"; continue; }
+  fits "$plan" "$OUT/diag.txt" || continue
+  name=$(basename "$plan"); ranks=$(ranks_of "$plan")
   echo "== $name" | tee -a "$OUT/diag.txt"
   timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 5 -o "$LOGS/profile-$name" > "$LOGS/$name-profile.log" 2>&1
   grep -E "ideal|error|note" "$LOGS/$name-profile.log" | tee -a "$OUT/diag.txt"

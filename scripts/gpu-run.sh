@@ -11,17 +11,9 @@ cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
 # watchdog) or bench (GEMM rates, then the benchmarks).
 PART="${1:-all}"
-export NCCL_NVLS_ENABLE=0
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 LOGS=$(mktemp -d); trap 'tar czf "$OUT/logs.tgz" -C "$LOGS" .' EXIT
-RT=target/gpu/pipewright-runtime
-ranks_of() { python3 -c "import json;print(json.load(open('$1/plan.json'))['world_size'])"; }
-GPUS=$(nvidia-smi -L | wc -l)
-# fits PLAN: the plan needs no more GPUs than this machine has (else say so, and skip it).
-fits() {
-  local n; n=$(ranks_of "$1")
-  if [ "$n" -gt "$GPUS" ]; then echo "SKIP $(basename "$1"): needs $n GPUs, this machine has $GPUS" | tee -a "$OUT/summary.txt"; return 1; fi
-}
+source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 
 if [ "$PART" != bench ]; then

@@ -1,0 +1,15 @@
+# Sourced by gpu-run.sh and gpu-diag.sh (on the device machine, from the repository root):
+# the runtime binary, this machine's GPU count, and which plans fit it. Needs $OUT.
+export NCCL_NVLS_ENABLE=0
+RT=target/gpu/pipewright-runtime
+GPUS=$(nvidia-smi -L | wc -l)
+ranks_of() { python3 -c "import json;print(json.load(open('$1/plan.json'))['world_size'])"; }
+# fits PLAN [LOG]: the plan needs no more GPUs than this machine has (else say so in LOG,
+# default $OUT/summary.txt, and skip it).
+fits() {
+  local n; n=$(ranks_of "$1")
+  if [ "$n" -gt "$GPUS" ]; then
+    echo "SKIP $(basename "$1"): needs $n GPUs, this machine has $GPUS" | tee -a "${2:-$OUT/summary.txt}"
+    return 1
+  fi
+}
