@@ -5,7 +5,8 @@
 # GELU epilogues); for each plan named in DIAG_PLANS (default: the 1-GPU dualpipev plans),
 # a profile with node timings (nodes.md: time per kind of node and the rate it reached)
 # and graph replays (the graph's node census and the host launch time), also with
-# `--memset-kernels` (same losses? faster launch?); and which transport NCCL picks
+# `--keep-memsets` (cuBLASLt's memset nodes as captured: same losses? slower launch?) and
+# with NCCL's graph-mixing support on (its event nodes back); and which transport NCCL picks
 # between two GPUs. Results in $OUT/diag.txt, $OUT/nodes-*.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +14,9 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 LOGS=$(mktemp -d); trap 'tar czf "$OUT/diag-logs.tgz" -C "$LOGS" .' EXIT
 source scripts/gpu-common.sh
 
-echo "== products of each setting (dtype tokens hidden ffn), random data" | tee -a "$OUT/diag.txt"
-for setting in "bf16 4096 4096 16384" "bf16 4096 2048 8192" "f32 768 512 2048"; do
+# DIAG_PRODUCTS=0 skips the products' rates (measured once per machine, they take minutes).
+[ "${DIAG_PRODUCTS:-1}" = 0 ] || echo "== products of each setting (dtype tokens hidden ffn), random data" | tee -a "$OUT/diag.txt"
+[ "${DIAG_PRODUCTS:-1}" = 0 ] || for setting in "bf16 4096 4096 16384" "bf16 4096 2048 8192" "f32 768 512 2048"; do
   set -- $setting
   dt=$1 t=$2 h=$3 f=$4
   for args in "--m $t --n $f --k $h" "--m $t --n $f --k $h --epilogue gelu" "--m $t --n $h --k $f" \
@@ -35,13 +37,19 @@ for plan in ${DIAG_PLANS:-target/gpu/bench/dualpipev-r1-h512 target/gpu/bench/du
   head -14 "$LOGS/profile-$name/nodes.md" 2>/dev/null | tee -a "$OUT/diag.txt"
   timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 > "$LOGS/$name-graph.log" 2>&1
   grep -E "graph of|median|error|note" "$LOGS/$name-graph.log" | tee -a "$OUT/diag.txt"
-  # The memset-as-kernel experiment (runtime/src/graph.rs): launch time, and the same
-  # losses as the graph as captured (step 1 on is a replay).
-  timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 --memset-kernels > "$LOGS/$name-memk.log" 2>&1
-  grep -E "graph of|median|error|note" "$LOGS/$name-memk.log" | sed 's/^/memset-kernels: /' | tee -a "$OUT/diag.txt"
-  same=$(diff <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-graph.log" | sed 's/: [0-9.]* ms//' | sort) \
-              <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-memk.log" | sed 's/: [0-9.]* ms//' | sort) > /dev/null && echo equal || echo DIFFER)
-  echo "memset-kernels: losses of the replayed steps $same to the captured graph's" | tee -a "$OUT/diag.txt"
+  # What the two launch-time measures buy (runtime/src/graph.rs, runtime/src/main.rs):
+  # launch time, and the same losses (step 1 on is a replay).
+  for variant in keep-memsets graph-mixing; do
+    if [ "$variant" = keep-memsets ]; then
+      timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 --keep-memsets > "$LOGS/$name-$variant.log" 2>&1
+    else
+      NCCL_GRAPH_MIXING_SUPPORT=1 timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 > "$LOGS/$name-$variant.log" 2>&1
+    fi
+    grep -E "graph of|median|error|note" "$LOGS/$name-$variant.log" | sed "s/^/$variant: /" | tee -a "$OUT/diag.txt"
+    same=$(diff <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-graph.log" | sed 's/: [0-9.]* ms//' | sort) \
+                <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-$variant.log" | sed 's/: [0-9.]* ms//' | sort) > /dev/null && echo equal || echo DIFFER)
+    echo "$variant: losses of the replayed steps $same to the default graph's" | tee -a "$OUT/diag.txt"
+  done
 done
 
 if [ "$GPUS" -ge 2 ]; then

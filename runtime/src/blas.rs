@@ -10,17 +10,21 @@
 //! before each product; a replayed graph pays host time for every memset node (measured:
 //! 3 µs to launch a 470-node graph of kernels, 220–270 µs with 128–176 memsets among 400),
 //! so the fastest algorithm that adds only its kernel wins unless another is more than
-//! [`MEMSET_TOLERANCE`] faster.
+//! [`MEMSET_TOLERANCE`] faster. A choice, once made, is kept ([`crate::tuning`]): a product
+//! whose algorithm a checkpoint or this machine's cache records uses it, untimed, so that
+//! runs of a plan, and a resumed run, compute the same bits.
 //!
 //! Plans are row-major, cuBLASLt column-major: row-major `C = op(A)·op(B)` (m × n) is
 //! column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so B's memory is cuBLASLt's first operand and A's the
 //! second, and C's (n × m, leading dimension n) is also the layout of an epilogue's
 //! pre-activation.
 
+use crate::tuning::{Algo, Cache, Record, Tuned};
 use crate::RuntimeError;
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use pipewright_plan::{Dtype, Epilogue, Gemm};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,7 +42,7 @@ pub const CANDIDATES: usize = 8;
 pub const MEMSET_TOLERANCE: f64 = 0.05;
 
 /// What a product fuses after its sum (a plan's [`Epilogue`] without its buffer).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum Fused {
     Nothing,
     /// GELU, keeping the pre-activation (cuBLASLt's `GELU_AUX`).
@@ -48,7 +52,7 @@ pub enum Fused {
 }
 
 /// What distinguishes one prepared product from another.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Shape {
     pub m: u64,
     pub n: u64,
@@ -104,6 +108,12 @@ pub struct Lt {
     streams: Vec<Arc<CudaStream>>,
     workspaces: Vec<CudaSlice<u8>>,
     prepared: HashMap<Shape, Option<Prepared>>,
+    /// The cuBLASLt version and GPU model the algorithms are valid for.
+    library: String,
+    /// Algorithms to use without tuning (a checkpoint's, [`Lt::adopt`]).
+    known: HashMap<Shape, Algo>,
+    /// This machine's choices (none: tune every product, keep nothing).
+    cache: Option<Cache>,
 }
 
 impl std::fmt::Debug for Lt {
@@ -144,15 +154,50 @@ unsafe fn set<T>(
 
 impl Lt {
     /// A handle and one workspace for each of `streams` (those that run products).
-    pub fn new(streams: &[Arc<CudaStream>]) -> Result<Lt, RuntimeError> {
+    /// A handle on the GPU of `streams` (named `gpu`), keeping its choices in the cache
+    /// directory `cache` when given ([`crate::tuning`]).
+    pub fn new(streams: &[Arc<CudaStream>], gpu: &str, cache: Option<&std::path::Path>) -> Result<Lt, RuntimeError> {
         let handle = lt::create_handle().map_err(blas)?;
+        // SAFETY: a plain query of the loaded library's version.
+        let library = crate::tuning::library(unsafe { sys::cublasLtGetVersion() }, gpu);
         let workspaces = streams
             .iter()
             // SAFETY: the workspace is scratch for cuBLASLt; nothing reads it uninitialised.
             .map(|s| unsafe { s.alloc::<u8>(WORKSPACE_BYTES) })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| RuntimeError::Driver(format!("{e:?}")))?;
-        Ok(Lt { handle, streams: streams.to_vec(), workspaces, prepared: HashMap::new() })
+        let cache = cache.map(|dir| Cache::new(dir, &library));
+        Ok(Lt {
+            handle,
+            streams: streams.to_vec(),
+            workspaces,
+            prepared: HashMap::new(),
+            library,
+            known: HashMap::new(),
+            cache,
+        })
+    }
+
+    /// Uses `record`'s algorithms for the products not prepared yet (each still checked by
+    /// cuBLASLt before use); refused, with the reason, when it was made with another
+    /// cuBLASLt or on another GPU model.
+    pub fn adopt(&mut self, record: Record) -> Result<(), String> {
+        if record.library != self.library {
+            return Err(format!("recorded for {}, this is {}", record.library, self.library));
+        }
+        self.known.extend(record.products.into_iter().map(|t| (t.shape, t.algo)));
+        Ok(())
+    }
+
+    /// The algorithm of every product prepared so far.
+    pub fn record(&self) -> Record {
+        let mut products: Vec<Tuned> = self
+            .prepared
+            .iter()
+            .filter_map(|(shape, p)| p.as_ref().map(|p| Tuned { shape: *shape, algo: p.algo.data }))
+            .collect();
+        products.sort_by_key(|t| format!("{:?}", t.shape));
+        Record { library: self.library.clone(), products }
     }
 
     /// Prepares `shape` (once): `false` when cuBLASLt has no algorithm for it (an epilogue
@@ -213,13 +258,25 @@ impl Lt {
         Ok(())
     }
 
-    /// Picks the algorithm of `s` (described by `desc` and `layouts`, which it then owns).
+    /// Picks the algorithm of `s` (described by `desc` and `layouts`, which it then owns):
+    /// a recorded one that cuBLASLt accepts, else the tuned one (then published to the
+    /// cache, whose first published choice wins).
     fn choose(
         &self,
         desc: sys::cublasLtMatmulDesc_t,
         layouts: [sys::cublasLtMatrixLayout_t; 3],
         s: Shape,
     ) -> Result<Option<Prepared>, RuntimeError> {
+        let recorded = [
+            (self.known.get(&s).copied(), "the checkpoint's"),
+            (self.cache.as_ref().and_then(|c| c.get(&s)), "this machine's earlier choice"),
+        ];
+        for (algo, whence) in recorded {
+            if let Some(algo) = algo.filter(|a| self.accepts(desc, &layouts, a)) {
+                let algo = sys::cublasLtMatmulAlgo_t { data: algo };
+                return Ok(Some(Prepared { desc, layouts, algo, choice: format!("as recorded: {whence}") }));
+            }
+        }
         // Candidates that may use the workspace and any split-K reduction; those that use
         // no workspace (none to clear); and those that split no sum at all (an in-place
         // split-K reduction accumulates into C, which must be cleared first).
@@ -252,7 +309,42 @@ impl Lt {
                 }
             }
         }
+        if let Some(cache) = &self.cache {
+            let first = cache.publish(&s, prepared.algo.data);
+            if first != prepared.algo.data && self.accepts(desc, &layouts, &first) {
+                prepared.algo = sys::cublasLtMatmulAlgo_t { data: first };
+                prepared.choice = "as recorded: another rank's choice, published first".into();
+            }
+        }
         Ok(Some(prepared))
+    }
+
+    /// Whether cuBLASLt runs `algo` for the product of `desc` and `layouts` within the
+    /// workspace.
+    fn accepts(
+        &self,
+        desc: sys::cublasLtMatmulDesc_t,
+        layouts: &[sys::cublasLtMatrixLayout_t; 3],
+        algo: &Algo,
+    ) -> bool {
+        let algo = sys::cublasLtMatmulAlgo_t { data: *algo };
+        // SAFETY: plain data, written by the check.
+        let mut result: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the handle and descriptors are live and describe this product; `algo`
+        // and `result` are valid for the call.
+        let status = unsafe {
+            sys::cublasLtMatmulAlgoCheck(
+                self.handle,
+                desc,
+                layouts[0],
+                layouts[1],
+                layouts[2],
+                layouts[2],
+                &algo,
+                &mut result,
+            )
+        };
+        status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && result.workspaceSize <= WORKSPACE_BYTES
     }
 
     /// The heuristic's best [`CANDIDATES`] algorithms for `desc` with at most `workspace`

@@ -35,9 +35,12 @@ pub struct RunOptions {
     /// Time every op of the program with CUDA events (eager steps only; see
     /// [`crate::profile`]).
     pub profile: bool,
-    /// Replace the captured graph's memset nodes by kernel nodes before replaying it (an
-    /// experiment on the host launch time, see [`crate::graph`]).
-    pub memset_kernels: bool,
+    /// With `profile`: steps run untimed first, so that the timed ones find the GPU at the
+    /// clocks it sustains (an H200's first steps under load run faster than the rest).
+    pub profile_warmup: u32,
+    /// Replay the graph as captured, with cuBLASLt's memset nodes, instead of rewriting them
+    /// as kernel nodes (what cuts the host launch time, see [`crate::graph`]).
+    pub keep_memsets: bool,
 }
 
 /// What a run measured.
@@ -60,6 +63,8 @@ pub struct RunReport {
     pub node_ms: Vec<f64>,
     /// The captured graph's nodes by type (empty when eager).
     pub graph_nodes: std::collections::BTreeMap<String, usize>,
+    /// With `profile`: the untimed steps before the timed ones.
+    pub warmup_steps: u32,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
@@ -93,9 +98,25 @@ pub fn run(
         }
     }
     drop(made);
-    gpu.prepare_gemms(&rp.nodes, &rp.buffers)?;
     let state = |name: &str| ["w1.", "w2.", "master.", "adam.", "data."].iter().any(|p| name.starts_with(p));
     let checkpoint = opts.checkpoint_dir.as_ref().map(|d| d.join(format!("rank{}.safetensors", place.rank)));
+    // The products' algorithms go with the checkpoint (crate::tuning): a resumed run uses
+    // the checkpointed run's, so that it continues it bitwise.
+    let tuning = opts.checkpoint_dir.as_ref().map(|d| d.join(format!("rank{}-tuning.json", place.rank)));
+    if let (true, Some(path)) = (opts.resume, &tuning) {
+        let adopted = match crate::tuning::load(path) {
+            Ok(record) => gpu.adopt_tuning(record),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = adopted {
+            eprintln!(
+                "note: rank {}: the checkpoint's GEMM algorithms are not used ({why}); products are tuned anew, \
+                 so the resumed steps may differ from an uninterrupted run's in the last bits",
+                place.rank
+            );
+        }
+    }
+    gpu.prepare_gemms(&rp.nodes, &rp.buffers)?;
     let mut first_step = 0;
     if opts.resume {
         let path =
@@ -153,18 +174,20 @@ pub fn run(
         op_times: Vec::new(),
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
+        warmup_steps: if opts.profile { opts.profile_warmup.min(steps.saturating_sub(first_step + 1)) } else { 0 },
     };
     let mut graph: Option<crate::graph::Replay> = None;
     for step in first_step..steps {
         let began = Instant::now();
         dog.phase(format!("step {step}{}", if eager || step == first_step { " (eager)" } else { " (graph replay)" }));
-        if opts.profile && step + 1 == steps && steps - first_step >= 3 {
+        let profiled = opts.profile && step >= first_step + report.warmup_steps;
+        if profiled && step + 1 == steps && steps - first_step - report.warmup_steps >= 3 {
             // The last profiled step times every node (for `nodes.md`), one compute stream
             // at a time; the others every op, as the plan runs them.
             let mut timer = OpTimer::new(&gpu, node_spans(&rp.nodes), true)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.node_ms = timer.times()?.into_iter().map(|(_, ms)| ms).collect();
-        } else if opts.profile {
+        } else if profiled {
             let mut timer = OpTimer::new(&gpu, op_spans(rp), false)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.op_times.push(timer.times()?);
@@ -178,7 +201,7 @@ pub fn run(
                 let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
                 issued?;
                 let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
-                let g = if opts.memset_kernels {
+                let g = if !opts.keep_memsets {
                     let fill = gpu.function(crate::gpu::FILL_KERNEL)?.cu_function();
                     crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream())?.0
                 } else {
@@ -209,6 +232,10 @@ pub fn run(
         let every = plan.training.checkpoint_every;
         if let Some(path) = &checkpoint {
             if every > 0 && (step + 1) % every == 0 {
+                // The algorithms first: a checkpoint whose tensors exist is complete.
+                if let Some(tuning) = &tuning {
+                    crate::tuning::save(tuning, &gpu.tuning())?;
+                }
                 crate::checkpoint::save(path, &tensors(plan, &gpu, place.rank, state)?, step + 1)?;
             }
         }

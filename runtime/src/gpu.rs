@@ -16,7 +16,7 @@ use std::sync::Arc;
 pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("elementwise.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/elementwise.cu"))),
     ("progress.cu", include_str!("../../kernels/progress.cu")),
-    ("fill.cu", include_str!("../../kernels/fill.cu")),
+    ("fill.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/fill.cu"))),
     ("bf16.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/bf16.cu"))),
 ];
 
@@ -77,7 +77,8 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens GPU `ordinal`, creates `streams` streams, `events` event slots and an arena of
-    /// `arena_bytes`, and loads the kernels (compiled for sm_90, cached under `cache`).
+    /// `arena_bytes`, and loads the kernels (compiled for sm_90, cached under `cache`,
+    /// where the products' algorithms are kept too: `cache/tuning`, see [`crate::tuning`]).
     pub fn open(
         ordinal: usize,
         streams: u32,
@@ -97,7 +98,8 @@ impl Gpu {
         let streams: Vec<Arc<CudaStream>> =
             (0..streams.max(1)).map(|_| ctx.new_stream()).collect::<Result<_, _>>().map_err(driver)?;
         // Products run on the compute streams: 0, and 1 (the overlapped forwards).
-        let lt = Lt::new(&streams[..streams.len().min(2)])?;
+        let name = ctx.name().map_err(driver)?;
+        let lt = Lt::new(&streams[..streams.len().min(2)], &name, Some(&cache.join("tuning")))?;
         let arena = streams[0].alloc_zeros::<f32>((arena_bytes / 4) as usize).map_err(driver)?;
         let mut kernels = HashMap::new();
         for (file, source) in KERNEL_SOURCES {
@@ -230,6 +232,17 @@ impl Gpu {
             }
         }
         Ok(())
+    }
+
+    /// Uses `record`'s algorithms (a checkpoint's) for the products prepared from now on;
+    /// refused, with the reason, when made with another cuBLASLt or GPU model.
+    pub fn adopt_tuning(&mut self, record: crate::tuning::Record) -> Result<(), String> {
+        self.lt.adopt(record)
+    }
+
+    /// The algorithm of every product prepared so far (what a checkpoint keeps).
+    pub fn tuning(&self) -> crate::tuning::Record {
+        self.lt.record()
     }
 
     /// How the algorithm of product `g` was chosen (after [`Gpu::prepare_gemms`]).

@@ -44,6 +44,10 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 6)]
         steps: u32,
+        /// Steps run untimed before those: an H200 runs its first steps under load at
+        /// higher clocks than it sustains, and the costs should be the sustained ones.
+        #[arg(long, default_value_t = 10)]
+        warmup: u32,
         /// Output directory (default: DIR/profile).
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -115,10 +119,13 @@ struct RunArgs {
     /// (what `profile` runs on every rank).
     #[arg(long)]
     profile_out: Option<PathBuf>,
-    /// Turn the captured graph's memset nodes (cuBLASLt's) into kernel nodes before
-    /// replaying it: an experiment on the host launch time.
+    /// With --profile-out: run this many steps untimed before the timed ones.
+    #[arg(long, default_value_t = 0)]
+    profile_warmup: u32,
+    /// Replay the captured graph with cuBLASLt's memset nodes as they are, instead of
+    /// turning them into kernel nodes (which launch faster; this is for comparison).
     #[arg(long)]
-    memset_kernels: bool,
+    keep_memsets: bool,
 }
 
 impl RunArgs {
@@ -131,7 +138,8 @@ impl RunArgs {
             dump: self.dump.clone(),
             watchdog: std::time::Duration::from_secs_f64(self.watchdog.max(0.0)),
             profile: self.profile_out.is_some(),
-            memset_kernels: self.memset_kernels,
+            profile_warmup: self.profile_warmup,
+            keep_memsets: self.keep_memsets,
         }
     }
 
@@ -142,12 +150,14 @@ impl RunArgs {
             self.steps.to_string().into(),
             "--watchdog".into(),
             self.watchdog.to_string().into(),
+            "--profile-warmup".into(),
+            self.profile_warmup.to_string().into(),
         ];
         let flags = [
             (self.reference, "--reference"),
             (self.eager, "--eager"),
             (self.resume, "--resume"),
-            (self.memset_kernels, "--memset-kernels"),
+            (self.keep_memsets, "--keep-memsets"),
         ];
         for (on, flag) in flags {
             if on {
@@ -194,7 +204,22 @@ fn checked(dir: &Path, local_ranks: u32) -> Result<(Plan, Place), RuntimeError> 
     Ok((plan, place))
 }
 
+/// NCCL's settings this runtime needs unless the user set them. NCCL_GRAPH_MIXING_SUPPORT=0:
+/// with mixing support on (NCCL's default), NCCL captures event nodes around every p2p group
+/// so that graph launches and uncaptured NCCL calls may be outstanding at once, and every
+/// replay pays host time for them; a rank here never has both (each step ends with the
+/// streams synchronised before the next is issued or launched), which is when NCCL's
+/// documentation allows turning it off.
+const NCCL_DEFAULTS: [(&str, &str); 1] = [("NCCL_GRAPH_MIXING_SUPPORT", "0")];
+
 fn main() -> ExitCode {
+    // Set before any thread starts (and before NCCL reads its environment); `launch`'s
+    // ranks inherit it.
+    for (key, value) in NCCL_DEFAULTS {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
     let cli = Cli::parse();
     let result: Result<(), RuntimeError> = match cli.command {
         Command::Check { dir } => checked(&dir, 1).map(|(plan, place)| {
@@ -216,7 +241,7 @@ fn main() -> ExitCode {
                 .map(|line| println!("{line}"))
         }
         Command::Run { dir, args } => run(&dir, &args),
-        Command::Profile { gpus, dir, steps, out } => match profile(gpus, &dir, steps, out) {
+        Command::Profile { gpus, dir, steps, warmup, out } => match profile(gpus, &dir, steps, warmup, out) {
             Ok(code) => return code,
             Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
         },
@@ -322,11 +347,11 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     use pipewright_runtime::profile::{chrome_trace, costs_toml, RankProfile};
     let out = out.unwrap_or_else(|| dir.join("profile"));
     let args = RunArgs {
-        steps,
+        steps: steps + warmup,
         reference: false,
         eager: true,
         checkpoint_dir: None,
@@ -334,7 +359,8 @@ fn profile(gpus: u32, dir: &Path, steps: u32, out: Option<PathBuf>) -> anyhow::R
         dump: None,
         watchdog: 60.0,
         profile_out: Some(out.clone()),
-        memset_kernels: false,
+        profile_warmup: warmup,
+        keep_memsets: false,
     };
     let code = launch(gpus, dir, &args)?;
     if code != ExitCode::SUCCESS {

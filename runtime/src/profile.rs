@@ -168,10 +168,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// The profile of `rank` from a profiled run's report.
 pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
     let spans = &plan.ranks[rank as usize].ops;
-    // Skip the first step (NCCL connects, caches warm) when there are others.
+    // Skip the first timed step (NCCL connects, caches warm) when there are others.
     let steps: &[Vec<(f64, f64)>] =
         if report.op_times.len() > 1 { &report.op_times[1..] } else { &report.op_times[..] };
-    let step_times: &[f64] = if report.step_ms.len() > 1 { &report.step_ms[1..] } else { &report.step_ms[..] };
+    // The steps whose ops were timed (after the warm-up, before the one timing nodes).
+    let timed = report.step_ms.iter().skip(report.warmup_steps as usize).take(report.op_times.len());
+    let step_times: Vec<f64> = timed.clone().skip(usize::from(report.op_times.len() > 1)).copied().collect();
     let ops: Vec<OpTime> = spans
         .iter()
         .enumerate()
@@ -187,7 +189,7 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
         .collect();
     let compute_ms = ops.iter().filter(|o| o.kind != "COMM").map(|o| o.ms).filter(|x| x.is_finite()).sum();
     let nodes = node_stats(plan, rank, &report.node_ms);
-    RankProfile { rank, step_ms: median(step_times.to_vec()), compute_ms, ops, nodes }
+    RankProfile { rank, step_ms: median(step_times), compute_ms, ops, nodes }
 }
 
 /// The `[costs]` table of the measured ops (TOML text with a header comment).
