@@ -32,8 +32,8 @@ pub struct RunOptions {
     /// End the rank when a step (or joining the communicator) makes no progress for this
     /// long (zero: never; NCCL errors still end it). See [`crate::watchdog`].
     pub watchdog: Duration,
-    /// Time every op of the program with CUDA events (captured into the graph, or around
-    /// eager steps' ops; see [`crate::profile`]).
+    /// Time every op of the program with CUDA events (eager steps only; see
+    /// [`crate::profile`]).
     pub profile: bool,
     /// With `profile`: steps run untimed first, so that the timed ones find the GPU at the
     /// clocks it sustains (an H200's first steps under load run faster than the rest).
@@ -176,9 +176,6 @@ pub fn run(
         graph_nodes: Default::default(),
         warmup_steps: if opts.profile { opts.profile_warmup.min(steps.saturating_sub(first_step + 1)) } else { 0 },
     };
-    // With `profile`, the events the captured graph records around every op (declared
-    // first: dropped after the graph whose nodes record them).
-    let mut graph_timer: Option<OpTimer> = None;
     let mut graph: Option<crate::graph::Replay> = None;
     for step in first_step..steps {
         let began = Instant::now();
@@ -187,11 +184,11 @@ pub fn run(
         if profiled && step + 1 == steps && steps - first_step - report.warmup_steps >= 3 {
             // The last profiled step times every node (for `nodes.md`), one compute stream
             // at a time; the others every op, as the plan runs them.
-            let mut timer = OpTimer::new(&gpu, node_spans(&rp.nodes), true, false)?;
+            let mut timer = OpTimer::new(&gpu, node_spans(&rp.nodes), true)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.node_ms = timer.times()?.into_iter().map(|(_, ms)| ms).collect();
-        } else if profiled && (eager || step == first_step) {
-            let mut timer = OpTimer::new(&gpu, op_spans(rp), false, false)?;
+        } else if profiled {
+            let mut timer = OpTimer::new(&gpu, op_spans(rp), false)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.op_times.push(timer.times()?);
         } else if eager || step == first_step {
@@ -200,10 +197,7 @@ pub fn run(
             if graph.is_none() {
                 let capture = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
                 gpu.streams[0].begin_capture(capture).map_err(driver)?;
-                // Profiled, the graph records an event around every op (external event
-                // nodes), so that the ops are timed as the replayed graph runs them.
-                graph_timer = if opts.profile { Some(OpTimer::new(&gpu, op_spans(rp), false, true)?) } else { None };
-                let issued = issue(&mut gpu, plan, place.rank, comm, graph_timer.as_mut());
+                let issued = issue(&mut gpu, plan, place.rank, comm, None);
                 let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
                 issued?;
                 let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
@@ -222,9 +216,6 @@ pub fn run(
                 let launch = Instant::now();
                 g.launch()?;
                 report.launch_us.push(launch.elapsed().as_secs_f64() * 1e6);
-            }
-            if let (true, Some(timer)) = (profiled, &graph_timer) {
-                report.op_times.push(timer.times()?);
             }
         }
         let losses = match &loss {
@@ -315,8 +306,7 @@ fn issue(
     Ok(())
 }
 
-/// CUDA events around spans of nodes of one step (eager, or captured into the step's graph
-/// as external event records, re-recorded by every replay): a start event before a span's
+/// CUDA events around spans of nodes of one step (eager): a start event before a span's
 /// first node and an end event after its last, on the span's stream, and one at the step's
 /// start. The spans are the plan's ops, or each node on its own.
 struct OpTimer {
@@ -331,8 +321,6 @@ struct OpTimer {
     serial: bool,
     /// The last span ended on each compute stream (0, 1).
     last: [Option<usize>; 2],
-    /// Record as external event nodes of a graph being captured.
-    external: bool,
 }
 
 /// Every op as a span (first, last, stream), starting after the waits it opens with: with
@@ -367,15 +355,9 @@ fn node_spans(nodes: &[Node]) -> Vec<(usize, usize, usize)> {
 }
 
 impl OpTimer {
-    fn new(
-        gpu: &Gpu,
-        spans: Vec<(usize, usize, usize)>,
-        serial: bool,
-        external: bool,
-    ) -> Result<OpTimer, RuntimeError> {
-        let origin = stamp(gpu, 0, external)?;
+    fn new(gpu: &Gpu, spans: Vec<(usize, usize, usize)>, serial: bool) -> Result<OpTimer, RuntimeError> {
+        let origin = gpu.streams[0].record_event(Some(TIMED)).map_err(driver)?;
         Ok(OpTimer {
-            external,
             serial,
             last: [None, None],
             origin,
@@ -394,7 +376,7 @@ impl OpTimer {
                     gpu.streams[s].wait(e).map_err(driver)?;
                 }
             }
-            self.events[op].0 = Some(stamp(gpu, s, self.external)?);
+            self.events[op].0 = Some(gpu.streams[s].record_event(Some(TIMED)).map_err(driver)?);
         }
         Ok(())
     }
@@ -402,7 +384,7 @@ impl OpTimer {
     fn after(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
         if let Some(&op) = self.ends.get(&node) {
             let s = self.streams[op];
-            self.events[op].1 = Some(stamp(gpu, s, self.external)?);
+            self.events[op].1 = Some(gpu.streams[s].record_event(Some(TIMED)).map_err(driver)?);
             if s < 2 {
                 self.last[s] = Some(op);
             }
@@ -425,22 +407,7 @@ impl OpTimer {
     }
 }
 
-/// A timing event recorded on `stream`; `external`: while capturing, as an event record
-/// node of the graph (a plain record in a capture only orders streams, it records nothing).
-fn stamp(gpu: &Gpu, stream: usize, external: bool) -> Result<CudaEvent, RuntimeError> {
-    use cudarc::driver::sys;
-    if !external {
-        return gpu.streams[stream].record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver);
-    }
-    let event = gpu.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver)?;
-    let flags = sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32;
-    // SAFETY: a live event and stream of this context; the event outlives the graph's
-    // replays (the timer holding it lives as long as the graph).
-    unsafe { sys::cuEventRecordWithFlags(event.cu_event(), gpu.streams[stream].cu_stream(), flags) }
-        .result()
-        .map_err(driver)?;
-    Ok(event)
-}
+const TIMED: cudarc::driver::sys::CUevent_flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 
 fn driver(e: cudarc::driver::DriverError) -> RuntimeError {
     RuntimeError::Driver(format!("{e:?}"))

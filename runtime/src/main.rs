@@ -261,7 +261,7 @@ fn main() -> ExitCode {
 
 fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     let opts = &args.options();
-    let (steps, eager) = (opts.steps, opts.eager);
+    let (steps, eager) = (opts.steps, opts.eager || opts.profile);
     let (plan, place) = checked(dir, 1)?;
     let cache = std::env::temp_dir().join("pipewright-kernels");
     let (report, gpu) = exec::run(&plan, &place, opts, &cache)?;
@@ -353,7 +353,7 @@ fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>)
     let args = RunArgs {
         steps: steps + warmup,
         reference: false,
-        eager: false,
+        eager: true,
         checkpoint_dir: None,
         resume: false,
         dump: None,
@@ -388,7 +388,7 @@ fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>)
     let ideal = profiles.iter().map(|p| p.compute_ms).fold(0.0, f64::max);
     for p in &profiles {
         println!(
-            "rank {}: compute {:.3} ms per step, step with its ops timed {:.3} ms",
+            "rank {}: compute {:.3} ms per step, eager step with timing {:.3} ms",
             p.rank, p.compute_ms, p.step_ms
         );
     }

@@ -1,7 +1,5 @@
 //! `profile`: what each op of a plan costs on this machine, measured with CUDA events
-//! around every op ([`crate::exec::RunOptions::profile`]): events captured into the step's
-//! graph and recorded by each replay, after warm-up replays, so that the ops are timed as
-//! the benchmarked graph runs them, at the clocks the GPU sustains. Turned into
+//! around every op of eager steps ([`crate::exec::RunOptions::profile`]), turned into
 //! - a `[costs]` table for the spec (per stage F, B, W, FB in milliseconds, the p2p time,
 //!   and the step's own work and mirror-gradient sum once a step), so that the simulator
 //!   predicts real runs (`report.json`'s `step_time`);
@@ -11,8 +9,8 @@
 //! - each rank's compute time per step (its ops, and the step's own work before and after
 //!   them): the bubble-free ideal step is the busiest rank's.
 //!
-//! Per-op durations are medians over the profiled steps (without warm-up steps, those
-//! after the first, which connects NCCL and warms caches). A p2p batch's time is the fastest batch's duration on the
+//! Per-op durations are medians over the profiled steps after the first (which connects
+//! NCCL and warms caches). A p2p batch's time is the fastest batch's duration on the
 //! communication stream: most batches also wait for their peer (rendezvous), the fastest
 //! comes closest to the transfer itself.
 
@@ -39,7 +37,7 @@ pub struct OpTime {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct RankProfile {
     pub rank: u32,
-    /// Median time of the steps whose ops were timed, ms.
+    /// Median eager step time with timing events, ms.
     pub step_ms: f64,
     /// Sum of the rank's compute: its ops (F, B, I, W, FB) and the step's own work (STEP:
     /// zeroing, data, the accumulation of mirrored gradients, the optimizer), ms; not the
@@ -170,13 +168,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// The profile of `rank` from a profiled run's report.
 pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
     let spans = &plan.ranks[rank as usize].ops;
-    // Without warm-up steps, skip the first timed step (NCCL connects, caches warm) when
-    // there are others.
-    let skip = usize::from(report.warmup_steps == 0 && report.op_times.len() > 1);
-    let steps = &report.op_times[skip..];
+    // Skip the first timed step (NCCL connects, caches warm) when there are others.
+    let steps: &[Vec<(f64, f64)>] =
+        if report.op_times.len() > 1 { &report.op_times[1..] } else { &report.op_times[..] };
     // The steps whose ops were timed (after the warm-up, before the one timing nodes).
     let timed = report.step_ms.iter().skip(report.warmup_steps as usize).take(report.op_times.len());
-    let step_times: Vec<f64> = timed.skip(skip).copied().collect();
+    let step_times: Vec<f64> = timed.clone().skip(usize::from(report.op_times.len() > 1)).copied().collect();
     let ops: Vec<OpTime> = spans
         .iter()
         .enumerate()
