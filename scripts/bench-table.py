@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark table of scripts/gpu-run.sh: per plan the graph and eager step times (the
 slowest rank's median), the host launch time, the bubble-free ideal (the busiest rank's
-measured compute, from `profile`), efficiency = ideal / step, and the FLOP floor (the
+measured compute, from `profile`: its compute nodes each timed alone), efficiency = ideal / step, and the FLOP floor (the
 busiest rank's GEMM FLOPs per step at the GEMM rate measured for the plan's dtype and
 largest GEMM shape) with the fraction of it reached (floor / step); efficiency also against
 the eager step."""
@@ -36,7 +36,9 @@ for plan in sorted(bench.iterdir()):
     if graph is None and eager is None:
         continue  # not run
     profiles = [json.loads(f.read_text()) for f in sorted((out / f"profile-{name}").glob("rank*.json"))]
-    ideal = max((q["compute_ms"] for q in profiles), default=float("nan"))
+    # The rank's compute nodes each timed alone when the profile timed nodes (its ops'
+    # sum otherwise): what RankProfile::ideal_ms gives.
+    ideal = max((q.get("node_compute_ms") or q["compute_ms"] for q in profiles), default=float("nan"))
     flops = max(sum(2 * n["m"] * n["n"] * n["k"] for n in r["nodes"] if n.get("op") == "gemm") for r in p["ranks"])
     # The rate of this dtype at the shape closest to the model's forward GEMM.
     t, h, f = p["model"]["seq"] * p["model"]["microbatch_size"], p["model"]["hidden"], p["model"]["ffn"]

@@ -7,10 +7,16 @@
 //!   the plan directory holds `compile`'s simulated `trace.json`, both in one trace
 //!   (`compare-trace.json`) to view side by side;
 //! - each rank's compute time per step (its ops, and the step's own work before and after
-//!   them): the bubble-free ideal step is the busiest rank's.
+//!   them), and the same as the sum of its compute nodes each timed alone (the last
+//!   profiled step): the bubble-free ideal step is the busiest rank's, from its nodes when
+//!   they were timed.
 //!
-//! Per-op durations are medians over the profiled steps after the first (which connects
-//! NCCL and warms caches). A p2p batch's time is the fastest batch's duration on the
+//! `profile` runs warm-up steps before the timed ones: an H200's first steps under load
+//! run at higher clocks than it sustains (measured: a 2048 DualPipe step takes 20.1 ms at
+//! first, 22 ms from the fifth step on), and the costs should be the sustained ones.
+//!
+//! Per-op durations are medians over the profiled steps (without warm-up steps, those
+//! after the first, which connects NCCL and warms caches). A p2p batch's time is the fastest batch's duration on the
 //! communication stream: most batches also wait for their peer (rendezvous), the fastest
 //! comes closest to the transfer itself.
 
@@ -43,6 +49,13 @@ pub struct RankProfile {
     /// zeroing, data, the accumulation of mirrored gradients, the optimizer), ms; not the
     /// mirror-gradient exchange, which is communication (COMM).
     pub compute_ms: f64,
+    /// Sum of the rank's compute nodes (products and kernels, not p2p groups) in the
+    /// node-timed step, each timed on its own with the compute streams serialised, ms; none
+    /// when no step timed nodes. The purer measure of the rank's compute: timed ops of an
+    /// eager step include the launch gaps and waits inside them, and the ops of its two
+    /// compute streams may overlap, so their sum is not the work alone.
+    #[serde(default)]
+    pub node_compute_ms: Option<f64>,
     pub ops: Vec<OpTime>,
     /// The node-timed step's nodes, by kind (empty when fewer than 3 steps were profiled).
     #[serde(default)]
@@ -168,12 +181,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// The profile of `rank` from a profiled run's report.
 pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
     let spans = &plan.ranks[rank as usize].ops;
-    // Skip the first timed step (NCCL connects, caches warm) when there are others.
-    let steps: &[Vec<(f64, f64)>] =
-        if report.op_times.len() > 1 { &report.op_times[1..] } else { &report.op_times[..] };
+    // Without warm-up steps, skip the first timed step (NCCL connects, caches warm) when
+    // there are others.
+    let skip = usize::from(report.warmup_steps == 0 && report.op_times.len() > 1);
+    let steps = &report.op_times[skip..];
     // The steps whose ops were timed (after the warm-up, before the one timing nodes).
     let timed = report.step_ms.iter().skip(report.warmup_steps as usize).take(report.op_times.len());
-    let step_times: Vec<f64> = timed.clone().skip(usize::from(report.op_times.len() > 1)).copied().collect();
+    let step_times: Vec<f64> = timed.skip(skip).copied().collect();
     let ops: Vec<OpTime> = spans
         .iter()
         .enumerate()
@@ -189,7 +203,24 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
         .collect();
     let compute_ms = ops.iter().filter(|o| o.kind != "COMM").map(|o| o.ms).filter(|x| x.is_finite()).sum();
     let nodes = node_stats(plan, rank, &report.node_ms);
-    RankProfile { rank, step_ms: median(step_times), compute_ms, ops, nodes }
+    let rp = &plan.ranks[rank as usize];
+    let node_compute_ms = (!report.node_ms.is_empty()).then(|| {
+        rp.nodes
+            .iter()
+            .zip(&report.node_ms)
+            .filter(|(n, ms)| !matches!(n, pipewright_plan::Node::Group { .. }) && ms.is_finite())
+            .map(|(_, ms)| ms)
+            .sum()
+    });
+    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, ops, nodes }
+}
+
+impl RankProfile {
+    /// This rank's compute per step, for the bubble-free ideal: its nodes' when they were
+    /// timed, else its ops'.
+    pub fn ideal_ms(&self) -> f64 {
+        self.node_compute_ms.unwrap_or(self.compute_ms)
+    }
 }
 
 /// The `[costs]` table of the measured ops (TOML text with a header comment).

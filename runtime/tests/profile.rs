@@ -134,17 +134,20 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
 #[test]
 fn warm_up_steps_and_the_node_timed_step_are_not_the_profiled_step_time() {
     // Two untimed warm-up steps (fast: the GPU's clocks have not dropped yet), three
-    // op-timed steps (the first a slow start), then the node-timed step (compute streams
-    // serialised: slow).
+    // op-timed steps (all kept: the warm-up already connected and warmed everything), then
+    // the node-timed step (compute streams serialised: slow).
     let plan = plan(Family::OneFOneB, (64, 256, 4, 2), Dtype::F32);
     let ops = plan.ranks[0].ops.len();
-    let times = vec![vec![(0.0, 1.0); ops]; 3];
+    let times: Vec<Vec<(f64, f64)>> = [5.0, 8.0, 9.0].iter().map(|&ms| vec![(0.0, ms); ops]).collect();
     let mut r = report(0, times, vec![]);
-    r.step_ms = vec![3.0, 3.0, 9.0, 6.0, 5.0, 40.0];
+    r.step_ms = vec![3.0, 3.0, 5.0, 8.0, 9.0, 40.0];
     r.warmup_steps = 2;
     let p = rank_profile(&plan, 0, &r);
-    assert_eq!(p.step_ms, 6.0, "the (upper) median of the op-timed steps after the first: 6 and 5");
-    assert_eq!(p.compute_ms, plan.ranks[0].ops.iter().filter(|o| o.kind != "COMM").count() as f64);
+    assert_eq!(p.step_ms, 8.0, "the median of the three op-timed steps");
+    let computing = plan.ranks[0].ops.iter().filter(|o| o.kind != "COMM").count() as f64;
+    assert_eq!(p.compute_ms, 8.0 * computing, "each op's median over the three");
+    assert_eq!(p.node_compute_ms, None, "no step timed nodes");
+    assert_eq!(p.ideal_ms(), p.compute_ms, "so the ideal counts the ops");
 }
 
 #[test]
@@ -176,6 +179,12 @@ fn node_timings_group_by_kind_with_their_rates() {
             assert!(stats.iter().all(|s| !s.what.starts_with("gelu_")), "no GELU kernels when fused");
             let p = rank_profile(&plan, r.rank, &report(r.rank, vec![], node_ms));
             assert_eq!(p.nodes, stats);
+            // The rank's compute, its nodes alone: products 2 ms, kernels 0.5; not its p2p
+            // groups (0.25 each), nor the untimed records and waits.
+            let kernels = r.nodes.iter().filter(|n| matches!(n, Node::Kernel(_))).count();
+            let want = 2.0 * gemms as f64 + 0.5 * kernels as f64;
+            assert_eq!(p.node_compute_ms, Some(want), "rank {}", r.rank);
+            assert_eq!(p.ideal_ms(), want, "the ideal counts the nodes when they were timed");
             p
         })
         .collect();
