@@ -41,6 +41,12 @@ pub struct RunOptions {
     /// Replay the graph as captured, with cuBLASLt's memset nodes, instead of rewriting them
     /// as kernel nodes (what cuts the host launch time, see [`crate::graph`]).
     pub keep_memsets: bool,
+    /// After the run (and its checkpoints and dumps), replay this many times the rank's
+    /// step without its p2p groups, the rest of the graph as it is: the rank's compute
+    /// with nothing to wait for, its bubble-free ideal step as the graph runs it. Its
+    /// receive buffers hold the last real step's data (products of zeros would run faster
+    /// than real ones); what it computes is meaningless, so it comes last.
+    pub alone_steps: u32,
 }
 
 /// What a run measured.
@@ -65,6 +71,8 @@ pub struct RunReport {
     pub graph_nodes: std::collections::BTreeMap<String, usize>,
     /// With `profile`: the untimed steps before the timed ones.
     pub warmup_steps: u32,
+    /// Per replay of the step without p2p ([`RunOptions::alone_steps`]), ms.
+    pub alone_ms: Vec<f64>,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
@@ -174,6 +182,7 @@ pub fn run(
         op_times: Vec::new(),
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
+        alone_ms: Vec::new(),
         warmup_steps: if opts.profile { opts.profile_warmup.min(steps.saturating_sub(first_step + 1)) } else { 0 },
     };
     let mut graph: Option<crate::graph::Replay> = None;
@@ -195,21 +204,8 @@ pub fn run(
             issue(&mut gpu, plan, place.rank, comm, None)?;
         } else {
             if graph.is_none() {
-                let capture = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
-                gpu.streams[0].begin_capture(capture).map_err(driver)?;
-                let issued = issue(&mut gpu, plan, place.rank, comm, None);
-                let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
-                issued?;
-                let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
-                let g = if !opts.keep_memsets {
-                    let fill = gpu.function(crate::gpu::FILL_KERNEL)?.cu_function();
-                    crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream())?.0
-                } else {
-                    crate::graph::Replay::captured(g)
-                };
+                let g = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets)?;
                 report.graph_nodes = crate::graph::graph_census(g.graph())?;
-                // Upload once, so that replays only launch.
-                g.upload()?;
                 graph = Some(g);
             }
             if let Some(g) = &graph {
@@ -249,12 +245,53 @@ pub fn run(
             steps,
         )?;
     }
+    if opts.alone_steps > 0 {
+        // Last, as it leaves the training state meaningless: see RunOptions::alone_steps.
+        drop(graph);
+        let g = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets)?;
+        for i in 0..opts.alone_steps {
+            dog.phase(format!("replay {i} of the step without its p2p (compute alone)"));
+            let began = Instant::now();
+            g.launch()?;
+            gpu.synchronize()?;
+            report.alone_ms.push(began.elapsed().as_secs_f64() * 1e3);
+        }
+        dog.done();
+    }
     Ok((report, gpu))
+}
+
+/// Captures this rank's whole step as a graph (without p2p when `comm` is none: see
+/// [`issue`]), with its memset nodes rewritten as kernels unless `keep_memsets`, and
+/// uploads it, so that replays only launch.
+fn capture(
+    gpu: &mut Gpu,
+    plan: &Plan,
+    rank: u32,
+    comm: Option<(&Communicator, &HostMark)>,
+    keep_memsets: bool,
+) -> Result<crate::graph::Replay, RuntimeError> {
+    let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
+    gpu.streams[0].begin_capture(mode).map_err(driver)?;
+    let issued = issue(gpu, plan, rank, comm, None);
+    let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+    issued?;
+    let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
+    let g = if keep_memsets {
+        crate::graph::Replay::captured(g)
+    } else {
+        let fill = gpu.function(crate::gpu::FILL_KERNEL)?.cu_function();
+        crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream())?.0
+    };
+    g.upload()?;
+    Ok(g)
 }
 
 /// Issues every node of this rank's step, in order, on its stream.
 /// With more than one rank, `comm` is the communicator and the watchdog's progress mark:
-/// zeroed when the step starts, then after each p2p group node i set to i + 1.
+/// zeroed when the step starts, then after each p2p group node i set to i + 1; without it,
+/// p2p groups are left out (a one-rank plan has none; a rank's compute alone, see
+/// [`RunOptions::alone_steps`], runs without them).
 /// With `timer`, every op of the program is timed.
 fn issue(
     gpu: &mut Gpu,
@@ -281,20 +318,17 @@ fn issue(
                 gpu.kernel(k.stream as usize, &k.name, &offsets, k.elements, &k.scalars)?
             }
             Node::Group { ops, .. } => {
-                let (comm, mark) = comm.ok_or_else(|| RuntimeError::Node {
-                    rank,
-                    node: i,
-                    what: "a p2p group in a one-rank plan".into(),
-                })?;
-                let ops: Vec<(bool, u32, u64, usize)> = ops
-                    .iter()
-                    .map(|o| {
-                        let b = &rp.buffers[o.buffer as usize];
-                        (o.send, o.peer, b.offset, b.bytes as usize)
-                    })
-                    .collect();
-                gpu.group(comm, rank, &ops)?;
-                gpu.mark(2, mark, i as u32 + 1)?
+                if let Some((comm, mark)) = comm {
+                    let ops: Vec<(bool, u32, u64, usize)> = ops
+                        .iter()
+                        .map(|o| {
+                            let b = &rp.buffers[o.buffer as usize];
+                            (o.send, o.peer, b.offset, b.bytes as usize)
+                        })
+                        .collect();
+                    gpu.group(comm, rank, &ops)?;
+                    gpu.mark(2, mark, i as u32 + 1)?
+                }
             }
             Node::Record { stream, event } => gpu.record(*stream as usize, *event as usize)?,
             Node::Wait { stream, event } => gpu.wait(*stream as usize, *event as usize)?,

@@ -126,6 +126,11 @@ struct RunArgs {
     /// turning them into kernel nodes (which launch faster; this is for comparison).
     #[arg(long)]
     keep_memsets: bool,
+    /// After the run, replay the step this many times without its p2p (each rank's compute
+    /// with nothing to wait for: the bubble-free ideal step) and print the median; the
+    /// training state is meaningless after it, so it comes after checkpoints and dumps.
+    #[arg(long, default_value_t = 0)]
+    compute_alone: u32,
 }
 
 impl RunArgs {
@@ -140,6 +145,7 @@ impl RunArgs {
             profile: self.profile_out.is_some(),
             profile_warmup: self.profile_warmup,
             keep_memsets: self.keep_memsets,
+            alone_steps: self.compute_alone,
         }
     }
 
@@ -152,6 +158,8 @@ impl RunArgs {
             self.watchdog.to_string().into(),
             "--profile-warmup".into(),
             self.profile_warmup.to_string().into(),
+            "--compute-alone".into(),
+            self.compute_alone.to_string().into(),
         ];
         let flags = [
             (self.reference, "--reference"),
@@ -302,6 +310,14 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
             median(&report.launch_us)
         );
     }
+    if !report.alone_ms.is_empty() {
+        println!(
+            "rank {} compute alone (the step's graph without its p2p): median step {:.3} ms over {} replays",
+            place.rank,
+            pipewright_runtime::profile::median(report.alone_ms.clone()),
+            report.alone_ms.len()
+        );
+    }
     if args.reference && report.first_step == 0 {
         // The same plan on the CPU executor (itself tested against the model computed
         // directly): losses of every step, and this rank's weights and gradients after.
@@ -361,6 +377,7 @@ fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>)
         profile_out: Some(out.clone()),
         profile_warmup: warmup,
         keep_memsets: false,
+        compute_alone: 0,
     };
     let code = launch(gpus, dir, &args)?;
     if code != ExitCode::SUCCESS {

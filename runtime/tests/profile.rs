@@ -43,6 +43,7 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         node_ms,
         graph_nodes: Default::default(),
         warmup_steps: 0,
+        alone_ms: vec![],
     }
 }
 
