@@ -364,76 +364,75 @@ fn mismatched_plans_are_refused_with_the_reason() {
 fn dualpipe_exchanges_mirrored_gradients_in_finishing_order_while_the_tail_computes() {
     // DualPipe on 2 ranks: each rank holds both stages, one copy per pipe. On both ranks
     // stage 1's copy is final early in the tail (rank 0: B1.7; rank 1: B0.7) and stage
-    // 0's at the very end (the last W). So the first exchange group moves stage 1 both
-    // ways and may start before the program's last batch; the second moves stage 0; and
-    // stage 1 is added and updated before the compute stream waits for the second.
+    // 0's at the very end (the last W). So the exchange moves stage 1 first, then stage 0,
+    // one gradient matrix per group in the order the weight gradient writes them (per
+    // layer: w2's, then w1's); stage 1's groups may start before the program's last batch,
+    // and each matrix is added and updated as soon as its groups are done, while the
+    // next travels.
     use pipewright_plan::Node;
     let set = Family::DualPipe.generate(2, 8, 1);
     let plan = emit(&set, &model(2), &training(), hashes()).unwrap();
     for r in &plan.ranks {
         let name = |b: u32| r.buffers[b as usize].name.as_str();
-        let layer = |b: u32| name(b).rsplit('.').next().unwrap().parse::<u32>().unwrap();
+        // "g2.3" (this rank's gradient) or "mirror.g2.3" (the peer's): (matrix, layer).
+        let matrix = |b: u32| {
+            let mut parts = name(b).rsplit('.');
+            let layer: u32 = parts.next().unwrap().parse().unwrap();
+            (parts.next().unwrap().to_owned(), layer)
+        };
         let ticks = r.nodes.iter().rposition(|n| matches!(n, Node::Kernel(k) if k.name == "tick")).unwrap();
-        let groups: Vec<(usize, Vec<(bool, u32)>)> = r.nodes[ticks..]
+        let groups: Vec<(usize, Vec<(bool, (String, u32))>)> = r.nodes[ticks..]
             .iter()
             .enumerate()
             .filter_map(|(i, n)| match n {
-                Node::Group { ops, .. } => Some((ticks + i, ops.iter().map(|o| (o.send, layer(o.buffer))).collect())),
+                Node::Group { ops, .. } => Some((ticks + i, ops.iter().map(|o| (o.send, matrix(o.buffer))).collect())),
                 _ => None,
             })
             .collect();
-        // Layers 2 and 3 are stage 1, layers 0 and 1 stage 0 (two layers per stage).
-        let moved = |g: &Vec<(bool, u32)>, send: bool| {
-            let mut l: Vec<u32> = g.iter().filter(|o| o.0 == send).map(|o| o.1).collect();
-            l.sort();
-            l.dedup();
-            l
-        };
-        assert_eq!(groups.len(), 2, "rank {}", r.rank);
-        assert_eq!(
-            (moved(&groups[0].1, true), moved(&groups[0].1, false)),
-            (vec![2, 3], vec![2, 3]),
-            "rank {}",
-            r.rank
-        );
-        assert_eq!(
-            (moved(&groups[1].1, true), moved(&groups[1].1, false)),
-            (vec![0, 1], vec![0, 1]),
-            "rank {}",
-            r.rank
-        );
-        // Each group waits (on the communication stream) for the event recorded after the
-        // last weight gradient of what it sends: for the first, before the program's last
-        // batch; for the second, after it.
+        // Layers 2 and 3 are stage 1, layers 0 and 1 stage 0 (two layers per stage); each
+        // group sends one matrix and receives the peer's copy of the same one.
+        let order: Vec<(String, u32)> =
+            [2, 3, 0, 1].into_iter().flat_map(|l| [("g2".to_owned(), l), ("g1".to_owned(), l)]).collect();
+        assert_eq!(groups.len(), order.len(), "rank {}", r.rank);
+        for ((_, ops), want) in groups.iter().zip(&order) {
+            assert_eq!(ops, &vec![(true, want.clone()), (false, want.clone())], "rank {}", r.rank);
+        }
+        // Each group waits (on the communication stream) for the event recorded right after
+        // the last product into the matrix it sends: stage 1's before the program's last
+        // batch, stage 0's after it.
         let last_batch = r.nodes[..ticks].iter().rposition(|n| matches!(n, Node::Group { .. })).unwrap();
-        for (k, &(at, _)) in groups.iter().enumerate() {
+        for (k, &(at, ref ops)) in groups.iter().enumerate() {
             let Node::Wait { stream: 2, event } = r.nodes[at - 1] else {
                 panic!("rank {}: group {k} waits for nothing", r.rank)
             };
             let recorded =
                 r.nodes[..at].iter().rposition(|n| matches!(n, Node::Record { event: e, .. } if *e == event));
             let recorded = recorded.unwrap_or_else(|| panic!("rank {}: event {event} never recorded", r.rank));
-            assert_eq!(
-                recorded < last_batch,
-                k == 0,
-                "rank {}: group {k}'s gradients are final at node {recorded}",
-                r.rank
-            );
+            let Node::Gemm(product) = &r.nodes[recorded - 1] else {
+                panic!("rank {}: group {k}'s event follows no product", r.rank)
+            };
+            assert_eq!(matrix(product.c), ops[0].1, "rank {}: group {k} waits for its own matrix", r.rank);
+            let last_write =
+                r.nodes[..ticks].iter().rposition(|n| matches!(n, Node::Gemm(g) if g.c == product.c)).unwrap();
+            assert_eq!(last_write, recorded - 1, "rank {}: group {k} waits for the last product", r.rank);
+            assert_eq!(recorded < last_batch, k < 4, "rank {}: group {k} final at node {recorded}", r.rank);
         }
-        // Stage 1 updated (2 layers × 2 matrices) before the compute stream waits for the
-        // second group.
+        // The compute stream waits for each matrix's group, then adds and updates that
+        // matrix only: stage 1's four before any of stage 0's.
         let compute_waits: Vec<usize> =
             (groups[0].0..r.nodes.len()).filter(|&i| matches!(r.nodes[i], Node::Wait { stream: 0, .. })).collect();
-        assert_eq!(compute_waits.len(), 2, "rank {}", r.rank);
-        let between = &r.nodes[compute_waits[0]..compute_waits[1]];
-        let updated: Vec<u32> = between
-            .iter()
-            .filter_map(|n| match n {
-                Node::Kernel(k) if k.name == "sgd_update" => Some(layer(k.buffers[0])),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(updated, vec![2, 2, 3, 3], "rank {}", r.rank);
+        assert_eq!(compute_waits.len(), order.len(), "rank {}", r.rank);
+        for (k, (&at, want)) in compute_waits.iter().zip(&order).enumerate() {
+            let end = compute_waits.get(k + 1).copied().unwrap_or(r.nodes.len());
+            let updated: Vec<(String, u32)> = r.nodes[at..end]
+                .iter()
+                .filter_map(|n| match n {
+                    Node::Kernel(k) if k.name == "sgd_update" => Some(matrix(k.buffers[1])),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(updated, vec![want.clone()], "rank {}: after compute wait {k}", r.rank);
+        }
     }
     // And the plan still computes the model.
     check(Family::DualPipe, 2, 8, 2);

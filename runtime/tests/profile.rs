@@ -220,15 +220,15 @@ fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
         .collect();
     let text = costs_toml(&plan, &profiles, "test");
     let costs = &toml::from_str::<toml::Value>(&text).unwrap()["costs"];
-    // Both ranks hold both stages of the 2-stage DualPipe, each mirrored: two exchange
-    // groups, and STEP parts: the prologue, the counters, and one per stage after its
-    // exchange.
+    // Both ranks hold both stages of the 2-stage DualPipe (one layer each), each mirrored:
+    // an exchange group per gradient matrix (2 stages × 2), and STEP parts: the prologue,
+    // the counters, and one per matrix after its exchange.
     for r in &plan.ranks {
         let kinds = |k: &str, prefix: &str| r.ops.iter().filter(|o| o.kind == k && o.label.starts_with(prefix)).count();
-        assert_eq!(kinds("COMM", "mirror-sum"), 2, "rank {}", r.rank);
-        assert_eq!(kinds("STEP", "epilogue: stage"), 2, "rank {}", r.rank);
-        assert_eq!(kinds("STEP", ""), 4, "rank {}", r.rank);
+        assert_eq!(kinds("COMM", "mirror-sum"), 4, "rank {}", r.rank);
+        assert_eq!(kinds("STEP", "epilogue: stage"), 4, "rank {}", r.rank);
+        assert_eq!(kinds("STEP", ""), 6, "rank {}", r.rank);
     }
-    assert_eq!(costs["mirror_sum"].as_float(), Some(6.0), "{text}");
-    assert_eq!(costs["per_step"].as_float(), Some(2.0), "{text}");
+    assert_eq!(costs["mirror_sum"].as_float(), Some(12.0), "{text}");
+    assert_eq!(costs["per_step"].as_float(), Some(3.0), "{text}");
 }

@@ -4,13 +4,15 @@
 //! each copy's gradient is half of the step's: the two ranks exchange them and both add.
 //! A copy's gradient is final after its last weight gradient, and the two copies of a
 //! stage finish at different times (DualPipe: one early in the tail, one at the very end).
-//! So the exchange goes by *finishing order*, not by stage: group `i` of a pair of ranks
-//! sends this rank's `i`-th finished stage and receives the peer's `i`-th finished (both
-//! ranks compute both orders from the programs, so the groups match op for op), on the
+//! So the exchange goes by *finishing order*, not by stage: the groups of a pair of ranks
+//! move this rank's `i`-th finished stage and receive the peer's `i`-th finished (both
+//! ranks compute both orders from the programs, so the groups match op for op), one
+//! group per gradient matrix in the order the weight gradient writes them, on the
 //! communication stream after the program's last batch, each group waiting only for the
-//! last weight gradient of what it sends. The early group thus travels while the tail
-//! still computes. A stage is added and updated as soon as the groups that sent and
-//! received it are done, while later groups are in flight.
+//! last product into the matrix it sends. The early stage thus travels while the tail
+//! still computes, and the last one matrix by matrix: its first while the last weight
+//! gradient computes the others, each added and updated while the next is in flight
+//! (what is left exposed is about one matrix's transfer and update, not the stage's).
 //!
 //! Deadlock-free: every group comes after all of the program's batches on its rank's
 //! communication stream, a group waits only for its own rank's compute (which never waits
@@ -88,8 +90,25 @@ pub(super) fn epilogue(rank: &mut Rank, training: &Training, set: &ProgramSet, s
     spans.extend(step_span("epilogue: updates", first, rank.nodes.len() as u32));
 }
 
-/// The groups with `peer` in finishing order, then each stage's accumulation and update
-/// once the groups that moved it are done.
+/// The gradient matrices of `stage` on `rank`, in the order a weight gradient writes them
+/// (per layer: w2's, then w1's): (gradient, mirror scratch, elements, layer, which: 1 or 2).
+pub(super) fn matrices(rank: &mut Rank, stage: u32) -> Vec<(u32, u32, u64, u32, u32)> {
+    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
+    let mut out = Vec::new();
+    for l in 0..rank.model.layers_per_stage {
+        let gl = rank.global_layer(stage, l);
+        let (_, _, g1, g2) = rank.weights(stage, l);
+        let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, Dtype::F32);
+        let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, Dtype::F32);
+        out.extend([(g2, s2, f * h, l, 2), (g1, s1, h * f, l, 1)]);
+    }
+    out
+}
+
+/// The groups with `peer` in finishing order, one per gradient matrix, then each matrix's
+/// accumulation and update once the groups that moved it are done: the last stage's
+/// matrices travel one after the other, each added and updated while the next is in
+/// flight, and its first starts while the last weight gradient still computes the rest.
 fn exchange_with(
     rank: &mut Rank,
     training: &Training,
@@ -98,69 +117,54 @@ fn exchange_with(
     peer: u32,
     spans: &mut Vec<OpSpan>,
 ) {
-    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
     let mine = finishing_order(rank.layout, set, rank.rank, peer);
     let theirs = finishing_order(rank.layout, set, peer, rank.rank);
     let dir_of = |rank: &Rank, stage: u32| {
         (0..rank.grad_events.len() as u32).find(|&d| rank.stage(d).1 == stage && mirror_peer(rank, d) == Some(peer))
     };
-    // Per stage: (gradients, mirror scratch) of each of its layers.
-    let buffers = |rank: &mut Rank, stage: u32| -> Vec<(u32, u32, u64)> {
-        let mut out = Vec::new();
-        for l in 0..rank.model.layers_per_stage {
-            let gl = rank.global_layer(stage, l);
-            let (_, _, g1, g2) = rank.weights(stage, l);
-            let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, Dtype::F32);
-            let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, Dtype::F32);
-            out.extend([(g1, s1, h * f), (g2, s2, f * h)]);
-        }
-        out
-    };
-    // The group events: (stage, the event of the group that sent it, of the one that
-    // received its mirror).
+    // The group events: ((stage, matrix), the event of the group that sent it, of the one
+    // that received its mirror).
     let mut sent = Vec::new();
     let mut received = Vec::new();
     for (i, (&send, &recv)) in mine.iter().zip(&theirs).enumerate() {
-        if let Some(Some(e)) = dir_of(rank, send).map(|d| rank.grad_events[d as usize]) {
-            rank.nodes.push(Node::Wait { stream: COMM, event: e });
+        let events = dir_of(rank, send).and_then(|d| rank.grad_events[d as usize].clone());
+        let out = matrices(rank, send);
+        let inn = matrices(rank, recv);
+        for (j, (&(g, ..), &(_, s, ..))) in out.iter().zip(&inn).enumerate() {
+            if let Some(events) = &events {
+                rank.nodes.push(Node::Wait { stream: COMM, event: events[j] });
+            }
+            let ops = vec![P2p { send: true, peer, buffer: g }, P2p { send: false, peer, buffer: s }];
+            let bytes = ops.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum();
+            let group = rank.nodes.len() as u32;
+            rank.nodes.push(Node::Group { stream: COMM, ops });
+            let done = rank.new_event();
+            rank.nodes.push(Node::Record { stream: COMM, event: done });
+            spans.push(OpSpan {
+                label: format!("mirror-sum {i}.{j} with rank {peer}"),
+                kind: "COMM".into(),
+                stages: vec![send, recv],
+                stream: COMM,
+                first: group,
+                last: group,
+                bytes,
+            });
+            sent.push(((send, j), done));
+            received.push(((recv, j), done));
         }
-        let out = buffers(rank, send);
-        let inn = buffers(rank, recv);
-        let mut ops: Vec<P2p> = out.iter().map(|&(g, _, _)| P2p { send: true, peer, buffer: g }).collect();
-        ops.extend(inn.iter().map(|&(_, s, _)| P2p { send: false, peer, buffer: s }));
-        let bytes = ops.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum();
-        let group = rank.nodes.len() as u32;
-        rank.nodes.push(Node::Group { stream: COMM, ops });
-        let done = rank.new_event();
-        rank.nodes.push(Node::Record { stream: COMM, event: done });
-        spans.push(OpSpan {
-            label: format!("mirror-sum {i} with rank {peer}"),
-            kind: "COMM".into(),
-            stages: vec![send, recv],
-            stream: COMM,
-            first: group,
-            last: group,
-            bytes,
-        });
-        sent.push((send, done));
-        received.push((recv, done));
     }
-    // A stage is ready once both its groups are done (groups complete in order).
-    let mut ready: Vec<(u32, u32)> = sent
-        .iter()
-        .filter_map(|&(stage, e)| received.iter().find(|r| r.0 == stage).map(|&(_, r)| (e.max(r), stage)))
-        .collect();
+    // A matrix is ready once both its groups are done (groups complete in order).
+    let mut ready: Vec<(u32, (u32, usize))> =
+        sent.iter().filter_map(|&(m, e)| received.iter().find(|r| r.0 == m).map(|&(_, r)| (e.max(r), m))).collect();
     ready.sort();
-    for (event, stage) in ready {
+    for (event, (stage, j)) in ready {
         let first = rank.nodes.len() as u32;
         rank.nodes.push(Node::Wait { stream: COMPUTE, event });
-        for (g, s, n) in buffers(rank, stage) {
-            rank.kernel(COMPUTE, "accumulate", vec![s, g], n, vec![]);
-        }
-        for l in 0..rank.model.layers_per_stage {
-            update(rank, training, step, stage, l);
-        }
-        spans.extend(step_span(&format!("epilogue: stage {stage}"), first, rank.nodes.len() as u32));
+        let (g, s, n, l, which) = matrices(rank, stage)[j];
+        rank.kernel(COMPUTE, "accumulate", vec![s, g], n, vec![]);
+        update_matrix(rank, training, step, stage, l, which);
+        let label = format!("epilogue: stage {stage} w{which}.{}", rank.global_layer(stage, l));
+        spans.extend(step_span(&label, first, rank.nodes.len() as u32));
     }
 }
 
@@ -179,24 +183,30 @@ fn ticks(rank: &mut Rank, training: &Training) -> Option<u32> {
 /// The optimizer's update of layer `l` of `stage` (AdamW when `step` is its counter, else
 /// SGD); bf16: on the f32 master weights, then a cast into the bf16 copy.
 fn update(rank: &mut Rank, training: &Training, step: Option<u32>, stage: u32, l: u32) {
-    let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
+    for which in [1, 2] {
+        update_matrix(rank, training, step, stage, l, which);
+    }
+}
+
+/// [`update`] of one matrix of the layer: w1 (`which` 1) or w2.
+fn update_matrix(rank: &mut Rank, training: &Training, step: Option<u32>, stage: u32, l: u32, which: u32) {
+    let n = rank.model.hidden as u64 * rank.model.ffn as u64;
     let lr = training.lr as f32;
     let gl = rank.global_layer(stage, l);
     let (w1, w2, g1, g2) = rank.weights(stage, l);
-    for (w, g, n, which) in [(w1, g1, h * f, 1), (w2, g2, f * h, 2)] {
-        let bf16 = rank.model.dtype == Dtype::Bf16;
-        let copy = w;
-        let w = if bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
-        match step {
-            Some(step) => {
-                let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
-                let v = rank.buffer(format!("adam.v{which}.{gl}"), n, Dtype::F32);
-                rank.kernel(COMPUTE, "adamw_update", vec![w, g, m, v, step], n, vec![lr, 0.9, 0.999, 1e-8, 0.01]);
-            }
-            None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
+    let (w, g) = if which == 1 { (w1, g1) } else { (w2, g2) };
+    let bf16 = rank.model.dtype == Dtype::Bf16;
+    let copy = w;
+    let w = if bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
+    match step {
+        Some(step) => {
+            let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
+            let v = rank.buffer(format!("adam.v{which}.{gl}"), n, Dtype::F32);
+            rank.kernel(COMPUTE, "adamw_update", vec![w, g, m, v, step], n, vec![lr, 0.9, 0.999, 1e-8, 0.01]);
         }
-        if bf16 {
-            rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
-        }
+        None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
+    }
+    if bf16 {
+        rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
     }
 }

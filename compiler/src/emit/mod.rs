@@ -90,10 +90,11 @@ struct Rank<'a> {
     next_event: u32,
     /// Async p2p: the event of the last batch so far.
     last_batch: Option<u32>,
-    /// Per module whose gradients a mirror copy shares (DualPipe): the event recorded
-    /// after each of its weight gradients, so that the epilogue's exchange of them waits
-    /// for the last one only, not for the whole program.
-    grad_events: Vec<Option<u32>>,
+    /// Per module whose gradients a mirror copy shares (DualPipe): per gradient matrix, in
+    /// the order the weight gradient writes them ([`epilogue::matrices`]), the event
+    /// recorded after each product into it, so that the epilogue's exchange of a matrix
+    /// waits for its last product only, not for the whole program.
+    grad_events: Vec<Option<Vec<u32>>>,
 }
 
 impl<'a> Rank<'a> {
@@ -331,11 +332,15 @@ impl<'a> Rank<'a> {
             } else {
                 slot.x[l]
             };
+            let events = self.grad_events.get(dir as usize).cloned().flatten();
             self.gemm(stream, (slot.a[l], slot.dy[l], g2), (f, h, t), (true, false), 1.0);
+            if let Some(events) = &events {
+                self.nodes.push(Node::Record { stream, event: events[2 * l] });
+            }
             self.gemm(stream, (x, slot.dh[l], g1), (h, f, t), (true, false), 1.0);
-        }
-        if let Some(&Some(event)) = self.grad_events.get(dir as usize) {
-            self.nodes.push(Node::Record { stream, event });
+            if let Some(events) = &events {
+                self.nodes.push(Node::Record { stream, event: events[2 * l + 1] });
+            }
         }
         self.release(dir, mb);
     }
@@ -395,8 +400,11 @@ pub fn emit_with(
             last_batch: None,
             grad_events: Vec::new(),
         };
+        let matrices = 2 * model.layers_per_stage as usize;
         rank.grad_events = (0..modules as u32)
-            .map(|dir| epilogue::mirror_peer(&rank, dir).is_some().then(|| rank.new_event()))
+            .map(|dir| {
+                epilogue::mirror_peer(&rank, dir).is_some().then(|| (0..matrices).map(|_| rank.new_event()).collect())
+            })
             .collect();
         prologue(&mut rank);
         let mut spans = Vec::with_capacity(program.len() + 2);
