@@ -381,7 +381,9 @@ fn dualpipe_exchanges_mirrored_gradients_in_finishing_order_while_the_tail_compu
             (parts.next().unwrap().to_owned(), layer)
         };
         let ticks = r.nodes.iter().rposition(|n| matches!(n, Node::Kernel(k) if k.name == "tick")).unwrap();
-        let groups: Vec<(usize, Vec<(bool, (String, u32))>)> = r.nodes[ticks..]
+        // (node index, its ops as (send, matrix)).
+        type Groups = Vec<(usize, Vec<(bool, (String, u32))>)>;
+        let groups: Groups = r.nodes[ticks..]
             .iter()
             .enumerate()
             .filter_map(|(i, n)| match n {
