@@ -11,6 +11,11 @@ extern "C" __global__ void gelu_backward_bf16(const bf16* x, const bf16* dy, bf1
 
 extern "C" __global__ void copy_bf16(const bf16* x, bf16* y, long long n) { copy_bytes(x, y, n * 2); }
 
+// acc (f32) += g (bf16): a mirrored gradient copy that travelled as bf16.
+extern "C" __global__ void accumulate_bf16(const bf16* g, float* acc, long long n) {
+    GRID_STRIDE(i, n) { acc[i] += ld(g[i]); }
+}
+
 // w (bf16) = master (f32), after each optimizer step.
 extern "C" __global__ void cast_bf16(const float* master, bf16* w, long long n) {
     GRID_STRIDE(i, n) { st(&w[i], master[i]); }

@@ -25,11 +25,12 @@ for case in "dualpipev 1 4 f32" "1f1b 2 4 f32" "zb-h1 2 4 f32" "dualpipe 2 4 f32
             "interleaved-1f1b 2 4 f32" "1f1b 4 8 f32" "zb-h1 4 8 f32" "dualpipe 4 8 f32" "dualpipev 4 8 f32" \
             "dualpipev 1 4 bf16" "1f1b 2 4 bf16" "zb-h1 4 8 bf16" "dualpipe 4 8 bf16" "dualpipev 4 8 bf16" \
             "zb-v 2 4 f32 async" "1f1b 2 4 f32 async" "dualpipe 2 4 f32 async" \
-            "dualpipev 1 4 f32 blocking fused" "1f1b 2 4 bf16 blocking kernel"; do
+            "dualpipev 1 4 f32 blocking fused" "1f1b 2 4 bf16 blocking kernel" "dualpipe 2 4 bf16 async auto bf16"; do
   set -- $case
-  comm=${5:-blocking} gelu=${6:-auto}
-  name="$1-r$2-$4${5:+-$5}${6:+-$6}"
-  spec "target/gpu/plans/$name.toml" "$1" "$2" "$3" "dtype=\"$4\"" "comm=\"$comm\"" "gelu=\"$gelu\""
+  comm=${5:-blocking} gelu=${6:-auto} mirror=${7:-f32}
+  name="$1-r$2-$4${5:+-$5}${6:+-$6}${7:+-mirror-$7}"
+  spec "target/gpu/plans/$name.toml" "$1" "$2" "$3" "dtype=\"$4\"" "comm=\"$comm\"" "gelu=\"$gelu\"" \
+    "mirror_sum=\"$mirror\""
   ./target/release/pipewright compile "target/gpu/plans/$name.toml" -o "target/gpu/plans/$name" >/dev/null
 done
 
@@ -70,6 +71,16 @@ for fam in zb-v 1f1b; do
       | python3 -c "import json,sys; r=json.load(sys.stdin); print('$name simulated makespan', r['makespan'])" \
       | tee -a target/gpu/bench/simulated.txt
   done
+done
+
+# DualPipe's mirrored gradients exchanged in bf16 (half the bytes of the exposed tail)
+# against f32, at the bf16 settings, 2 GPUs.
+for setting in "h2048 2048 2048 2 16" "h4096 4096 4096 1 16"; do
+  set -- $setting
+  name="dualpipe-r2-$1-mirror-bf16"
+  spec "target/gpu/bench/$name.toml" dualpipe 2 "$5" "hidden=$2" "ffn=$((4 * $2))" "seq=$3" "microbatch_size=$4" \
+    "layers_per_stage=1" "dtype=\"bf16\"" "checkpoint_every=0" "comm=\"async\"" "mirror_sum=\"bf16\""
+  ./target/release/pipewright compile "target/gpu/bench/$name.toml" -o "target/gpu/bench/$name" >/dev/null
 done
 
 # An optimised plan (issue 6) against its family, same model, 2 GPUs, blocking p2p.

@@ -98,6 +98,8 @@ const BAD: &[(&str, &str, &str)] = &[
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[memory]\nactivation = 10\nweight_grad_part = 20\nbudget = 100\n", ":7:20", "exceeds activation"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[memory]\nactivation = 10\nbudget = -5\n", ":7:10", "budget must be > 0"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 2\nmicrobatches = 4\n[model]\nkind = \"mlp\"\nhidden = 8\nseq = 4\nmicrobatch_size = 1\ngelu = \"sometimes\"\n", ":10:8", "unknown gelu"),
+    ("[pipeline]\nschedule = \"dualpipe\"\nranks = 2\nmicrobatches = 4\n[model]\nkind = \"mlp\"\nhidden = 8\nseq = 4\nmicrobatch_size = 1\nmirror_sum = \"bf16\"\n", ":10:14", "needs dtype = \"bf16\""),
+    ("[pipeline]\nschedule = \"dualpipe\"\nranks = 2\nmicrobatches = 4\n[model]\nkind = \"mlp\"\nhidden = 8\nseq = 4\nmicrobatch_size = 1\ndtype = \"bf16\"\nmirror_sum = \"f16\"\n", ":11:14", "unknown mirror_sum"),
 ];
 
 #[test]

@@ -19,6 +19,7 @@ fn model(layers_per_stage: u32) -> Model {
         dtype: Dtype::F32,
         seed: 7,
         fuse_gelu: true,
+        mirror_bf16: false,
     }
 }
 
@@ -166,6 +167,45 @@ fn every_step_trains_on_fresh_data() {
     let x = data::input(&model, 2, 5);
     assert_eq!(x[7], data::synth_value(model.seed, data::INPUT_TAG, 2, 5, 7));
     assert_ne!(data::input(&model, 1, 5), x);
+}
+
+#[test]
+fn dualpipe_can_exchange_its_mirrored_gradients_in_bf16() {
+    // `mirror_sum = "bf16"`: each gradient matrix is rounded into a bf16 buffer of its own
+    // on the communication stream (after the event of its last product), that buffer
+    // travels (half the bytes), and the compute stream adds the peer's bf16 copy into the
+    // f32 gradient. The CPU executor holds f32, so the plan still computes the model.
+    use pipewright_plan::Node;
+    let set = Family::DualPipe.generate(2, 4, 1);
+    let bf16 = Model { dtype: Dtype::Bf16, ..model(1) };
+    let f32_sum = emit(&set, &bf16, &training(), hashes()).unwrap();
+    let model = Model { mirror_bf16: true, ..bf16.clone() };
+    let plan = emit(&set, &model, &training(), hashes()).unwrap();
+    plan.validate().unwrap();
+    let exchanged = |plan: &Plan, r: usize| -> u64 {
+        let rp = &plan.ranks[r];
+        rp.ops.iter().filter(|o| o.label.starts_with("mirror-sum")).map(|o| o.bytes).sum()
+    };
+    for r in &plan.ranks {
+        let i = r.rank as usize;
+        assert_eq!(2 * exchanged(&plan, i), exchanged(&f32_sum, i), "rank {}: half the bytes", r.rank);
+        let ticks = r.nodes.iter().rposition(|n| matches!(n, Node::Kernel(k) if k.name == "tick")).unwrap();
+        let groups: Vec<usize> = (ticks..r.nodes.len()).filter(|&i| matches!(r.nodes[i], Node::Group { .. })).collect();
+        assert_eq!(groups.len(), 4, "rank {}", r.rank);
+        for &at in &groups {
+            let Node::Group { ops, .. } = &r.nodes[at] else { unreachable!() };
+            let Node::Kernel(cast) = &r.nodes[at - 1] else { panic!("rank {}: no cast before the group", r.rank) };
+            assert_eq!((cast.name.as_str(), cast.stream), ("cast_bf16", 2), "rank {}", r.rank);
+            assert!(matches!(r.nodes[at - 2], Node::Wait { stream: 2, .. }), "the cast waits for the gradient");
+            assert_eq!(ops[0].buffer, cast.buffers[1], "what travels is the rounded copy");
+            for o in ops.iter() {
+                assert_eq!(r.buffers[o.buffer as usize].dtype, Dtype::Bf16, "rank {}", r.rank);
+            }
+        }
+        let adds = r.nodes[ticks..].iter().filter(|n| matches!(n, Node::Kernel(k) if k.name == "accumulate_bf16"));
+        assert_eq!(adds.count(), 4, "rank {}: one bf16 accumulation per matrix", r.rank);
+    }
+    first_step_matches_the_reference(&plan, &model);
 }
 
 #[test]

@@ -47,6 +47,9 @@
 //! seed = 0
 //! gelu = "auto"            # fused into the GEMMs (cuBLASLt epilogues), "kernel", or auto:
 //!                          # fused in bf16, a kernel in f32
+//! mirror_sum = "f32"       # DualPipe: the dtype mirrored gradient copies travel in; "bf16"
+//!                          # (bf16 models only) halves the exchange's bytes, each copy
+//!                          # rounded to bf16 once before it is added in f32
 //!
 //! [training]               # optional, with [model]
 //! optimizer = "sgd"        # or "adamw"
@@ -195,6 +198,7 @@ struct RawModel {
     dtype: Option<Spanned<String>>,
     seed: Option<Spanned<i64>>,
     gelu: Option<Spanned<String>>,
+    mirror_sum: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -747,6 +751,20 @@ fn model(
                 .with_help("use \"auto\" (fused in bf16), \"fused\" (in the GEMMs' epilogues) or \"kernel\""));
         }
     };
+    let mirror_bf16 = match raw.mirror_sum.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("f32") => false,
+        Some("bf16") if dtype == pipewright_plan::Dtype::Bf16 => true,
+        Some(other) => {
+            let span = raw.mirror_sum.as_ref().map(|m| m.span());
+            let why = if other == "bf16" {
+                "mirror_sum = \"bf16\" needs dtype = \"bf16\"".to_owned()
+            } else {
+                format!("unknown mirror_sum \"{other}\"")
+            };
+            return Err(SourceError::new(file, source, span, why)
+                .with_help("use \"f32\" (the default) or, in a bf16 model, \"bf16\""));
+        }
+    };
     let model = pipewright_plan::Model {
         kind: "mlp".into(),
         hidden,
@@ -760,6 +778,7 @@ fn model(
         dtype,
         seed,
         fuse_gelu,
+        mirror_bf16,
     };
     let optimizer = match training.and_then(|t| t.optimizer.as_ref()) {
         None => "sgd".to_owned(),

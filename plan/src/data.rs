@@ -153,6 +153,7 @@ mod tests {
             dtype: crate::Dtype::F32,
             seed: 11,
             fuse_gelu: true,
+            mirror_bf16: false,
         }
     }
 

@@ -61,6 +61,10 @@ pub struct Model {
     /// than run as kernels of its own.
     #[serde(default = "yes")]
     pub fuse_gelu: bool,
+    /// DualPipe's mirrored gradient copies travel as bf16 (each rounded once, then added
+    /// in f32), half the bytes of f32; bf16 models only.
+    #[serde(default)]
+    pub mirror_bf16: bool,
 }
 
 fn yes() -> bool {

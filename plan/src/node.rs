@@ -37,6 +37,8 @@ pub const KERNELS: &[(&str, &[bool])] = &[
     ("synth_data_bf16", &[true, false]),
     // w(bf16) = master(f32)                     (master, w)
     ("cast_bf16", &[true, true]),
+    // acc(f32) += g(bf16)                      (g, acc)
+    ("accumulate_bf16", &[true, true]),
 ];
 
 /// The element-wise kernel `base` of [`KERNELS`] for activations of `dtype`: its `_bf16`

@@ -36,6 +36,7 @@ fn plan_dir(family: Family, ranks: u32, m: u32) -> tempfile::TempDir {
         dtype: Dtype::F32,
         seed: 3,
         fuse_gelu: true,
+        mirror_bf16: false,
     };
     let training = Training { optimizer: "sgd".into(), lr: 0.05, steps: 2, checkpoint_every: 0 };
     let set = family.generate(ranks, m, 2);

@@ -24,6 +24,7 @@ fn plan(family: Family, (hidden, ffn, seq, microbatch_size): (u32, u32, u32, u32
         dtype,
         seed: 0,
         fuse_gelu: true,
+        mirror_bf16: false,
     };
     let training = Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 };
     let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };

@@ -21,7 +21,7 @@
 
 use super::{step_span, Rank, COMM, COMPUTE};
 use crate::ir::{Event, Layout, ProgramSet};
-use pipewright_plan::node::{Node, P2p};
+use pipewright_plan::node::{self, Kernel, Node, P2p};
 use pipewright_plan::{Dtype, OpSpan, Training};
 
 /// The rank holding the mirror copy of module `dir` of `rank` in `layout`, and the stage,
@@ -90,16 +90,27 @@ pub(super) fn epilogue(rank: &mut Rank, training: &Training, set: &ProgramSet, s
     spans.extend(step_span("epilogue: updates", first, rank.nodes.len() as u32));
 }
 
+/// The dtype mirrored gradient copies travel in (`[model] mirror_sum`).
+fn travel_dtype(rank: &Rank) -> Dtype {
+    if rank.model.mirror_bf16 {
+        Dtype::Bf16
+    } else {
+        Dtype::F32
+    }
+}
+
 /// The gradient matrices of `stage` on `rank`, in the order a weight gradient writes them
-/// (per layer: w2's, then w1's): (gradient, mirror scratch, elements, layer, which: 1 or 2).
+/// (per layer: w2's, then w1's): (gradient, the peer's copy as received, elements, layer,
+/// which: 1 or 2).
 pub(super) fn matrices(rank: &mut Rank, stage: u32) -> Vec<(u32, u32, u64, u32, u32)> {
     let (h, f) = (rank.model.hidden as u64, rank.model.ffn as u64);
+    let travel = travel_dtype(rank);
     let mut out = Vec::new();
     for l in 0..rank.model.layers_per_stage {
         let gl = rank.global_layer(stage, l);
         let (_, _, g1, g2) = rank.weights(stage, l);
-        let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, Dtype::F32);
-        let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, Dtype::F32);
+        let s2 = rank.buffer(format!("mirror.g2.{gl}"), f * h, travel);
+        let s1 = rank.buffer(format!("mirror.g1.{gl}"), h * f, travel);
         out.extend([(g2, s2, f * h, l, 2), (g1, s1, h * f, l, 1)]);
     }
     out
@@ -130,11 +141,29 @@ fn exchange_with(
         let events = dir_of(rank, send).and_then(|d| rank.grad_events[d as usize].clone());
         let out = matrices(rank, send);
         let inn = matrices(rank, recv);
-        for (j, (&(g, ..), &(_, s, ..))) in out.iter().zip(&inn).enumerate() {
+        for (j, (&(g, _, n, ..), &(_, s, ..))) in out.iter().zip(&inn).enumerate() {
             if let Some(events) = &events {
                 rank.nodes.push(Node::Wait { stream: COMM, event: events[j] });
             }
-            let ops = vec![P2p { send: true, peer, buffer: g }, P2p { send: false, peer, buffer: s }];
+            let first = rank.nodes.len() as u32;
+            // In bf16, the copy to send is rounded into a buffer of its own, on the
+            // communication stream (what the compute stream does meanwhile is unaffected).
+            let sent_copy = if travel_dtype(rank) == Dtype::Bf16 {
+                let name = format!("mirror.send.{}", rank.buffers[g as usize].name);
+                let copy = rank.buffer(name, n, Dtype::Bf16);
+                let cast = Kernel {
+                    stream: COMM,
+                    name: "cast_bf16".into(),
+                    buffers: vec![g, copy],
+                    elements: n,
+                    scalars: vec![],
+                };
+                rank.nodes.push(Node::Kernel(cast));
+                copy
+            } else {
+                g
+            };
+            let ops = vec![P2p { send: true, peer, buffer: sent_copy }, P2p { send: false, peer, buffer: s }];
             let bytes = ops.iter().map(|o| rank.buffers[o.buffer as usize].bytes).sum();
             let group = rank.nodes.len() as u32;
             rank.nodes.push(Node::Group { stream: COMM, ops });
@@ -145,7 +174,7 @@ fn exchange_with(
                 kind: "COMM".into(),
                 stages: vec![send, recv],
                 stream: COMM,
-                first: group,
+                first,
                 last: group,
                 bytes,
             });
@@ -161,7 +190,8 @@ fn exchange_with(
         let first = rank.nodes.len() as u32;
         rank.nodes.push(Node::Wait { stream: COMPUTE, event });
         let (g, s, n, l, which) = matrices(rank, stage)[j];
-        rank.kernel(COMPUTE, "accumulate", vec![s, g], n, vec![]);
+        let accumulate = node::kernel_name("accumulate", travel_dtype(rank));
+        rank.kernel(COMPUTE, &accumulate, vec![s, g], n, vec![]);
         update_matrix(rank, training, step, stage, l, which);
         let label = format!("epilogue: stage {stage} w{which}.{}", rank.global_layer(stage, l));
         spans.extend(step_span(&label, first, rank.nodes.len() as u32));
