@@ -4,13 +4,15 @@
 //! algorithm, prepared on first use (the eager first step) and reused by every later call
 //! and by the graph capture.
 //!
-//! The algorithm is tuned, not guessed: the heuristic's best [`CANDIDATES`] (and its best
-//! with no workspace, and with no split-K reduction) are timed on scratch operands of the
-//! product's shape, and each is captured once to count the graph nodes it adds. Split-K and stream-K algorithms clear their workspace with a memset
-//! before each product; a replayed graph pays host time for every memset node (measured:
-//! 3 µs to launch a 470-node graph of kernels, 220–270 µs with 128–176 memsets among 400),
-//! so the fastest algorithm that adds only its kernel wins unless another is more than
-//! [`MEMSET_TOLERANCE`] faster. A choice, once made, is kept ([`crate::tuning`]): a product
+//! The algorithm is tuned, not guessed ([`choose`]): the heuristic's best [`CANDIDATES`]
+//! (and its best with no workspace, and with no split-K reduction) are timed on scratch
+//! operands of the product's shape, and each is captured once to count the graph nodes it
+//! adds. Split-K and stream-K algorithms clear their workspace with a memset before each
+//! product, and a replayed graph pays host time for every memset node (measured: 3 µs to
+//! launch a 470-node graph of kernels, 220–270 µs with 128–176 memsets among 400), so the
+//! fastest algorithm that adds only its kernel wins unless another is more than
+//! [`MEMSET_TOLERANCE`] faster (at the bf16 shapes every candidate adds one; the graph's
+//! memset nodes are rewritten as kernel nodes since, [`crate::graph`]). A choice, once made, is kept ([`crate::tuning`]): a product
 //! whose algorithm a checkpoint or this machine's cache records uses it, untimed, so that
 //! runs of a plan, and a resumed run, compute the same bits.
 //!
