@@ -4,7 +4,7 @@
 //! algorithm, prepared on first use (the eager first step) and reused by every later call
 //! and by the graph capture.
 //!
-//! The algorithm is tuned, not guessed ([`choose`]): the heuristic's best [`CANDIDATES`]
+//! The algorithm is tuned, not guessed (`choose.rs`): the heuristic's best [`CANDIDATES`]
 //! (and its best with no workspace, and with no split-K reduction) are timed on scratch
 //! operands of the product's shape, and each is captured once to count the graph nodes it
 //! adds. Split-K and stream-K algorithms clear their workspace with a memset before each
