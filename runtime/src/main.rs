@@ -377,7 +377,8 @@ fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>)
         profile_out: Some(out.clone()),
         profile_warmup: warmup,
         keep_memsets: false,
-        compute_alone: 0,
+        // Each rank's step graph without p2p, last: what its ops' costs are scaled to.
+        compute_alone: 10,
     };
     let code = launch(gpus, dir, &args)?;
     if code != ExitCode::SUCCESS {
@@ -405,13 +406,15 @@ fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>)
     let ideal = profiles.iter().map(|p| p.ideal_ms()).fold(0.0, f64::max);
     for p in &profiles {
         let nodes = p.node_compute_ms.map_or(String::new(), |ms| format!(", its nodes alone {ms:.3} ms"));
+        let alone = p.alone_ms.map_or(String::new(), |ms| format!(", its step graph without p2p {ms:.3} ms"));
         println!(
-            "rank {}: compute {:.3} ms per step (its ops){nodes}, eager step with timing {:.3} ms",
+            "rank {}: compute {:.3} ms per step (its ops){nodes}{alone}, eager step with timing {:.3} ms",
             p.rank, p.compute_ms, p.step_ms
         );
     }
     println!(
-        "ideal step (busiest rank's compute, its nodes alone when timed) {ideal:.3} ms; wrote {}/costs.toml and measured-trace.json",
+        "ideal step (busiest rank's compute: its step graph without p2p) {ideal:.3} ms; wrote {}/costs.toml and \
+         measured-trace.json",
         out.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -56,6 +56,10 @@ pub struct RankProfile {
     /// compute streams may overlap, so their sum is not the work alone.
     #[serde(default)]
     pub node_compute_ms: Option<f64>,
+    /// The rank's step graph replayed without its p2p (`run --compute-alone`), median ms:
+    /// its compute as the graph runs it, with nothing to wait for.
+    #[serde(default)]
+    pub alone_ms: Option<f64>,
     pub ops: Vec<OpTime>,
     /// The node-timed step's nodes, by kind (empty when fewer than 3 steps were profiled).
     #[serde(default)]
@@ -212,14 +216,29 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
             .map(|(_, ms)| ms)
             .sum()
     });
-    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, ops, nodes }
+    let alone_ms = (!report.alone_ms.is_empty()).then(|| median(report.alone_ms.clone()));
+    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, alone_ms, ops, nodes }
 }
 
 impl RankProfile {
-    /// This rank's compute per step, for the bubble-free ideal: its nodes' when they were
-    /// timed, else its ops'.
+    /// This rank's compute per step, for the bubble-free ideal: its step graph without p2p
+    /// when it was replayed, else its nodes' when they were timed, else its ops'.
     pub fn ideal_ms(&self) -> f64 {
-        self.node_compute_ms.unwrap_or(self.compute_ms)
+        self.alone_ms.or(self.node_compute_ms).unwrap_or(self.compute_ms)
+    }
+
+    /// What this rank's compute ops (and the step's own work) are scaled by in the costs
+    /// table: its compute as the graph runs it over the sum of its ops timed in eager
+    /// steps (1 when the graph was not replayed alone). Timed eagerly, ops carry launch
+    /// gaps and share the GPU with p2p kernels, and their sum exceeds the graph's compute
+    /// (measured on 2 × H200: by 4–11% for DualPipe and DualPipeV plans; scaled, the
+    /// simulator's step time came within −8.3…+3.0% of the measured steps, mean 3.2%, from
+    /// +2.6…+12.3%, mean 8.5%).
+    pub fn calibration(&self) -> f64 {
+        match self.alone_ms {
+            Some(alone) if alone.is_finite() && alone > 0.0 && self.compute_ms > 0.0 => alone / self.compute_ms,
+            _ => 1.0,
+        }
     }
 }
 
@@ -228,16 +247,19 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let stages = plan.stages as usize;
     let mut by: BTreeMap<(&str, u32), Vec<f64>> = BTreeMap::new();
     let mut comm = Vec::new();
-    for op in profiles.iter().flat_map(|p| &p.ops) {
-        match op.kind.as_str() {
-            "COMM" => comm.push(op.ms),
-            "STEP" => {}
-            "FB" => {
-                for &s in &op.stages {
-                    by.entry(("FB", s)).or_default().push(op.ms);
+    for p in profiles {
+        let scale = p.calibration();
+        for op in &p.ops {
+            match op.kind.as_str() {
+                "COMM" => comm.push(op.ms),
+                "STEP" => {}
+                "FB" => {
+                    for &s in &op.stages {
+                        by.entry(("FB", s)).or_default().push(op.ms * scale);
+                    }
                 }
+                k => by.entry((k, op.stages.first().copied().unwrap_or(0))).or_default().push(op.ms * scale),
             }
-            k => by.entry((k, op.stages.first().copied().unwrap_or(0))).or_default().push(op.ms),
         }
     }
     let get = |k: &str, s: usize| by.get(&(k, s as u32)).map(|v| median(v.clone()));
@@ -256,22 +278,31 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
     let p2p = comm.into_iter().filter(|x| x.is_finite()).fold(f64::INFINITY, f64::min);
     // Once a step: the busiest rank's own work (prologue, epilogue) and its mirror sum.
-    let per_rank = |keep: &dyn Fn(&OpTime) -> bool| {
-        profiles.iter().map(|p| p.ops.iter().filter(|o| keep(o)).map(|o| o.ms).sum::<f64>()).fold(0.0, f64::max)
+    let per_rank = |keep: &dyn Fn(&OpTime) -> bool, scaled: bool| {
+        profiles
+            .iter()
+            .map(|p| {
+                let scale = if scaled { p.calibration() } else { 1.0 };
+                p.ops.iter().filter(|o| keep(o)).map(|o| o.ms * scale).sum::<f64>()
+            })
+            .fold(0.0, f64::max)
     };
-    let per_step = per_rank(&|o| o.kind == "STEP");
-    let mirror_sum = per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"));
+    let per_step = per_rank(&|o| o.kind == "STEP", true);
+    let mirror_sum = per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"), false);
+    let scales: Vec<String> = profiles.iter().map(|p| format!("{:.3}", p.calibration())).collect();
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches),\n\
          # milliseconds per op (medians over the profiled steps after the first; p2p: the fastest\n\
-         # batch). To simulate this machine: `[costs] from = \"<this file>\"` in the spec (whose\n\
-         # own `comm` says how the plan communicates).\n\
+         # batch); each rank's compute ops scaled to its step graph's compute without p2p (by\n\
+         # {}, rank by rank). To simulate this machine: `[costs] from = \"<this file>\"` in the\n\
+         # spec (whose own `comm` says how the plan communicates).\n\
          [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\n\
          per_step = {:.4}\nmirror_sum = {:.4}\n",
         plan.schedule,
         plan.world_size,
         plan.stages,
         plan.microbatches,
+        scales.join(", "),
         list(&forward),
         list(&backward),
         list(&weights),

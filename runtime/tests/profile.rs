@@ -153,6 +153,37 @@ fn warm_up_steps_and_the_node_timed_step_are_not_the_profiled_step_time() {
 }
 
 #[test]
+fn compute_costs_are_scaled_to_the_step_graph_without_p2p() {
+    // Every op 1 ms in the eager steps; each rank's step graph without its p2p took half
+    // its ops' sum: F, B, W, FB and the step's own work are halved, p2p is not, and the
+    // ideal is the graph's.
+    let plan = plan(Family::ZbV, (8, 32, 4, 1), Dtype::F32);
+    let profiles: Vec<_> = plan
+        .ranks
+        .iter()
+        .map(|r| {
+            let step = vec![(0.0, 1.0); r.ops.len()];
+            let computing = r.ops.iter().filter(|o| o.kind != "COMM").count() as f64;
+            let mut rep = report(r.rank, vec![step.clone(), step.clone(), step], vec![]);
+            rep.alone_ms = vec![computing / 2.0; 5];
+            let p = rank_profile(&plan, r.rank, &rep);
+            assert_eq!(p.calibration(), 0.5, "rank {}", r.rank);
+            assert_eq!(p.ideal_ms(), computing / 2.0, "rank {}", r.rank);
+            p
+        })
+        .collect();
+    let text = costs_toml(&plan, &profiles, "test");
+    let costs = &toml::from_str::<toml::Value>(&text).unwrap()["costs"];
+    let list = |k: &str| -> Vec<f64> { costs[k].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect() };
+    assert!(list("forward").iter().all(|&f| f == 0.5), "{text}");
+    assert!(list("weight").iter().all(|&w| w == 0.5), "{text}");
+    assert_eq!(costs["p2p"].as_float(), Some(1.0), "{text}");
+    let steps = plan.ranks.iter().map(|r| r.ops.iter().filter(|o| o.kind == "STEP").count()).max().unwrap();
+    assert_eq!(costs["per_step"].as_float(), Some(0.5 * steps as f64), "{text}");
+    assert!(text.contains("scaled to its step graph's compute without p2p (by\n# 0.500, 0.500"), "{text}");
+}
+
+#[test]
 fn node_timings_group_by_kind_with_their_rates() {
     // A 1F1B plan with GELU fused: every product 2 ms, every kernel 0.5 ms, every p2p group
     // 0.25 ms, as the node-timed step would report them (event records and waits untimed).
