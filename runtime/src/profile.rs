@@ -7,9 +7,10 @@
 //!   the plan directory holds `compile`'s simulated `trace.json`, both in one trace
 //!   (`compare-trace.json`) to view side by side;
 //! - each rank's compute time per step (its ops, and the step's own work before and after
-//!   them), and the same as the sum of its compute nodes each timed alone (the last
-//!   profiled step): the bubble-free ideal step is the busiest rank's, from its nodes when
-//!   they were timed.
+//!   them), the same as the sum of its compute nodes each timed alone (the last profiled
+//!   step), and its step graph replayed without p2p (`run --compute-alone`, after the
+//!   rest): the bubble-free ideal step is the busiest rank's graph without p2p, and the
+//!   costs table scales each rank's compute costs to it ([`RankProfile::calibration`]).
 //!
 //! `profile` runs warm-up steps before the timed ones: an H200's first steps under load
 //! run at higher clocks than it sustains (measured: a 2048 DualPipe step takes 20.1 ms at
