@@ -37,8 +37,9 @@ pub struct CostModel {
     /// `step_time` adds it.
     #[serde(default)]
     pub per_step: f64,
-    /// Once per step where pipes are mirrored (DualPipe): the exchange of the mirrored
-    /// stages' gradients after the programs. Also only in `step_time`.
+    /// Once per step where pipes are mirrored (DualPipe): a rank's whole exchange of its
+    /// mirrored stages' gradients. `step_time` counts what of it outlasts the programs
+    /// ([`crate::mirror::exchange_end`]).
     #[serde(default)]
     pub mirror_sum: f64,
 }

@@ -11,6 +11,7 @@ pub mod emit;
 pub mod eplb;
 pub mod families;
 pub mod ir;
+pub mod mirror;
 pub mod optimize;
 pub mod render;
 pub mod report;
@@ -107,11 +108,13 @@ pub fn lower_and_simulate(
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
     let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
-    // Once a step, outside the programs: the step's own work, and the mirror sum where
-    // pipes are mirrored.
-    let mirror = if dag.layout.mirrored_pipes.is_empty() { 0.0 } else { costs.mirror_sum };
+    // Once a step, outside the programs: the step's own work, and where pipes are
+    // mirrored the part of the gradient exchange that outlasts them (the copies that
+    // finish early travel during the programs' tails).
+    let exchange = mirror::exchange_end(&dag.layout, programs, &simulation, costs.mirror_sum);
+    let exposed = exchange.map_or(0.0, |end| (end - simulation.makespan).max(0.0));
     let budget = memory.map(|m| m.budget);
-    let outside = costs.per_step + mirror;
+    let outside = costs.per_step + exposed;
     let report = Report::new(programs, dag.layout.stages, costs.comm, &simulation, budget, (lower_bound, outside));
     Ok((dag, simulation, report))
 }

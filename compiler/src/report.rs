@@ -30,8 +30,9 @@ pub struct Report {
     /// When the last rank finishes, in cost units.
     pub makespan: f64,
     /// One training step: the makespan, the step's own work outside the programs
-    /// (`[costs] per_step`) and, where pipes are mirrored, the mirror-gradient sum
-    /// (`mirror_sum`). Equal to the makespan when the costs give neither.
+    /// (`[costs] per_step`) and, where pipes are mirrored, the part of the mirror-gradient
+    /// exchange (`mirror_sum`) that outlasts the programs ([`crate::mirror::exchange_end`]).
+    /// Equal to the makespan when the costs give neither.
     #[serde(default)]
     pub step_time: f64,
     /// Idle time over all ranks divided by ranks × makespan.

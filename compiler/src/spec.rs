@@ -17,7 +17,8 @@
 //! p2p = 0.0
 //! comm = "blocking"        # or "async"
 //! per_step = 0.0           # once a step, outside the programs (prologue, optimizer)
-//! mirror_sum = 0.0         # once a step where pipes are mirrored (DualPipe's gradient sum)
+//! mirror_sum = 0.0         # once a step where pipes are mirrored: a rank's gradient exchange
+//!                          # (step_time counts what outlasts the programs, crate::mirror)
 //!
 //! [memory]                 # optional, bytes
 //! activation = 1_000_000

@@ -233,8 +233,8 @@ impl RankProfile {
     /// steps (1 when the graph was not replayed alone). Timed eagerly, ops carry launch
     /// gaps and share the GPU with p2p kernels, and their sum exceeds the graph's compute
     /// (measured on 2 × H200: by 4–11% for DualPipe and DualPipeV plans; scaled, the
-    /// simulator's step time came within −8.3…+3.0% of the measured steps, mean 3.2%, from
-    /// +2.6…+12.3%, mean 8.5%).
+    /// simulator's step time came within −8.3…+3.0% of the measured steps, mean 2.8%, from
+    /// +2.6…+12.3%, mean 7.3%; README, Runtime).
     pub fn calibration(&self) -> f64 {
         match self.alone_ms {
             Some(alone) if alone.is_finite() && alone > 0.0 && self.compute_ms > 0.0 => alone / self.compute_ms,

@@ -20,47 +20,19 @@
 //! order on both sides; pairs go in one global order (by the lower rank, then the higher).
 
 use super::{step_span, Rank, COMM, COMPUTE};
-use crate::ir::{Event, Layout, ProgramSet};
+use crate::ir::{Layout, ProgramSet};
+use crate::mirror::mirror_of;
 use pipewright_plan::node::{self, Kernel, Node, P2p};
 use pipewright_plan::{Dtype, OpSpan, Training};
-
-/// The rank holding the mirror copy of module `dir` of `rank` in `layout`, and the stage,
-/// if its pipe is mirrored.
-fn mirror_of(layout: &Layout, rank: u32, dir: u32) -> Option<(u32, u32)> {
-    let m = layout.modules[rank as usize].get(dir as usize)?;
-    if layout.mirrored_pipes.is_empty() || (m.pipe != 0 && !layout.mirrored_pipes.contains(&m.pipe)) {
-        return None;
-    }
-    let other = if m.pipe == 0 { 1 } else { 0 };
-    layout.locate(other, m.stage).map(|(peer, _)| (peer, m.stage))
-}
 
 /// The rank holding the mirror copy of module `dir` of `rank`, if its pipe is mirrored.
 pub(super) fn mirror_peer(rank: &Rank, dir: u32) -> Option<u32> {
     mirror_of(rank.layout, rank.rank, dir).map(|(peer, _)| peer)
 }
 
-/// The stages of `rank`'s modules mirrored on `peer`, in the order their gradients become
-/// final in `rank`'s program (its last B, W, or FB backward of each; ties, and a stage
-/// with none, by stage).
+/// The stages of `rank`'s modules mirrored on `peer`, in finishing order.
 fn finishing_order(layout: &Layout, set: &ProgramSet, rank: u32, peer: u32) -> Vec<u32> {
-    let mirrored = |dir: u32| mirror_of(layout, rank, dir).filter(|&(p, _)| p == peer).map(|(_, stage)| stage);
-    let dirs = layout.modules[rank as usize].len() as u32;
-    let mut last: Vec<(usize, u32)> = (0..dirs).filter_map(|d| mirrored(d).map(|s| (0, s))).collect();
-    for (i, event) in set.programs[rank as usize].iter().enumerate() {
-        let dir = match event {
-            Event::B { dir, .. } | Event::W { dir, .. } => *dir,
-            Event::FB { b, .. } => b.dir,
-            _ => continue,
-        };
-        if let Some(stage) = mirrored(dir) {
-            for entry in last.iter_mut().filter(|e| e.1 == stage) {
-                entry.0 = i + 1;
-            }
-        }
-    }
-    last.sort();
-    last.into_iter().map(|(_, s)| s).collect()
+    crate::mirror::finishing_order(layout, set, rank, peer).into_iter().map(|(stage, _)| stage).collect()
 }
 
 /// The epilogue of `rank`: the step counters, the mirror-gradient exchange, the
@@ -70,12 +42,8 @@ pub(super) fn epilogue(rank: &mut Rank, training: &Training, set: &ProgramSet, s
     let step = ticks(rank, training);
     spans.extend(step_span("epilogue", first, rank.nodes.len() as u32));
     let dirs = rank.layout.modules[rank.rank as usize].len() as u32;
-    let mut peers: Vec<u32> = (0..dirs).filter_map(|d| mirror_peer(rank, d)).collect();
-    peers.sort();
-    peers.dedup();
     // One global order of pairs: by the lower rank, then the higher.
-    peers.sort_by_key(|&p| (p.min(rank.rank), p.max(rank.rank)));
-    for peer in peers {
+    for peer in crate::mirror::peers(rank.layout, rank.rank) {
         exchange_with(rank, training, set, step, peer, spans);
     }
     // The stages no one mirrors.
