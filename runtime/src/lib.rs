@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod graph;
 pub mod launch;
 pub mod profile;
+pub mod timing;
 pub mod tuning;
 pub mod watchdog;
 
