@@ -83,7 +83,7 @@ impl GemmCase {
             buffer("pre", m * n, dt),
             buffer("step", 1, Dtype::F32),
         ];
-        let cache = std::env::temp_dir().join("pipewright-kernels");
+        let cache = crate::cache_dir();
         let mut gpu = Gpu::open(0, 1, 0, end, &cache)?;
         // Random operands (and pre-activation), from the plans' own generator.
         let synth = pipewright_plan::node::kernel_name("synth_data", dt);

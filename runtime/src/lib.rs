@@ -20,6 +20,17 @@ pub mod watchdog;
 
 pub use error::RuntimeError;
 
+/// Where compiled kernels and chosen GEMM algorithms are kept: `$PIPEWRIGHT_CACHE_DIR`, else
+/// `pipewright-kernels` in the temporary directory. On a cluster, a directory every node
+/// sees gives every node the same algorithms ([`tuning`]), so that runs there compute the
+/// same bits too.
+pub fn cache_dir() -> std::path::PathBuf {
+    match std::env::var_os("PIPEWRIGHT_CACHE_DIR") {
+        Some(dir) if !dir.is_empty() => dir.into(),
+        _ => std::env::temp_dir().join("pipewright-kernels"),
+    }
+}
+
 /// Lower-case hex sha256 of `bytes` (plan hashes, the kernel cache key).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};

@@ -271,7 +271,7 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     let opts = &args.options();
     let (steps, eager) = (opts.steps, opts.eager || opts.profile);
     let (plan, place) = checked(dir, 1)?;
-    let cache = std::env::temp_dir().join("pipewright-kernels");
+    let cache = pipewright_runtime::cache_dir();
     let (report, gpu) = exec::run(&plan, &place, opts, &cache)?;
     if let Some(out) = &args.profile_out {
         let p = pipewright_runtime::profile::rank_profile(&plan, place.rank, &report);
