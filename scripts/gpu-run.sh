@@ -46,9 +46,9 @@ echo "== checkpoint, stop, resume: the resumed steps' losses equal an uninterrup
 plan=target/gpu/plans/1f1b-r2-f32
 timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckA --dump /tmp/dA > "$LOGS/ckpt.log" 2>&1
 timeout 120 "$RT" launch --gpus 2 "$plan" --steps 2 --checkpoint-dir /tmp/ckB >> "$LOGS/ckpt.log" 2>&1
-# The resumed run without this machine's kernel and tuning cache (TMPDIR elsewhere), as if
-# on another machine: it must use the GEMM algorithms its checkpoint records.
-TMPDIR=$(mktemp -d) timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckB --resume --dump /tmp/dB >> "$LOGS/ckpt.log" 2>&1
+# The resumed run without this machine's kernel and tuning cache (an empty one), as if on
+# another machine: it must use the GEMM algorithms its checkpoint records.
+PIPEWRIGHT_CACHE_DIR=$(mktemp -d) timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckB --resume --dump /tmp/dB >> "$LOGS/ckpt.log" 2>&1
 python3 - <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
 import json
 a = json.load(open("/tmp/dA/rank1-losses.json"))["losses"]
