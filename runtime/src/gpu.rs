@@ -26,8 +26,8 @@ const MARK_KERNEL: &str = "mark_progress";
 /// A memset as a kernel (`kernels/fill.cu`, [`crate::graph`]).
 pub const FILL_KERNEL: &str = "fill_memset";
 
-/// The functions each kernel file defines.
-fn functions_of(file: &str) -> Vec<&'static str> {
+/// The functions the runtime loads from each kernel file.
+pub fn functions_of(file: &str) -> Vec<&'static str> {
     match file {
         "progress.cu" => vec![MARK_KERNEL],
         "fill.cu" => vec![FILL_KERNEL],
