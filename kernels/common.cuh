@@ -2,7 +2,7 @@
 // element type (f32 arithmetic; bf16 as raw 16-bit words rounded to nearest even, so no
 // CUDA header is needed under NVRTC), GELU, the deterministic loss reduction, the
 // synthetic dataset's generator and a vectorised copy. The runtime prepends this file to
-// each of them before NVRTC compiles it (runtime/src/gpu.rs, KERNEL_SOURCES).
+// each of them before NVRTC compiles it (runtime/src/gpu/kernels.rs, KERNEL_SOURCES).
 
 typedef unsigned short bf16;
 

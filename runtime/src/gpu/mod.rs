@@ -2,39 +2,20 @@
 //! streams and events, the arena, the matrix products (through [`crate::blas`]), the kernels
 //! of `kernels/` and NCCL.
 
+mod kernels;
+mod nccl;
+
+pub use kernels::{functions_of, FILL_KERNEL, KERNEL_SOURCES};
+pub use nccl::{nccl_abort, nccl_async_error, Communicator, HostMark};
+
 use crate::blas::{Fused, Lt, Shape};
 use crate::RuntimeError;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use kernels::{compile_cached, MARK_KERNEL};
 use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// The kernel sources, built into the binary; `common.cuh` (what the f32 and bf16 kernels
-/// share) goes in front of the files that use it, as NVRTC compiles one source at a time.
-pub const KERNEL_SOURCES: &[(&str, &str)] = &[
-    ("elementwise.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/elementwise.cu"))),
-    ("progress.cu", include_str!("../../kernels/progress.cu")),
-    ("fill.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/fill.cu"))),
-    ("bf16.cu", concat!(include_str!("../../kernels/common.cuh"), include_str!("../../kernels/bf16.cu"))),
-];
-
-/// The watchdog's progress kernel (`kernels/progress.cu`), beside the plan's kernels.
-const MARK_KERNEL: &str = "mark_progress";
-
-/// A memset as a kernel (`kernels/fill.cu`, [`crate::graph`]).
-pub const FILL_KERNEL: &str = "fill_memset";
-
-/// The functions the runtime loads from each kernel file.
-pub fn functions_of(file: &str) -> Vec<&'static str> {
-    match file {
-        "progress.cu" => vec![MARK_KERNEL],
-        "fill.cu" => vec![FILL_KERNEL],
-        "bf16.cu" => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| n.ends_with("_bf16")).collect(),
-        _ => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_bf16")).collect(),
-    }
-}
 
 /// Checks that a CUDA library can be loaded, without letting cudarc panic when it cannot.
 pub fn require_library(name: &str) -> Result<(), RuntimeError> {
@@ -372,95 +353,6 @@ fn shape_in(g: &Gemm, buffers: &[Buffer]) -> Shape {
     Shape::of(g, (dtype(g.a), dtype(g.b), dtype(g.c)))
 }
 
-/// This rank's NCCL communicator. Aborted on drop (never left with pending work).
-#[derive(Debug)]
-pub struct Communicator {
-    raw: nccl_sys::ncclComm_t,
-}
-
-// SAFETY: NCCL communicators may be used from any thread; the runtime issues work from one
-// thread, and the watchdog only calls ncclCommGetAsyncError and ncclCommAbort, which NCCL
-// documents as callable from another thread.
-unsafe impl Send for Communicator {}
-unsafe impl Sync for Communicator {}
-
-impl Communicator {
-    /// The raw handle as an integer, for the watchdog.
-    pub fn raw(&self) -> usize {
-        self.raw as usize
-    }
-}
-
-impl Drop for Communicator {
-    fn drop(&mut self) {
-        nccl_abort(self.raw as usize);
-    }
-}
-
-/// The asynchronous error of communicator `raw`, if it has one.
-pub fn nccl_async_error(raw: usize) -> Option<String> {
-    let mut result = nccl_sys::ncclResult_t::ncclSuccess;
-    // SAFETY: `raw` is a live communicator (the watchdog clears it before aborting).
-    let call = unsafe { nccl_sys::ncclCommGetAsyncError(raw as nccl_sys::ncclComm_t, &mut result) };
-    match (call, result) {
-        (nccl_sys::ncclResult_t::ncclSuccess, nccl_sys::ncclResult_t::ncclSuccess)
-        | (nccl_sys::ncclResult_t::ncclSuccess, nccl_sys::ncclResult_t::ncclInProgress) => None,
-        (nccl_sys::ncclResult_t::ncclSuccess, err) => Some(format!("{err:?}")),
-        (err, _) => Some(format!("ncclCommGetAsyncError failed: {err:?}")),
-    }
-}
-
-/// Aborts communicator `raw`: its pending operations end, and it is freed.
-pub fn nccl_abort(raw: usize) {
-    // SAFETY: `raw` is a live communicator, aborted at most once (the watchdog swaps its
-    // copy out, and exits the process before the owner's drop could run).
-    let _ = unsafe { nccl_result::comm_abort(raw as nccl_sys::ncclComm_t) };
-}
-
-/// One u32 of page-locked host memory that the device can write (the watchdog's progress
-/// mark): `device` is its device address.
-#[derive(Debug)]
-pub struct HostMark {
-    host: *mut u32,
-    device: u64,
-}
-
-// SAFETY: the memory is only read (volatile) by the host and written by the device; the
-// pointer stays valid until drop.
-unsafe impl Send for HostMark {}
-unsafe impl Sync for HostMark {}
-
-impl HostMark {
-    /// Allocates the mark in `ctx`, zeroed.
-    pub fn new(ctx: &Arc<CudaContext>) -> Result<HostMark, RuntimeError> {
-        ctx.bind_to_thread().map_err(driver)?;
-        let flags = cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP | cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE;
-        // SAFETY: a 4-byte page-locked allocation; written (zeroed) before any read.
-        let host = unsafe { cudarc::driver::result::malloc_host(4, flags) }.map_err(driver)? as *mut u32;
-        // SAFETY: `host` is a valid, aligned u32 we own.
-        unsafe { std::ptr::write_volatile(host, 0) };
-        let mut device = 0;
-        // SAFETY: `host` was allocated with DEVICEMAP, so it has a device address.
-        unsafe { cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut device, host as *mut _, 0) }
-            .result()
-            .map_err(driver)?;
-        Ok(HostMark { host, device })
-    }
-
-    /// The last value the device wrote.
-    pub fn read(&self) -> u32 {
-        // SAFETY: valid until drop; volatile, because the device writes it behind our back.
-        unsafe { std::ptr::read_volatile(self.host) }
-    }
-}
-
-impl Drop for HostMark {
-    fn drop(&mut self) {
-        // SAFETY: allocated by cuMemHostAlloc in `new`, freed once.
-        let _ = unsafe { cudarc::driver::result::free_host(self.host as *mut _) };
-    }
-}
-
 /// f32 → bf16, rounding to nearest even (as `kernels/bf16.cu` does).
 pub fn bf16_bits(x: f32) -> u16 {
     let u = x.to_bits();
@@ -468,26 +360,6 @@ pub fn bf16_bits(x: f32) -> u16 {
         return ((u >> 16) | if u & 0xffff != 0 { 0x40 } else { 0 }) as u16;
     }
     ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-/// Compiles a kernel file for sm_90, reusing a cached PTX keyed by the source's hash.
-fn compile_cached(file: &str, source: &str, cache: &std::path::Path) -> Result<Ptx, RuntimeError> {
-    let hash = crate::sha256_hex(source.as_bytes());
-    let path = cache.join(format!("{}-{}.ptx", file.trim_end_matches(".cu"), &hash[..16]));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return Ok(Ptx::from_src(text));
-    }
-    let opts = CompileOptions { arch: Some("sm_90"), ..Default::default() };
-    let ptx = compile_ptx_with_opts(source, opts)
-        .map_err(|e| RuntimeError::Nvrtc { file: file.into(), log: format!("{e:?}") })?;
-    // The cache is an optimisation: failing to write it is not an error.
-    if std::fs::create_dir_all(cache).is_ok() {
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, ptx.to_src()).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
-    Ok(ptx)
 }
 
 #[cfg(test)]
