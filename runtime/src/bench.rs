@@ -3,6 +3,7 @@
 //! zeros runs faster than on real data and would flatter the benchmarks' FLOP floor.
 
 use crate::blas::Fused;
+use crate::error::driver;
 use crate::gpu::Gpu;
 use crate::RuntimeError;
 use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm};
@@ -116,7 +117,6 @@ impl GemmCase {
         for _ in 0..3 {
             gpu.gemm(&gemm, &buffers)?;
         }
-        let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
         let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let start = gpu.streams[0].record_event(timed).map_err(driver)?;
         for _ in 0..iters {

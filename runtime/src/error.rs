@@ -29,6 +29,12 @@ pub enum RuntimeError {
     Node { rank: u32, node: usize, what: String },
 }
 
+/// A CUDA driver error (or any the driver API wraps) as [`RuntimeError::Driver`]: the one
+/// conversion every module uses.
+pub(crate) fn driver(e: impl std::fmt::Debug) -> RuntimeError {
+    RuntimeError::Driver(format!("{e:?}"))
+}
+
 impl RuntimeError {
     /// The process exit code: 2 for bad input or a missing GPU/library, 1 for failures
     /// while running.

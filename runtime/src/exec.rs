@@ -4,6 +4,7 @@
 //! graph on the compute stream (the other streams join and leave through the plan's own
 //! events) and replayed every step.
 
+use crate::error::driver;
 use crate::gpu::{Communicator, Gpu, HostMark};
 use crate::launch::{exchange_id, Place};
 use crate::timing::{node_spans, op_spans, OpTimer};
@@ -338,10 +339,6 @@ fn issue(
         }
     }
     Ok(())
-}
-
-fn driver(e: cudarc::driver::DriverError) -> RuntimeError {
-    RuntimeError::Driver(format!("{e:?}"))
 }
 
 /// For the watchdog's messages: each p2p group node described by its ops (`None` for other

@@ -68,7 +68,7 @@ impl Replay {
     /// Uploads it, so that replays only launch.
     pub fn upload(&self) -> Result<(), RuntimeError> {
         match self {
-            Replay::Captured(g) => g.upload().map_err(|e| RuntimeError::Driver(format!("{e:?}"))),
+            Replay::Captured(g) => g.upload().map_err(crate::error::driver),
             // SAFETY: a live executable graph and the stream it runs on.
             Replay::Rewritten { exec, stream, .. } => {
                 driver("cuGraphUpload", unsafe { sys::cuGraphUpload(*exec, *stream) })
@@ -79,7 +79,7 @@ impl Replay {
     /// Launches one replay.
     pub fn launch(&self) -> Result<(), RuntimeError> {
         match self {
-            Replay::Captured(g) => g.launch().map_err(|e| RuntimeError::Driver(format!("{e:?}"))),
+            Replay::Captured(g) => g.launch().map_err(crate::error::driver),
             // SAFETY: as in `upload`.
             Replay::Rewritten { exec, stream, .. } => {
                 driver("cuGraphLaunch", unsafe { sys::cuGraphLaunch(*exec, *stream) })

@@ -2,15 +2,12 @@
 //! of nodes — the plan's ops, or every node on its own — recorded as the step is issued,
 //! read back as (start, duration) from the step's start.
 
+use crate::error::driver;
 use crate::gpu::Gpu;
 use crate::RuntimeError;
 use cudarc::driver::CudaEvent;
 use pipewright_plan::node::Node;
 use std::collections::HashMap;
-
-fn driver(e: cudarc::driver::DriverError) -> RuntimeError {
-    RuntimeError::Driver(format!("{e:?}"))
-}
 
 /// CUDA events around spans of nodes of one step (eager): a start event before a span's
 /// first node and an end event after its last, on the span's stream, and one at the step's

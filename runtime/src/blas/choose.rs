@@ -4,6 +4,7 @@
 //! [`MEMSET_TOLERANCE`]; the choice then published to this machine's cache.
 
 use super::{destroy, Fused, Lt, Prepared, Shape, WORKSPACE_BYTES};
+use crate::error::driver;
 use crate::tuning::Algo;
 use crate::RuntimeError;
 use cudarc::cublaslt::{result as lt, sys};
@@ -186,7 +187,6 @@ impl Lt {
         candidates: &[sys::cublasLtMatmulHeuristicResult_t],
     ) -> Result<(), RuntimeError> {
         let stream = &self.streams[0];
-        let driver = |e: cudarc::driver::DriverError| RuntimeError::Driver(format!("{e:?}"));
         let size = |rows: u64, cols: u64, d: Dtype| (rows * cols * d.size()) as usize;
         let c_dtype = s.dtypes.2;
         let bytes =

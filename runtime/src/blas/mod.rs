@@ -153,7 +153,7 @@ impl Lt {
             // SAFETY: the workspace is scratch for cuBLASLt; nothing reads it uninitialised.
             .map(|s| unsafe { s.alloc::<u8>(WORKSPACE_BYTES) })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RuntimeError::Driver(format!("{e:?}")))?;
+            .map_err(crate::error::driver)?;
         let cache = cache.map(|dir| Cache::new(dir, &library));
         Ok(Lt {
             handle,

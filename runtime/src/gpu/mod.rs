@@ -9,6 +9,7 @@ pub use kernels::{functions_of, FILL_KERNEL, KERNEL_SOURCES};
 pub use nccl::{nccl_abort, nccl_async_error, Communicator, HostMark};
 
 use crate::blas::{Fused, Lt, Shape};
+use crate::error::driver;
 use crate::RuntimeError;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
@@ -36,10 +37,6 @@ pub fn require_all() -> Result<(), RuntimeError> {
         require_library(lib)?;
     }
     Ok(())
-}
-
-fn driver(e: impl std::fmt::Debug) -> RuntimeError {
-    RuntimeError::Driver(format!("{e:?}"))
 }
 
 /// One GPU with what a rank's plan needs on it.

@@ -1,7 +1,7 @@
 //! NCCL: this rank's communicator, its asynchronous error and abort (for the watchdog),
 //! and the page-locked progress mark the communication stream writes.
 
-use super::driver;
+use crate::error::driver;
 use crate::RuntimeError;
 use cudarc::driver::CudaContext;
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
