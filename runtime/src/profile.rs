@@ -185,7 +185,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// The profile of `rank` from a profiled run's report.
 pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
-    let spans = &plan.ranks[rank as usize].ops;
+    let rp = &plan.ranks[rank as usize];
     // Without warm-up steps, skip the first timed step (NCCL connects, caches warm) when
     // there are others.
     let skip = usize::from(report.warmup_steps == 0 && report.op_times.len() > 1);
@@ -193,7 +193,8 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
     // The steps whose ops were timed (after the warm-up, before the one timing nodes).
     let timed = report.step_ms.iter().skip(report.warmup_steps as usize).take(report.op_times.len());
     let step_times: Vec<f64> = timed.skip(skip).copied().collect();
-    let ops: Vec<OpTime> = spans
+    let ops: Vec<OpTime> = rp
+        .ops
         .iter()
         .enumerate()
         .map(|(i, s)| OpTime {
@@ -208,7 +209,6 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
         .collect();
     let compute_ms = ops.iter().filter(|o| o.kind != "COMM").map(|o| o.ms).filter(|x| x.is_finite()).sum();
     let nodes = node_stats(plan, rank, &report.node_ms);
-    let rp = &plan.ranks[rank as usize];
     let node_compute_ms = (!report.node_ms.is_empty()).then(|| {
         rp.nodes
             .iter()
