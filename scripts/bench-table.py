@@ -3,7 +3,10 @@
 slowest rank's median), the host launch time, the bubble-free ideal (the slowest rank's
 step graph replayed without its p2p, `run --compute-alone`: its compute with nothing to
 wait for, as the graph runs it; beside it `profile`'s sum of the rank's compute nodes each
-timed alone), efficiency = ideal / step, and the FLOP floor (the
+timed alone), efficiency = ideal / step, where the step is the median of as many whole
+steps replayed right after those (the same clocks: an H200's drift by a few percent over a
+run, which comparing with the 15-step median would count; that median for one rank), and
+the FLOP floor (the
 busiest rank's GEMM FLOPs per step at the GEMM rate measured for the plan's dtype and
 forward product's shape, burst: 20 calls) with the fraction of it reached (floor / step),
 and the same at the rate it sustains (about a second of calls: the GPU lowers its clocks
@@ -42,8 +45,8 @@ def steps(log):
     return max(float(a) for a, _ in runs), max(float(b) for _, b in runs if b != "NaN") if any(b != "NaN" for _, b in runs) else None
 
 
-print("| plan | dtype | step, graph (ms) | step, eager (ms) | host launch (µs) | ideal: compute alone (ms) | efficiency | efficiency, eager | nodes alone (ms) | FLOP floor (ms) | of floor | floor at the sustained rate (ms) | of it |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| plan | dtype | step, graph (ms) | step, eager (ms) | host launch (µs) | ideal: compute alone (ms) | step after it (ms) | efficiency | efficiency, eager | nodes alone (ms) | FLOP floor (ms) | of floor | floor at the sustained rate (ms) | of it |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for plan in sorted(bench.iterdir()):
     if not (plan / "plan.json").exists():
         continue
@@ -55,8 +58,11 @@ for plan in sorted(bench.iterdir()):
         continue  # not run
     # The ideal: the slowest rank's step graph replayed without its p2p (`--compute-alone`).
     log = out / f"bench-{name}-graph.log"
-    alone = re.findall(r"compute alone .*median step (\S+) ms", log.read_text() if log.exists() else "")
+    alone = re.findall(r"compute alone \(the step's graph without its p2p\): median step (\S+) ms", log.read_text() if log.exists() else "")
     ideal = max((float(a) for a in alone), default=float("nan"))
+    # The whole steps replayed right after the compute alone (the same clocks).
+    after = re.findall(r"whole step right after the compute alone: median step (\S+) ms", log.read_text() if log.exists() else "")
+    step = max((float(a) for a in after), default=graph)
     # For reference, `profile`'s: the busiest rank's compute nodes each timed alone.
     profiles = [json.loads(f.read_text()) for f in sorted((out / f"profile-{name}").glob("rank*.json"))]
     nodes = max((q.get("node_compute_ms") or q["compute_ms"] for q in profiles), default=float("nan"))
@@ -66,6 +72,6 @@ for plan in sorted(bench.iterdir()):
     floor, floor_held = flops / (rate * 1e12) * 1e3, flops / (held * 1e12) * 1e3
     fmt = lambda x: "–" if x is None or x != x else f"{x:.3f}"
     print(f"| {name} | {dtype} | {fmt(graph)} | {fmt(eager)} | {fmt(launch)} | {fmt(ideal)} | "
-          f"{fmt(ideal / graph if graph else None)} | {fmt(ideal / eager if eager else None)} | {fmt(nodes)} | "
+          f"{fmt(step if after else None)} | {fmt(ideal / step if step else None)} | {fmt(ideal / eager if eager else None)} | {fmt(nodes)} | "
           f"{fmt(floor)} @ {rate:.0f} TFLOP/s | {fmt(floor / graph if graph else None)} | "
           f"{fmt(floor_held)} @ {held:.0f} TFLOP/s | {fmt(floor_held / graph if graph else None)} |")

@@ -5,9 +5,10 @@
 # GELU epilogues); for each plan named in DIAG_PLANS (default: the 1-GPU dualpipev plans),
 # a profile with node timings (nodes.md: time per kind of node and the rate it reached)
 # and graph replays (the graph's node census and the host launch time), also with
-# `--keep-memsets` (cuBLASLt's memset nodes as captured: same losses? slower launch?) and
-# with NCCL's graph-mixing support on (its event nodes back); and which transport NCCL picks
-# between two GPUs. Results in $OUT/diag.txt, $OUT/nodes-*.md.
+# `--keep-memsets` (cuBLASLt's memset nodes as captured: same losses? slower launch?),
+# with NCCL's graph-mixing support on (its event nodes back) and with
+# `--comm-high-priority` (DIAG_VARIANTS picks among these); and which transport NCCL
+# picks between two GPUs. Results in $OUT/diag.txt, $OUT/nodes-*.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -37,14 +38,14 @@ for plan in ${DIAG_PLANS:-target/gpu/bench/dualpipev-r1-h512 target/gpu/bench/du
   head -14 "$LOGS/profile-$name/nodes.md" 2>/dev/null | tee -a "$OUT/diag.txt"
   timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 > "$LOGS/$name-graph.log" 2>&1
   grep -E "graph of|median|error|note" "$LOGS/$name-graph.log" | tee -a "$OUT/diag.txt"
-  # What the two launch-time measures buy (runtime/src/graph.rs, runtime/src/main.rs):
-  # launch time, and the same losses (step 1 on is a replay).
-  for variant in keep-memsets graph-mixing; do
-    if [ "$variant" = keep-memsets ]; then
-      timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 --keep-memsets > "$LOGS/$name-$variant.log" 2>&1
-    else
-      NCCL_GRAPH_MIXING_SUPPORT=1 timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 > "$LOGS/$name-$variant.log" 2>&1
-    fi
+  # What the two launch-time measures buy (runtime/src/graph.rs, runtime/src/main.rs),
+  # and the communication stream's priority (runtime/src/gpu/mod.rs): step and launch
+  # time, and the same losses (step 1 on is a replay).
+  for variant in ${DIAG_VARIANTS:-keep-memsets graph-mixing comm-high-priority}; do
+    case "$variant" in
+      graph-mixing) NCCL_GRAPH_MIXING_SUPPORT=1 timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 > "$LOGS/$name-$variant.log" 2>&1 ;;
+      *) timeout 200 "$RT" launch --gpus "$ranks" "$plan" --steps 15 "--$variant" > "$LOGS/$name-$variant.log" 2>&1 ;;
+    esac
     grep -E "graph of|median|error|note" "$LOGS/$name-$variant.log" | sed "s/^/$variant: /" | tee -a "$OUT/diag.txt"
     same=$(diff <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-graph.log" | sed 's/: [0-9.]* ms//' | sort) \
                 <(grep -E "step [1-9][0-9]*:" "$LOGS/$name-$variant.log" | sed 's/: [0-9.]* ms//' | sort) > /dev/null && echo equal || echo DIFFER)

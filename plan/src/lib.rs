@@ -109,6 +109,10 @@ pub struct Buffer {
     pub dtype: Dtype,
 }
 
+/// The stream of a rank's p2p groups (and of DualPipe's mirror-gradient exchange); 0 is
+/// the compute stream, 1 the second compute stream of overlapped pairs.
+pub const COMM_STREAM: u32 = 2;
+
 /// One rank's part of the plan.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct RankPlan {

@@ -85,7 +85,7 @@ impl GemmCase {
             buffer("step", 1, Dtype::F32),
         ];
         let cache = crate::cache_dir();
-        let mut gpu = Gpu::open(0, 1, 0, end, &cache)?;
+        let mut gpu = Gpu::open(0, 1, 0, end, &cache, false)?;
         // Random operands (and pre-activation), from the plans' own generator.
         let synth = pipewright_plan::node::kernel_name("synth_data", dt);
         for (tag, b) in [&buffers[0], &buffers[1], &buffers[3]].into_iter().enumerate() {

@@ -42,13 +42,25 @@ pub struct RunOptions {
     /// Replay the graph as captured, with cuBLASLt's memset nodes, instead of rewriting them
     /// as kernel nodes (what cuts the host launch time, see [`crate::graph`]).
     pub keep_memsets: bool,
+    /// Give the communication stream the device's greatest priority (see [`Gpu::open`]).
+    /// Off by default: on 2 × H200 it changed DualPipe's and DualPipeV's steps by −1.2% to
+    /// +0.5%, within run-to-run noise.
+    pub comm_high_priority: bool,
     /// After the run (and its checkpoints and dumps), replay this many times the rank's
     /// step without its p2p groups, the rest of the graph as it is: the rank's compute
     /// with nothing to wait for, its bubble-free ideal step as the graph runs it. Its
     /// receive buffers hold the last real step's data (products of zeros would run faster
-    /// than real ones); what it computes is meaningless, so it comes last.
+    /// than real ones); what it computes is meaningless, so it comes last. In a graph run
+    /// of more than one rank as many replays of the whole step follow (see
+    /// [`RunReport::after_alone_ms`]).
     pub alone_steps: u32,
 }
+
+/// Whole steps replayed after the compute alone but not timed: the ranks start them lined
+/// up by a barrier, and need a step or two to fall back into the skew they keep in
+/// training (measured: timed from the barrier, DualPipeV's 2-rank step took 3.8% longer
+/// than back to back).
+const SETTLING_STEPS: u32 = 2;
 
 /// What a run measured.
 #[derive(Debug, Clone)]
@@ -74,6 +86,10 @@ pub struct RunReport {
     pub warmup_steps: u32,
     /// Per replay of the step without p2p ([`RunOptions::alone_steps`]), ms.
     pub alone_ms: Vec<f64>,
+    /// Per replay of the whole step right after those (graph runs of more than one rank),
+    /// ms: steps measured next to the compute alone, so that the ideal and the step see
+    /// the same clocks (an H200's drift by a few percent over a run).
+    pub after_alone_ms: Vec<f64>,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
@@ -86,7 +102,8 @@ pub fn run(
     let (steps, eager) = (opts.steps, opts.eager);
     plan.validate()?;
     let rp = &plan.ranks[place.rank as usize];
-    let mut gpu = Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache)?;
+    let mut gpu =
+        Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache, opts.comm_high_priority)?;
     // Initial weights: the same generator as the CPU reference, once per matrix (a bf16
     // plan's f32 master holds the same values as its bf16 copy). Inputs and targets are
     // generated in place by each step's prologue; only `--dump` wants the first step's
@@ -184,6 +201,7 @@ pub fn run(
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
         alone_ms: Vec::new(),
+        after_alone_ms: Vec::new(),
         warmup_steps: if opts.profile { opts.profile_warmup.min(steps.saturating_sub(first_step + 1)) } else { 0 },
     };
     let mut graph: Option<crate::graph::Replay> = None;
@@ -248,14 +266,27 @@ pub fn run(
     }
     if opts.alone_steps > 0 {
         // Last, as it leaves the training state meaningless: see RunOptions::alone_steps.
-        drop(graph);
-        let g = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets)?;
+        let alone = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets)?;
         for i in 0..opts.alone_steps {
             dog.phase(format!("replay {i} of the step without its p2p (compute alone)"));
             let began = Instant::now();
-            g.launch()?;
+            alone.launch()?;
             gpu.synchronize()?;
             report.alone_ms.push(began.elapsed().as_secs_f64() * 1e3);
+        }
+        // Then as many whole steps, back to back as in training, from ranks lined up by a
+        // barrier (the first few left out while they fall back into their usual skew).
+        if let (Some(g), Some((c, _))) = (&graph, comm) {
+            gpu.barrier(c, place.rank)?;
+            for i in 0..opts.alone_steps + SETTLING_STEPS {
+                dog.phase(format!("replay {i} of the whole step after the compute alone"));
+                let began = Instant::now();
+                g.launch()?;
+                gpu.synchronize()?;
+                if i >= SETTLING_STEPS {
+                    report.after_alone_ms.push(began.elapsed().as_secs_f64() * 1e3);
+                }
+            }
         }
         dog.done();
     }
@@ -275,7 +306,7 @@ fn capture(
     let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
     gpu.streams[0].begin_capture(mode).map_err(driver)?;
     let issued = issue(gpu, plan, rank, comm, None);
-    let captured = gpu.streams[0].end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+    let captured = gpu.streams[0].end_capture(crate::graph::INSTANTIATE_FLAGS);
     issued?;
     let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
     let g = if keep_memsets {

@@ -10,9 +10,18 @@
 //! bitwise the captured graph's. The rewrite keeps every dependency (the new node depends
 //! on what the memset depended on, and everything that depended on the memset depends on
 //! it), so the graph computes the same.
+//!
+//! Graphs are instantiated with per-node priorities (`USE_NODE_PRIORITY`): a kernel
+//! captured from the high-priority communication stream keeps that priority in the graph
+//! (counted apart in the census), instead of all running at the priority of the stream the
+//! graph is launched into.
 
 use crate::RuntimeError;
 use cudarc::driver::{sys, CudaGraph};
+
+/// How every graph of the runtime is instantiated: each kernel node at its own priority.
+pub const INSTANTIATE_FLAGS: sys::CUgraphInstantiate_flags =
+    sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY;
 
 fn driver(what: &str, r: sys::CUresult) -> Result<(), RuntimeError> {
     r.result().map_err(|e| RuntimeError::Driver(format!("{what}: {e:?}")))
@@ -53,7 +62,7 @@ impl Replay {
         // SAFETY: the graph is live (owned by `graph`) and was just rewritten; `exec`
         // receives the new executable graph.
         driver("instantiating the rewritten graph", unsafe {
-            sys::cuGraphInstantiateWithFlags(&mut exec, graph.cu_graph(), 0)
+            sys::cuGraphInstantiateWithFlags(&mut exec, graph.cu_graph(), INSTANTIATE_FLAGS.0 as u64)
         })?;
         Ok((Replay::Rewritten { graph, exec, stream }, replaced))
     }
@@ -170,10 +179,18 @@ fn memsets_to_kernels(graph: sys::CUgraph, fill: sys::CUfunction) -> Result<usiz
 }
 
 /// The nodes of a captured graph, counted by type (kernel, event record, memset, …): what a
-/// replay launches.
+/// replay launches. Kernels at a priority other than the default are counted apart
+/// ("kernel, priority P").
 pub fn graph_census(graph: &CudaGraph) -> Result<std::collections::BTreeMap<String, usize>, RuntimeError> {
     let mut census = std::collections::BTreeMap::new();
-    for (_, kind) in typed_nodes(graph.cu_graph())? {
+    for (node, kind) in typed_nodes(graph.cu_graph())? {
+        if kind == 0 {
+            let priority = kernel_priority(node)?;
+            if priority != 0 {
+                *census.entry(format!("kernel, priority {priority}")).or_insert(0) += 1;
+                continue;
+            }
+        }
         let name = match kind {
             0 => "kernel",
             1 => "memcpy",
@@ -192,6 +209,18 @@ pub fn graph_census(graph: &CudaGraph) -> Result<std::collections::BTreeMap<Stri
         *census.entry(name.to_owned()).or_insert(0) += 1;
     }
     Ok(census)
+}
+
+/// The scheduling priority of kernel node `node` (lower is more urgent; 0 the default).
+fn kernel_priority(node: sys::CUgraphNode) -> Result<i32, RuntimeError> {
+    // SAFETY: plain data, written by the query below.
+    let mut value: sys::CUkernelNodeAttrValue = unsafe { std::mem::zeroed() };
+    // SAFETY: a kernel node of a live graph; `value` receives the attribute.
+    driver("reading a kernel node's priority", unsafe {
+        sys::cuGraphKernelNodeGetAttribute(node, sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PRIORITY, &mut value)
+    })?;
+    // SAFETY: the priority query fills the union's `priority` field.
+    Ok(unsafe { value.priority })
 }
 
 /// Every node of `graph` with its type (CUgraphNodeType as its integer, so that a type

@@ -45,6 +45,7 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         graph_nodes: Default::default(),
         warmup_steps: 0,
         alone_ms: vec![],
+        after_alone_ms: vec![],
     }
 }
 

@@ -50,7 +50,7 @@ pub enum EmitError {
 
 const COMPUTE: u32 = 0;
 const OVERLAP: u32 = 1;
-const COMM: u32 = 2;
+const COMM: u32 = pipewright_plan::COMM_STREAM;
 
 /// The buffers of one microbatch slot of a module.
 #[derive(Clone, Debug)]

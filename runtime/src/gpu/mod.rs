@@ -14,7 +14,7 @@ use crate::RuntimeError;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 use kernels::{compile_cached, MARK_KERNEL};
-use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm};
+use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm, COMM_STREAM};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -57,12 +57,16 @@ impl Gpu {
     /// Opens GPU `ordinal`, creates `streams` streams, `events` event slots and an arena of
     /// `arena_bytes`, and loads the kernels (compiled for sm_90, cached under `cache`,
     /// where the products' algorithms are kept too: `cache/tuning`, see [`crate::tuning`]).
+    /// With `comm_first`, the communication stream (2) gets the device's greatest priority,
+    /// so that its NCCL kernels take SMs ahead of the products' blocks as they free up (a
+    /// captured kernel keeps its stream's priority; see [`crate::graph`]).
     pub fn open(
         ordinal: usize,
         streams: u32,
         events: u32,
         arena_bytes: u64,
         cache: &std::path::Path,
+        comm_first: bool,
     ) -> Result<Gpu, RuntimeError> {
         require_all()?;
         let count = CudaContext::device_count().map_err(driver)?;
@@ -73,8 +77,15 @@ impl Gpu {
         // SAFETY: the plan orders every access across streams with its own events; cudarc's
         // per-slice tracking would only add synchronisation the plan already has.
         unsafe { ctx.disable_event_tracking() };
-        let streams: Vec<Arc<CudaStream>> =
-            (0..streams.max(1)).map(|_| ctx.new_stream()).collect::<Result<_, _>>().map_err(driver)?;
+        ctx.bind_to_thread().map_err(driver)?;
+        let (_least, greatest) = cudarc::driver::result::stream::get_priority_range().map_err(driver)?;
+        let streams: Vec<Arc<CudaStream>> = (0..streams.max(1))
+            .map(|s| match s {
+                COMM_STREAM if comm_first => ctx.new_stream_with_priority(greatest),
+                _ => ctx.new_stream(),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(driver)?;
         // Products run on the compute streams: 0, and 1 (the overlapped forwards).
         let name = ctx.name().map_err(driver)?;
         let lt = Lt::new(&streams[..streams.len().min(2)], &name, Some(&cache.join("tuning")))?;
@@ -310,7 +321,7 @@ impl Gpu {
         ops: &[(bool, u32, u64, usize)],
     ) -> Result<(), RuntimeError> {
         let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("{e:?}") };
-        let stream = self.streams[2].cu_stream() as nccl_sys::cudaStream_t;
+        let stream = self.streams[COMM_STREAM as usize].cu_stream() as nccl_sys::cudaStream_t;
         nccl_result::group_start().map_err(nccl)?;
         for &(send, peer, offset, len) in ops {
             let ptr = self.addr(offset) as *mut std::ffi::c_void;
@@ -329,6 +340,30 @@ impl Gpu {
         }
         nccl_result::group_end().map_err(nccl)?;
         Ok(())
+    }
+
+    /// Returns once every rank of `comm` has called it (an all-reduce of one word on the
+    /// communication stream, waited for): what lines the ranks up before a timed step.
+    pub fn barrier(&self, comm: &Communicator, rank: u32) -> Result<(), RuntimeError> {
+        let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("barrier: {e:?}") };
+        let stream = &self.streams[COMM_STREAM as usize];
+        let word = stream.alloc_zeros::<f32>(1).map_err(driver)?;
+        let (ptr, _sync) = cudarc::driver::DevicePtr::device_ptr(&word, stream);
+        // SAFETY: one f32 of device memory, alive until the stream is synchronised below;
+        // in place, which NCCL allows; the communicator is live.
+        unsafe {
+            nccl_result::all_reduce(
+                ptr as *const std::ffi::c_void,
+                ptr as *mut std::ffi::c_void,
+                1,
+                nccl_sys::ncclDataType_t::ncclFloat32,
+                nccl_sys::ncclRedOp_t::ncclSum,
+                comm.raw,
+                stream.cu_stream() as nccl_sys::cudaStream_t,
+            )
+        }
+        .map_err(nccl)?;
+        stream.synchronize().map_err(driver)
     }
 
     /// Writes `value` into `mark` once `stream` gets here.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs on the device machine (see gpu-prepare.sh; carry target/gpu): runtime and NCCL
+# variants of a few benchmark plans, each as a graph run whose efficiency is measured at
+# the same clocks (`--compute-alone 10`: 10 replays of the step without p2p, then 10 of the
+# whole step; ideal = the busiest rank's median of the first, step = the median of the
+# second). SWEEP_PLANS: plan names under target/gpu/bench;
+# SWEEP_VARIANTS: NAME:SETTING words, SETTING empty (the default), a `run` flag (--...) or
+# an environment variable (NAME=VALUE). Results in $OUT/sweep.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+LOGS=$(mktemp -d); trap 'tar czf "$OUT/sweep-logs.tgz" -C "$LOGS" .' EXIT
+source scripts/gpu-common.sh
+PLANS=${SWEEP_PLANS:-dualpipe-r2-h2048 dualpipev-r2-h2048}
+VARIANTS=${SWEEP_VARIANTS:-default: high-priority:--comm-high-priority nccl-simple:NCCL_PROTO=Simple default-again:}
+for plan in $PLANS; do
+  dir=target/gpu/bench/$plan; fits "$dir" "$OUT/sweep.txt" || continue; ranks=$(ranks_of "$dir")
+  for v in $VARIANTS; do
+    name=${v%%:*}; setting=${v#*:}; envs=(); flags=()
+    case "$setting" in --*) flags=("$setting") ;; *=*) envs=("$setting") ;; esac
+    log="$LOGS/$plan-$name.log"
+    env "${envs[@]}" timeout 200 "$RT" launch --gpus "$ranks" "$dir" --steps 15 --compute-alone 10 "${flags[@]}" > "$log" 2>&1
+    python3 - "$plan" "$name" "$log" <<'PY' | tee -a "$OUT/sweep.txt"
+import re, sys
+plan, name, text = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+num = lambda pattern: [float(x) for x in re.findall(pattern, text)]
+graph = num(r"graph: median step (\S+) ms")
+alone = num(r"without its p2p\): median step (\S+) ms")
+after = num(r"right after the compute alone: median step (\S+) ms")
+if not (graph and alone and after):
+    print(f"{plan} {name}: FAILED: {text.strip().splitlines()[-1:]}")
+else:
+    print(f"{plan} {name}: step {max(graph):.3f} ms (15-step median); compute alone {max(alone):.3f} ms, "
+          f"step after it {max(after):.3f} ms: efficiency {max(alone) / max(after):.3f}")
+PY
+  done
+done
