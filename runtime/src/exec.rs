@@ -39,6 +39,9 @@ pub struct RunOptions {
     /// With `profile`: steps run untimed first, so that the timed ones find the GPU at the
     /// clocks it sustains (an H200's first steps under load run faster than the rest).
     pub profile_warmup: u32,
+    /// With `profile`: after the eager steps (and dumps), replay the step this many times
+    /// as a graph captured with its ops' timing events ([`RunReport::graph_op_times`]).
+    pub profile_graph_steps: u32,
     /// Replay the graph as captured, with cuBLASLt's memset nodes, instead of rewriting them
     /// as kernel nodes (what cuts the host launch time, see [`crate::graph`]).
     pub keep_memsets: bool,
@@ -77,6 +80,9 @@ pub struct RunReport {
     pub launch_us: Vec<f64>,
     /// With `profile`: per step, each op's (start, duration) in ms from the step's start.
     pub op_times: Vec<Vec<(f64, f64)>>,
+    /// With `profile` and [`RunOptions::profile_graph_steps`]: the same per timed graph
+    /// replay.
+    pub graph_op_times: Vec<Vec<(f64, f64)>>,
     /// With `profile` and at least 3 steps: each node's duration in ms in the last step,
     /// which times every node instead of every op (NaN for event records and waits).
     pub node_ms: Vec<f64>,
@@ -198,6 +204,7 @@ pub fn run(
         step_ms: Vec::new(),
         launch_us: Vec::new(),
         op_times: Vec::new(),
+        graph_op_times: Vec::new(),
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
         alone_ms: Vec::new(),
@@ -212,18 +219,18 @@ pub fn run(
         if profiled && step + 1 == steps && steps - first_step - report.warmup_steps >= 3 {
             // The last profiled step times every node (for `nodes.md`), one compute stream
             // at a time; the others every op, as the plan runs them.
-            let mut timer = OpTimer::new(&gpu, node_spans(&rp.nodes), true)?;
+            let mut timer = OpTimer::new(&gpu, node_spans(&rp.nodes), true, false)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.node_ms = timer.times()?.into_iter().map(|(_, ms)| ms).collect();
         } else if profiled {
-            let mut timer = OpTimer::new(&gpu, op_spans(rp), false)?;
+            let mut timer = OpTimer::new(&gpu, op_spans(rp), false, false)?;
             issue(&mut gpu, plan, place.rank, comm, Some(&mut timer))?;
             report.op_times.push(timer.times()?);
         } else if eager || step == first_step {
             issue(&mut gpu, plan, place.rank, comm, None)?;
         } else {
             if graph.is_none() {
-                let g = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets)?;
+                let (g, _) = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets, None)?;
                 report.graph_nodes = crate::graph::graph_census(g.graph())?;
                 graph = Some(g);
             }
@@ -264,9 +271,22 @@ pub fn run(
             steps,
         )?;
     }
+    if opts.profile && opts.profile_graph_steps > 0 {
+        // The ops timed as the graph runs them: the step captured with its timing events,
+        // replayed (its training goes on: these are real steps, after the dumps).
+        let (g, timer) = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets, Some(op_spans(rp)))?;
+        let timer = timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?;
+        for i in 0..opts.profile_graph_steps {
+            dog.phase(format!("timed graph replay {i} (profile)"));
+            g.launch()?;
+            gpu.synchronize()?;
+            report.graph_op_times.push(timer.times()?);
+        }
+        dog.done();
+    }
     if opts.alone_steps > 0 {
         // Last, as it leaves the training state meaningless: see RunOptions::alone_steps.
-        let alone = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets)?;
+        let (alone, _) = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets, None)?;
         for i in 0..opts.alone_steps {
             dog.phase(format!("replay {i} of the step without its p2p (compute alone)"));
             let began = Instant::now();
@@ -295,19 +315,27 @@ pub fn run(
 
 /// Captures this rank's whole step as a graph (without p2p when `comm` is none: see
 /// [`issue`]), with its memset nodes rewritten as kernels unless `keep_memsets`, and
-/// uploads it, so that replays only launch.
+/// uploads it, so that replays only launch. With `timed` spans, their timing events are
+/// captured with it (see [`OpTimer`]), and the timer comes back to read them after each
+/// replay.
 fn capture(
     gpu: &mut Gpu,
     plan: &Plan,
     rank: u32,
     comm: Option<(&Communicator, &HostMark)>,
     keep_memsets: bool,
-) -> Result<crate::graph::Replay, RuntimeError> {
+    timed: Option<Vec<(usize, usize, usize)>>,
+) -> Result<(crate::graph::Replay, Option<OpTimer>), RuntimeError> {
     let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
     gpu.streams[0].begin_capture(mode).map_err(driver)?;
-    let issued = issue(gpu, plan, rank, comm, None);
+    let issued = (|| {
+        let mut timer = timed.map(|spans| OpTimer::new(gpu, spans, false, true)).transpose()?;
+        issue(gpu, plan, rank, comm, timer.as_mut())?;
+        Ok::<_, RuntimeError>(timer)
+    })();
+    // Ended whatever happened, so that the streams leave capture mode.
     let captured = gpu.streams[0].end_capture(crate::graph::INSTANTIATE_FLAGS);
-    issued?;
+    let timer = issued?;
     let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
     let g = if keep_memsets {
         crate::graph::Replay::captured(g)
@@ -316,7 +344,7 @@ fn capture(
         crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream())?.0
     };
     g.upload()?;
-    Ok(g)
+    Ok((g, timer))
 }
 
 /// Issues every node of this rank's step, in order, on its stream.

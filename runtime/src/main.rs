@@ -48,6 +48,11 @@ enum Command {
         /// higher clocks than it sustains, and the costs should be the sustained ones.
         #[arg(long, default_value_t = 10)]
         warmup: u32,
+        /// Then this many graph replays with every op timed (event-record nodes captured
+        /// with the step): the costs come from them, as the graph runs the ops (0: from
+        /// the eager steps).
+        #[arg(long, default_value_t = 10)]
+        graph_steps: u32,
         /// Output directory (default: DIR/profile).
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -122,6 +127,10 @@ struct RunArgs {
     /// With --profile-out: run this many steps untimed before the timed ones.
     #[arg(long, default_value_t = 0)]
     profile_warmup: u32,
+    /// With --profile-out: after the eager steps, replay this many steps as a graph with
+    /// every op timed (what the costs then come from).
+    #[arg(long, default_value_t = 0)]
+    profile_graph: u32,
     /// Replay the captured graph with cuBLASLt's memset nodes as they are, instead of
     /// turning them into kernel nodes (which launch faster; this is for comparison).
     #[arg(long)]
@@ -149,6 +158,7 @@ impl RunArgs {
             watchdog: std::time::Duration::from_secs_f64(self.watchdog.max(0.0)),
             profile: self.profile_out.is_some(),
             profile_warmup: self.profile_warmup,
+            profile_graph_steps: self.profile_graph,
             keep_memsets: self.keep_memsets,
             comm_high_priority: self.comm_high_priority,
             alone_steps: self.compute_alone,
@@ -164,6 +174,8 @@ impl RunArgs {
             self.watchdog.to_string().into(),
             "--profile-warmup".into(),
             self.profile_warmup.to_string().into(),
+            "--profile-graph".into(),
+            self.profile_graph.to_string().into(),
             "--compute-alone".into(),
             self.compute_alone.to_string().into(),
         ];
@@ -256,10 +268,12 @@ fn main() -> ExitCode {
                 .map(|line| println!("{line}"))
         }
         Command::Run { dir, args } => run(&dir, &args),
-        Command::Profile { gpus, dir, steps, warmup, out } => match profile(gpus, &dir, steps, warmup, out) {
-            Ok(code) => return code,
-            Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
-        },
+        Command::Profile { gpus, dir, steps, warmup, graph_steps, out } => {
+            match profile(gpus, &dir, steps, warmup, graph_steps, out) {
+                Ok(code) => return code,
+                Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
+            }
+        }
         Command::Launch { gpus, dir, args } => match launch(gpus, &dir, &args) {
             Ok(code) => return code,
             Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
@@ -378,7 +392,14 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn profile(
+    gpus: u32,
+    dir: &Path,
+    steps: u32,
+    warmup: u32,
+    graph_steps: u32,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     use pipewright_runtime::profile::{chrome_trace, costs_toml, RankProfile};
     let out = out.unwrap_or_else(|| dir.join("profile"));
     let args = RunArgs {
@@ -391,6 +412,7 @@ fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>)
         watchdog: 60.0,
         profile_out: Some(out.clone()),
         profile_warmup: warmup,
+        profile_graph: graph_steps,
         keep_memsets: false,
         comm_high_priority: false,
         // Each rank's step graph without p2p, last: what its ops' costs are scaled to.
@@ -423,9 +445,14 @@ fn profile(gpus: u32, dir: &Path, steps: u32, warmup: u32, out: Option<PathBuf>)
     for p in &profiles {
         let nodes = p.node_compute_ms.map_or(String::new(), |ms| format!(", its nodes alone {ms:.3} ms"));
         let alone = p.alone_ms.map_or(String::new(), |ms| format!(", its step graph without p2p {ms:.3} ms"));
+        let timed = if p.graph_timed { "its ops in timed graph replays" } else { "its ops in eager steps" };
         println!(
-            "rank {}: compute {:.3} ms per step (its ops){nodes}{alone}, eager step with timing {:.3} ms",
-            p.rank, p.compute_ms, p.step_ms
+            "rank {}: compute {:.3} ms per step ({timed}){nodes}{alone}, eager step with timing {:.3} ms, \
+             costs scaled by {:.3}",
+            p.rank,
+            p.compute_ms,
+            p.step_ms,
+            p.calibration()
         );
     }
     println!(
@@ -529,6 +556,8 @@ mod tests {
             "/p",
             "--profile-warmup",
             "3",
+            "--profile-graph",
+            "5",
             "--keep-memsets",
             "--comm-high-priority",
             "--compute-alone",

@@ -1,5 +1,7 @@
 //! `profile`: what each op of a plan costs on this machine, measured with CUDA events
-//! around every op of eager steps ([`crate::exec::RunOptions::profile`]), turned into
+//! around every op ([`crate::exec::RunOptions::profile`]) — of graph replays, the events
+//! captured with the step, so that an op costs what it costs as the graph runs it; of eager
+//! steps without them (`--graph-steps 0`) — turned into
 //! - a `[costs]` table for the spec (per stage F, B, W, FB in milliseconds, the p2p time,
 //!   and the step's own work and mirror-gradient sum once a step), so that the simulator
 //!   predicts real runs (`report.json`'s `step_time`);
@@ -34,9 +36,9 @@ pub struct OpTime {
     pub stages: Vec<u32>,
     pub stream: u32,
     pub bytes: u64,
-    /// Start in the last profiled step, ms from the step's start.
+    /// Start in the last profiled step (or timed graph replay), ms from the step's start.
     pub start_ms: f64,
-    /// Median duration over the profiled steps, ms.
+    /// Median duration over the profiled steps (or timed graph replays), ms.
     pub ms: f64,
 }
 
@@ -61,6 +63,10 @@ pub struct RankProfile {
     /// its compute as the graph runs it, with nothing to wait for.
     #[serde(default)]
     pub alone_ms: Option<f64>,
+    /// Whether `ops` were timed in graph replays (`profile --graph-steps`), else in the
+    /// eager steps.
+    #[serde(default)]
+    pub graph_timed: bool,
     pub ops: Vec<OpTime>,
     /// The node-timed step's nodes, by kind (empty when fewer than 3 steps were profiled).
     #[serde(default)]
@@ -189,7 +195,9 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
     // Without warm-up steps, skip the first timed step (NCCL connects, caches warm) when
     // there are others.
     let skip = usize::from(report.warmup_steps == 0 && report.op_times.len() > 1);
-    let steps = &report.op_times[skip..];
+    // The ops' times from the timed graph replays when there are any, else the eager steps.
+    let graph_timed = !report.graph_op_times.is_empty();
+    let steps = if graph_timed { &report.graph_op_times[..] } else { &report.op_times[skip..] };
     // The steps whose ops were timed (after the warm-up, before the one timing nodes).
     let timed = report.step_ms.iter().skip(report.warmup_steps as usize).take(report.op_times.len());
     let step_times: Vec<f64> = timed.skip(skip).copied().collect();
@@ -218,7 +226,7 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
             .sum()
     });
     let alone_ms = (!report.alone_ms.is_empty()).then(|| median(report.alone_ms.clone()));
-    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, alone_ms, ops, nodes }
+    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, alone_ms, graph_timed, ops, nodes }
 }
 
 impl RankProfile {

@@ -1,6 +1,8 @@
 //! CUDA-event timing of a rank's step for `profile` ([`crate::exec`]): events around spans
-//! of nodes — the plan's ops, or every node on its own — recorded as the step is issued,
-//! read back as (start, duration) from the step's start.
+//! of nodes — the plan's ops, or every node on its own — recorded as the step is issued
+//! (eager), or captured with it into a graph as external event-record nodes (timed at
+//! every replay, so an op costs what it costs as the graph runs it), read back as (start,
+//! duration) from the step's start.
 
 use crate::error::driver;
 use crate::gpu::Gpu;
@@ -9,9 +11,10 @@ use cudarc::driver::CudaEvent;
 use pipewright_plan::node::Node;
 use std::collections::HashMap;
 
-/// CUDA events around spans of nodes of one step (eager): a start event before a span's
-/// first node and an end event after its last, on the span's stream, and one at the step's
-/// start. The spans are the plan's ops, or each node on its own.
+/// CUDA events around spans of nodes of one step: a start event before a span's first node
+/// and an end event after its last, on the span's stream, and one at the step's start. The
+/// spans are the plan's ops, or each node on its own. Built while the step is captured,
+/// the records become graph nodes and every replay re-records them.
 #[derive(Debug)]
 pub struct OpTimer {
     origin: CudaEvent,
@@ -25,6 +28,8 @@ pub struct OpTimer {
     serial: bool,
     /// The last span ended on each compute stream (0, 1).
     last: [Option<usize>; 2],
+    /// Being captured: events are recorded as external (timing) event-record nodes.
+    in_graph: bool,
 }
 
 /// Every op as a span (first, last, stream), starting after the waits it opens with: with
@@ -59,9 +64,17 @@ pub fn node_spans(nodes: &[Node]) -> Vec<(usize, usize, usize)> {
 }
 
 impl OpTimer {
-    pub fn new(gpu: &Gpu, spans: Vec<(usize, usize, usize)>, serial: bool) -> Result<OpTimer, RuntimeError> {
-        let origin = gpu.streams[0].record_event(Some(TIMED)).map_err(driver)?;
+    /// A timer of `spans` whose origin is recorded now on the compute stream; `in_graph`
+    /// when the step is being captured.
+    pub fn new(
+        gpu: &Gpu,
+        spans: Vec<(usize, usize, usize)>,
+        serial: bool,
+        in_graph: bool,
+    ) -> Result<OpTimer, RuntimeError> {
+        let origin = record(gpu, 0, in_graph)?;
         Ok(OpTimer {
+            in_graph,
             serial,
             last: [None, None],
             origin,
@@ -80,7 +93,7 @@ impl OpTimer {
                     gpu.streams[s].wait(e).map_err(driver)?;
                 }
             }
-            self.events[op].0 = Some(gpu.streams[s].record_event(Some(TIMED)).map_err(driver)?);
+            self.events[op].0 = Some(record(gpu, s, self.in_graph)?);
         }
         Ok(())
     }
@@ -88,7 +101,7 @@ impl OpTimer {
     pub fn after(&mut self, gpu: &Gpu, node: usize) -> Result<(), RuntimeError> {
         if let Some(&op) = self.ends.get(&node) {
             let s = self.streams[op];
-            self.events[op].1 = Some(gpu.streams[s].record_event(Some(TIMED)).map_err(driver)?);
+            self.events[op].1 = Some(record(gpu, s, self.in_graph)?);
             if s < 2 {
                 self.last[s] = Some(op);
             }
@@ -109,6 +122,27 @@ impl OpTimer {
             })
             .collect()
     }
+}
+
+/// A timing event recorded on `stream`: while capturing, as an external record node (a
+/// plain record would only order the streams, and could not be timed after a replay).
+fn record(gpu: &Gpu, stream: usize, in_graph: bool) -> Result<CudaEvent, RuntimeError> {
+    let stream = &gpu.streams[stream];
+    if !in_graph {
+        return stream.record_event(Some(TIMED)).map_err(driver);
+    }
+    let event = gpu.ctx.new_event(Some(TIMED)).map_err(driver)?;
+    // SAFETY: a live event and stream of this context.
+    unsafe {
+        cudarc::driver::sys::cuEventRecordWithFlags(
+            event.cu_event(),
+            stream.cu_stream(),
+            cudarc::driver::sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32,
+        )
+    }
+    .result()
+    .map_err(driver)?;
+    Ok(event)
 }
 
 const TIMED: cudarc::driver::sys::CUevent_flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;

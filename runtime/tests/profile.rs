@@ -45,6 +45,7 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         graph_nodes: Default::default(),
         warmup_steps: 0,
         alone_ms: vec![],
+        graph_op_times: vec![],
         after_alone_ms: vec![],
     }
 }
@@ -151,6 +152,27 @@ fn warm_up_steps_and_the_node_timed_step_are_not_the_profiled_step_time() {
     assert_eq!(p.compute_ms, 8.0 * computing, "each op's median over the three");
     assert_eq!(p.node_compute_ms, None, "no step timed nodes");
     assert_eq!(p.ideal_ms(), p.compute_ms, "so the ideal counts the ops");
+}
+
+#[test]
+fn ops_timed_in_graph_replays_are_the_costs_when_there_are_any() {
+    // Eager steps time every op at 9 ms, the timed graph replays at 2, 3 and 4 ms: the
+    // profile takes the replays' median (3 ms per op), starts from the last replay, and
+    // says so; without replays, the eager steps'.
+    let plan = plan(Family::OneFOneB, (64, 256, 4, 2), Dtype::F32);
+    let ops = plan.ranks[0].ops.len();
+    let eager: Vec<Vec<(f64, f64)>> = (0..3).map(|_| vec![(1.0, 9.0); ops]).collect();
+    let mut r = report(0, eager, vec![]);
+    r.graph_op_times = [2.0, 4.0, 3.0].iter().map(|&ms| vec![(ms, ms); ops]).collect();
+    let p = rank_profile(&plan, 0, &r);
+    assert!(p.graph_timed);
+    assert!(p.ops.iter().all(|o| o.ms == 3.0 && o.start_ms == 3.0), "{:?}", p.ops);
+    let computing = plan.ranks[0].ops.iter().filter(|o| o.kind != "COMM").count() as f64;
+    assert_eq!(p.compute_ms, 3.0 * computing);
+    r.graph_op_times.clear();
+    let p = rank_profile(&plan, 0, &r);
+    assert!(!p.graph_timed);
+    assert!(p.ops.iter().all(|o| o.ms == 9.0), "{:?}", p.ops);
 }
 
 #[test]
