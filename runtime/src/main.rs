@@ -49,9 +49,11 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         warmup: u32,
         /// Then this many graph replays with every op timed (event-record nodes captured
-        /// with the step): the costs come from them, as the graph runs the ops (0: from
-        /// the eager steps).
-        #[arg(long, default_value_t = 10)]
+        /// with the step): the costs and the measured trace then come from them, as the
+        /// graph runs the ops, instead of from the eager steps. Off by default: on 2 × H200
+        /// the simulator predicted DualPipe's and DualPipeV's steps no better from them
+        /// (+1.3…+3.8% against −0.9…+4.7% from the eager steps; README, Runtime).
+        #[arg(long, default_value_t = 0)]
         graph_steps: u32,
         /// Output directory (default: DIR/profile).
         #[arg(short, long)]

@@ -1,7 +1,7 @@
 //! `profile`: what each op of a plan costs on this machine, measured with CUDA events
-//! around every op ([`crate::exec::RunOptions::profile`]) — of graph replays, the events
-//! captured with the step, so that an op costs what it costs as the graph runs it; of eager
-//! steps without them (`--graph-steps 0`) — turned into
+//! around every op ([`crate::exec::RunOptions::profile`]) — of eager steps, or, with
+//! `profile --graph-steps N`, of graph replays, the events captured with the step (an op
+//! then costs what it costs as the graph runs it) — turned into
 //! - a `[costs]` table for the spec (per stage F, B, W, FB in milliseconds, the p2p time,
 //!   and the step's own work and mirror-gradient sum once a step), so that the simulator
 //!   predicts real runs (`report.json`'s `step_time`);
