@@ -46,8 +46,8 @@ pub struct RunOptions {
     /// as kernel nodes (what cuts the host launch time, see [`crate::graph`]).
     pub keep_memsets: bool,
     /// Give the communication stream the device's greatest priority (see [`Gpu::open`]).
-    /// Off by default: on 2 × H200 it changed DualPipe's and DualPipeV's steps by −1.2% to
-    /// +0.5%, within run-to-run noise.
+    /// Off by default: on 2 × H200 DualPipe's and DualPipeV's steps with it were −0.8% to
+    /// +1.2% of those without (12 comparisons), within run-to-run noise.
     pub comm_high_priority: bool,
     /// After the run (and its checkpoints and dumps), replay this many times the rank's
     /// step without its p2p groups, the rest of the graph as it is: the rank's compute
