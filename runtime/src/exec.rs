@@ -39,9 +39,11 @@ pub struct RunOptions {
     /// With `profile`: steps run untimed first, so that the timed ones find the GPU at the
     /// clocks it sustains (an H200's first steps under load run faster than the rest).
     pub profile_warmup: u32,
-    /// With `profile`: after the eager steps (and dumps), replay the step this many times
-    /// as a graph captured with its ops' timing events ([`RunReport::graph_op_times`]).
-    pub profile_graph_steps: u32,
+    /// With `profile`: last, replay the rank's step without its p2p (as for
+    /// `alone_steps`) this many times as a graph captured with its ops' timing events
+    /// ([`RunReport::alone_op_times`]): each compute op's cost as the graph runs it, with
+    /// nothing to wait for.
+    pub profile_alone_steps: u32,
     /// Replay the graph as captured, with cuBLASLt's memset nodes, instead of rewriting them
     /// as kernel nodes (what cuts the host launch time, see [`crate::graph`]).
     pub keep_memsets: bool,
@@ -80,9 +82,9 @@ pub struct RunReport {
     pub launch_us: Vec<f64>,
     /// With `profile`: per step, each op's (start, duration) in ms from the step's start.
     pub op_times: Vec<Vec<(f64, f64)>>,
-    /// With `profile` and [`RunOptions::profile_graph_steps`]: the same per timed graph
-    /// replay.
-    pub graph_op_times: Vec<Vec<(f64, f64)>>,
+    /// With `profile` and [`RunOptions::profile_alone_steps`]: the same per timed replay of
+    /// the step without its p2p (the p2p groups' own spans NaN).
+    pub alone_op_times: Vec<Vec<(f64, f64)>>,
     /// With `profile` and at least 3 steps: each node's duration in ms in the last step,
     /// which times every node instead of every op (NaN for event records and waits).
     pub node_ms: Vec<f64>,
@@ -204,7 +206,7 @@ pub fn run(
         step_ms: Vec::new(),
         launch_us: Vec::new(),
         op_times: Vec::new(),
-        graph_op_times: Vec::new(),
+        alone_op_times: Vec::new(),
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
         alone_ms: Vec::new(),
@@ -271,19 +273,6 @@ pub fn run(
             steps,
         )?;
     }
-    if opts.profile && opts.profile_graph_steps > 0 {
-        // The ops timed as the graph runs them: the step captured with its timing events,
-        // replayed (its training goes on: these are real steps, after the dumps).
-        let (g, timer) = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets, Some(op_spans(rp)))?;
-        let timer = timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?;
-        for i in 0..opts.profile_graph_steps {
-            dog.phase(format!("timed graph replay {i} (profile)"));
-            g.launch()?;
-            gpu.synchronize()?;
-            report.graph_op_times.push(timer.times()?);
-        }
-        dog.done();
-    }
     if opts.alone_steps > 0 {
         // Last, as it leaves the training state meaningless: see RunOptions::alone_steps.
         let (alone, _) = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets, None)?;
@@ -307,6 +296,21 @@ pub fn run(
                     report.after_alone_ms.push(began.elapsed().as_secs_f64() * 1e3);
                 }
             }
+        }
+        dog.done();
+    }
+    if opts.profile && opts.profile_alone_steps > 0 {
+        // Each compute op as the graph runs it with nothing to wait for: timed in an eager
+        // step, or in the whole graph, an op's span also holds the waits inside it (the
+        // second half of an overlapped pair waiting for its input), which the simulator
+        // adds again. Last: the training state is meaningless after it.
+        let (g, timer) = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets, Some(op_spans(rp)))?;
+        let timer = timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?;
+        for i in 0..opts.profile_alone_steps {
+            dog.phase(format!("timed replay {i} of the step without its p2p (profile)"));
+            g.launch()?;
+            gpu.synchronize()?;
+            report.alone_op_times.push(timer.times()?);
         }
         dog.done();
     }

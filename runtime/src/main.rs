@@ -48,13 +48,12 @@ enum Command {
         /// higher clocks than it sustains, and the costs should be the sustained ones.
         #[arg(long, default_value_t = 10)]
         warmup: u32,
-        /// Then this many graph replays with every op timed (event-record nodes captured
-        /// with the step): the costs and the measured trace then come from them, as the
-        /// graph runs the ops, instead of from the eager steps. Off by default: on 2 × H200
-        /// the simulator predicted DualPipe's and DualPipeV's steps no better from them
-        /// (+1.3…+3.8% against −0.9…+4.7% from the eager steps; README, Runtime).
+        /// Then this many replays of each rank's step without its p2p, as a graph with every
+        /// op timed (0: none): the compute ops' costs then come from them — as the graph
+        /// runs each op, with nothing to wait for — instead of from the eager steps, whose
+        /// op spans also hold the waits inside the ops.
         #[arg(long, default_value_t = 0)]
-        graph_steps: u32,
+        alone_steps: u32,
         /// Output directory (default: DIR/profile).
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -129,10 +128,10 @@ struct RunArgs {
     /// With --profile-out: run this many steps untimed before the timed ones.
     #[arg(long, default_value_t = 0)]
     profile_warmup: u32,
-    /// With --profile-out: after the eager steps, replay this many steps as a graph with
-    /// every op timed (what the costs then come from).
+    /// With --profile-out: last, replay the step without its p2p this many times as a
+    /// graph with every op timed (what the compute ops' costs then come from).
     #[arg(long, default_value_t = 0)]
-    profile_graph: u32,
+    profile_alone: u32,
     /// Replay the captured graph with cuBLASLt's memset nodes as they are, instead of
     /// turning them into kernel nodes (which launch faster; this is for comparison).
     #[arg(long)]
@@ -160,7 +159,7 @@ impl RunArgs {
             watchdog: std::time::Duration::from_secs_f64(self.watchdog.max(0.0)),
             profile: self.profile_out.is_some(),
             profile_warmup: self.profile_warmup,
-            profile_graph_steps: self.profile_graph,
+            profile_alone_steps: self.profile_alone,
             keep_memsets: self.keep_memsets,
             comm_high_priority: self.comm_high_priority,
             alone_steps: self.compute_alone,
@@ -176,8 +175,8 @@ impl RunArgs {
             self.watchdog.to_string().into(),
             "--profile-warmup".into(),
             self.profile_warmup.to_string().into(),
-            "--profile-graph".into(),
-            self.profile_graph.to_string().into(),
+            "--profile-alone".into(),
+            self.profile_alone.to_string().into(),
             "--compute-alone".into(),
             self.compute_alone.to_string().into(),
         ];
@@ -270,8 +269,8 @@ fn main() -> ExitCode {
                 .map(|line| println!("{line}"))
         }
         Command::Run { dir, args } => run(&dir, &args),
-        Command::Profile { gpus, dir, steps, warmup, graph_steps, out } => {
-            match profile(gpus, &dir, steps, warmup, graph_steps, out) {
+        Command::Profile { gpus, dir, steps, warmup, alone_steps, out } => {
+            match profile(gpus, &dir, steps, warmup, alone_steps, out) {
                 Ok(code) => return code,
                 Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
             }
@@ -399,7 +398,7 @@ fn profile(
     dir: &Path,
     steps: u32,
     warmup: u32,
-    graph_steps: u32,
+    alone_steps: u32,
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use pipewright_runtime::profile::{chrome_trace, costs_toml, RankProfile};
@@ -414,7 +413,7 @@ fn profile(
         watchdog: 60.0,
         profile_out: Some(out.clone()),
         profile_warmup: warmup,
-        profile_graph: graph_steps,
+        profile_alone: alone_steps,
         keep_memsets: false,
         comm_high_priority: false,
         // Each rank's step graph without p2p, last: what its ops' costs are scaled to.
@@ -447,7 +446,8 @@ fn profile(
     for p in &profiles {
         let nodes = p.node_compute_ms.map_or(String::new(), |ms| format!(", its nodes alone {ms:.3} ms"));
         let alone = p.alone_ms.map_or(String::new(), |ms| format!(", its step graph without p2p {ms:.3} ms"));
-        let timed = if p.graph_timed { "its ops in timed graph replays" } else { "its ops in eager steps" };
+        let timed =
+            if p.timed_alone { "its compute ops timed in its step without p2p" } else { "its ops in eager steps" };
         println!(
             "rank {}: compute {:.3} ms per step ({timed}){nodes}{alone}, eager step with timing {:.3} ms, \
              costs scaled by {:.3}",
@@ -558,7 +558,7 @@ mod tests {
             "/p",
             "--profile-warmup",
             "3",
-            "--profile-graph",
+            "--profile-alone",
             "5",
             "--keep-memsets",
             "--comm-high-priority",

@@ -1,7 +1,8 @@
 //! `profile`: what each op of a plan costs on this machine, measured with CUDA events
-//! around every op ([`crate::exec::RunOptions::profile`]) — of eager steps, or, with
-//! `profile --graph-steps N`, of graph replays, the events captured with the step (an op
-//! then costs what it costs as the graph runs it) — turned into
+//! around every op of eager steps ([`crate::exec::RunOptions::profile`]) — a compute op's
+//! cost, with `profile --alone-steps N`, from replays of the rank's step without its p2p
+//! instead, the events captured with the step (the op as the graph runs it, with nothing
+//! to wait for) — turned into
 //! - a `[costs]` table for the spec (per stage F, B, W, FB in milliseconds, the p2p time,
 //!   and the step's own work and mirror-gradient sum once a step), so that the simulator
 //!   predicts real runs (`report.json`'s `step_time`);
@@ -36,9 +37,10 @@ pub struct OpTime {
     pub stages: Vec<u32>,
     pub stream: u32,
     pub bytes: u64,
-    /// Start in the last profiled step (or timed graph replay), ms from the step's start.
+    /// Start in the last profiled step, ms from the step's start.
     pub start_ms: f64,
-    /// Median duration over the profiled steps (or timed graph replays), ms.
+    /// Median duration over the profiled steps (or, for a compute op, the timed replays
+    /// without p2p), ms.
     pub ms: f64,
 }
 
@@ -63,10 +65,10 @@ pub struct RankProfile {
     /// its compute as the graph runs it, with nothing to wait for.
     #[serde(default)]
     pub alone_ms: Option<f64>,
-    /// Whether `ops` were timed in graph replays (`profile --graph-steps`), else in the
-    /// eager steps.
+    /// Whether the compute ops' durations come from replays of the step without p2p
+    /// (`profile --alone-steps`), else from the eager steps (p2p batches always do).
     #[serde(default)]
-    pub graph_timed: bool,
+    pub timed_alone: bool,
     pub ops: Vec<OpTime>,
     /// The node-timed step's nodes, by kind (empty when fewer than 3 steps were profiled).
     #[serde(default)]
@@ -195,9 +197,9 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
     // Without warm-up steps, skip the first timed step (NCCL connects, caches warm) when
     // there are others.
     let skip = usize::from(report.warmup_steps == 0 && report.op_times.len() > 1);
-    // The ops' times from the timed graph replays when there are any, else the eager steps.
-    let graph_timed = !report.graph_op_times.is_empty();
-    let steps = if graph_timed { &report.graph_op_times[..] } else { &report.op_times[skip..] };
+    let steps = &report.op_times[skip..];
+    // The compute ops' durations from the timed replays without p2p when there are any.
+    let timed_alone = !report.alone_op_times.is_empty();
     // The steps whose ops were timed (after the warm-up, before the one timing nodes).
     let timed = report.step_ms.iter().skip(report.warmup_steps as usize).take(report.op_times.len());
     let step_times: Vec<f64> = timed.skip(skip).copied().collect();
@@ -212,7 +214,13 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
             stream: s.stream,
             bytes: s.bytes,
             start_ms: steps.last().and_then(|t| t.get(i)).map_or(f64::NAN, |t| t.0),
-            ms: median(steps.iter().filter_map(|t| t.get(i)).map(|t| t.1).collect()),
+            ms: median(
+                if timed_alone && s.kind != "COMM" { &report.alone_op_times[..] } else { steps }
+                    .iter()
+                    .filter_map(|t| t.get(i))
+                    .map(|t| t.1)
+                    .collect(),
+            ),
         })
         .collect();
     let compute_ms = ops.iter().filter(|o| o.kind != "COMM").map(|o| o.ms).filter(|x| x.is_finite()).sum();
@@ -226,7 +234,7 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
             .sum()
     });
     let alone_ms = (!report.alone_ms.is_empty()).then(|| median(report.alone_ms.clone()));
-    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, alone_ms, graph_timed, ops, nodes }
+    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, alone_ms, timed_alone, ops, nodes }
 }
 
 impl RankProfile {

@@ -45,7 +45,7 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         graph_nodes: Default::default(),
         warmup_steps: 0,
         alone_ms: vec![],
-        graph_op_times: vec![],
+        alone_op_times: vec![],
         after_alone_ms: vec![],
     }
 }
@@ -155,23 +155,27 @@ fn warm_up_steps_and_the_node_timed_step_are_not_the_profiled_step_time() {
 }
 
 #[test]
-fn ops_timed_in_graph_replays_are_the_costs_when_there_are_any() {
-    // Eager steps time every op at 9 ms, the timed graph replays at 2, 3 and 4 ms: the
-    // profile takes the replays' median (3 ms per op), starts from the last replay, and
-    // says so; without replays, the eager steps'.
+fn compute_ops_timed_without_p2p_are_the_costs_when_there_are_any() {
+    // Eager steps time every op at 9 ms (from 1 ms into the step), the timed replays
+    // without p2p at 2, 4 and 3 ms: a compute op costs the replays' median, 3 ms; p2p
+    // batches and every start stay the eager steps'; without replays, all are eager.
     let plan = plan(Family::OneFOneB, (64, 256, 4, 2), Dtype::F32);
     let ops = plan.ranks[0].ops.len();
     let eager: Vec<Vec<(f64, f64)>> = (0..3).map(|_| vec![(1.0, 9.0); ops]).collect();
     let mut r = report(0, eager, vec![]);
-    r.graph_op_times = [2.0, 4.0, 3.0].iter().map(|&ms| vec![(ms, ms); ops]).collect();
+    r.alone_op_times = [2.0, 4.0, 3.0].iter().map(|&ms| vec![(ms, ms); ops]).collect();
     let p = rank_profile(&plan, 0, &r);
-    assert!(p.graph_timed);
-    assert!(p.ops.iter().all(|o| o.ms == 3.0 && o.start_ms == 3.0), "{:?}", p.ops);
+    assert!(p.timed_alone);
+    assert!(p.ops.iter().any(|o| o.kind == "COMM") && p.ops.iter().any(|o| o.kind != "COMM"));
+    for o in &p.ops {
+        assert_eq!(o.ms, if o.kind == "COMM" { 9.0 } else { 3.0 }, "{o:?}");
+        assert_eq!(o.start_ms, 1.0, "{o:?}");
+    }
     let computing = plan.ranks[0].ops.iter().filter(|o| o.kind != "COMM").count() as f64;
     assert_eq!(p.compute_ms, 3.0 * computing);
-    r.graph_op_times.clear();
+    r.alone_op_times.clear();
     let p = rank_profile(&plan, 0, &r);
-    assert!(!p.graph_timed);
+    assert!(!p.timed_alone);
     assert!(p.ops.iter().all(|o| o.ms == 9.0), "{:?}", p.ops);
 }
 
