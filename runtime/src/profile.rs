@@ -308,9 +308,9 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let mirror_sum = per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"), false);
     let scales: Vec<String> = profiles.iter().map(|p| format!("{:.3}", p.calibration())).collect();
     format!(
-        "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches),\n\
-         # milliseconds per op (medians over the profiled steps after the first; p2p: the fastest\n\
-         # batch); each rank's compute ops scaled to its step graph's compute without p2p (by\n\
+        "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches{}),\n\
+         # milliseconds per op, medians: {}; p2p: the fastest batch of the\n\
+         # eager steps; each rank's compute ops scaled to its step graph's compute without p2p (by\n\
          # {}, rank by rank). To simulate this machine: `[costs] from = \"<this file>\"` in the\n\
          # spec (whose own `comm` says how the plan communicates).\n\
          [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\n\
@@ -318,7 +318,13 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
         plan.schedule,
         plan.world_size,
         plan.stages,
-        plan.microbatches,
+        plan.pipes * plan.microbatches,
+        if plan.pipes > 1 { format!(", {} pipes of {}", plan.pipes, plan.microbatches) } else { String::new() },
+        if profiles.iter().all(|p| p.timed_alone) {
+            "compute ops over replays of each rank's step without p2p (nothing to wait for)"
+        } else {
+            "every op over the profiled eager steps"
+        },
         scales.join(", "),
         list(&forward),
         list(&backward),
