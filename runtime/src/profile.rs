@@ -245,12 +245,12 @@ impl RankProfile {
     }
 
     /// What this rank's compute ops (and the step's own work) are scaled by in the costs
-    /// table: its compute as the graph runs it over the sum of its ops timed in eager
-    /// steps (1 when the graph was not replayed alone). Timed eagerly, ops carry launch
-    /// gaps and share the GPU with p2p kernels, and their sum exceeds the graph's compute
-    /// (measured on 2 × H200: by 4–11% for DualPipe and DualPipeV plans; scaled, the
-    /// simulator's step time came within −8.3…+3.0% of the measured steps, mean 2.8%, from
-    /// +2.6…+12.3%, mean 7.3%; README, Runtime).
+    /// table: its compute as the graph runs it over the sum of its ops' times (1 when the
+    /// graph was not replayed alone). Timed in eager steps, ops carry launch gaps, waits
+    /// and the GPU shared with p2p kernels, and their sum exceeded the graph's compute by
+    /// 4–11% on 2 × H200 (DualPipe and DualPipeV plans); timed in the graph without p2p
+    /// (`timed_alone`), the sum is that graph's compute within −6…+2.4%, and this only
+    /// corrects the difference in clocks between the two measurements.
     pub fn calibration(&self) -> f64 {
         match self.alone_ms {
             Some(alone) if alone.is_finite() && alone > 0.0 && self.compute_ms > 0.0 => alone / self.compute_ms,
