@@ -83,7 +83,8 @@ pub struct RunReport {
     /// With `profile`: per step, each op's (start, duration) in ms from the step's start.
     pub op_times: Vec<Vec<(f64, f64)>>,
     /// With `profile` and [`RunOptions::profile_alone_steps`]: the same per timed replay of
-    /// the step without its p2p (the p2p groups' own spans NaN).
+    /// the step without its p2p (where a p2p batch's span holds nothing: only the compute
+    /// ops' are used).
     pub alone_op_times: Vec<Vec<(f64, f64)>>,
     /// With `profile` and at least 3 steps: each node's duration in ms in the last step,
     /// which times every node instead of every op (NaN for event records and waits).
