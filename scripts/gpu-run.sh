@@ -5,7 +5,8 @@
 # the summary in $OUT/summary.txt, the benchmark table in $OUT/bench.md, every log in
 # $OUT/logs.tgz (the device tool brings back only a few files). BENCH_FILTER=REGEX picks
 # the benchmark plans by name (default: the issue's dualpipe/dualpipev settings on 4 GPUs,
-# or 2 when only 2 are there; BENCH_FILTER=. runs all that fit, more than one call's time).
+# or 2 when only 2 are there, with their optimised programs where built; BENCH_FILTER=.
+# runs all that fit, more than one call's time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
@@ -91,11 +92,12 @@ for shape in "bf16 4096 16384 4096 2000" "bf16 4096 8192 2048 6000" "f32 768 204
 done
 
 echo "== benchmarks: graph replay (15 steps), eager (12), profile (ideal, nodes.md; 4)" | tee -a "$OUT/summary.txt"
-# By default the issue's settings on this machine's largest rank count (4, else 2): the
-# rest (1-GPU baselines, async vs blocking, optimised vs family) with BENCH_FILTER.
+# By default the issue's settings on this machine's largest rank count (4, else 2), and
+# the optimiser's programs of them where gpu-prepare.sh built some (2 ranks): the rest
+# (1-GPU baselines, async vs blocking, mirror bf16) with BENCH_FILTER.
 W=$((GPUS >= 4 ? 4 : 2))
 for plan in target/gpu/bench/*/; do
-  [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+$} ]] || continue
+  [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+(-opt)?$} ]] || continue
   fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
   for mode in graph eager; do
