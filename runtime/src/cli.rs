@@ -1,0 +1,246 @@
+//! The command line of `pipewright-runtime`: its subcommands, and the options of `run`
+//! that `launch` passes on to every rank (as arguments again: [`RunArgs::to_args`]).
+
+use clap::{Parser, Subcommand};
+use pipewright_runtime::exec;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pipewright-runtime", version, about = "Replays pipewright plans on GPUs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load DIR/plan.json, validate it, and check it against this job (world size, GPUs,
+    /// certificate hash). Exit 0 when it would run, 2 with the reason when not.
+    Check { dir: PathBuf },
+    /// Run this rank's part of the plan (rank and world from RANK/WORLD_SIZE/LOCAL_RANK or
+    /// SLURM_*) and print the losses per step.
+    Run {
+        dir: PathBuf,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Measure every op of the plan with CUDA events over K eager steps on N local GPUs
+    /// (and each compute op again in replays of the rank's step without p2p, what its cost
+    /// comes from); write OUT/costs.toml (a [costs] table for the spec),
+    /// OUT/measured-trace.json (the measured timeline), OUT/compare-trace.json (it and
+    /// DIR/trace.json, the simulated one, in one trace), OUT/nodes.md and OUT/rank<r>.json.
+    Profile {
+        #[arg(long)]
+        gpus: u32,
+        dir: PathBuf,
+        #[arg(long, default_value_t = 6)]
+        steps: u32,
+        /// Steps run untimed before those: an H200 runs its first steps under load at
+        /// higher clocks than it sustains, and the costs should be the sustained ones.
+        #[arg(long, default_value_t = 10)]
+        warmup: u32,
+        /// Then this many replays of each rank's step without its p2p, as a graph with every
+        /// op timed: the compute ops' costs come from them — as the graph runs each op, with
+        /// nothing to wait for — (0: from the eager steps, whose op spans also hold the
+        /// waits inside the ops: an overlapped pair waiting for its second input, which the
+        /// simulator adds again). Measured on 2 × H200, the optimiser's DualPipe and
+        /// DualPipeV programs under those costs ran 0.4–4.4% faster than the families';
+        /// under eager costs, up to 1.5% slower (README, Runtime).
+        #[arg(long, default_value_t = 10)]
+        alone_steps: u32,
+        /// Output directory (default: DIR/profile).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Measure this GPU's GEMM rate at one shape (C[m×n] = A[m×k]·B[k×n], f32 or bf16
+    /// inputs, f32 accumulation): the rate behind the benchmarks' FLOP floor.
+    GemmRate {
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[arg(long)]
+        m: u64,
+        #[arg(long)]
+        n: u64,
+        #[arg(long)]
+        k: u64,
+        #[arg(long, default_value_t = 50)]
+        iters: u32,
+        /// op(A) = Aᵀ (A stored k × m).
+        #[arg(long)]
+        trans_a: bool,
+        /// op(B) = Bᵀ (B stored n × k).
+        #[arg(long)]
+        trans_b: bool,
+        /// What the product goes through: none, gelu (GELU_AUX) or gelu-grad (DGELU).
+        #[arg(long, default_value = "none")]
+        epilogue: String,
+        /// C in f32 with beta = 1 (how weight gradients accumulate).
+        #[arg(long)]
+        accumulate: bool,
+    },
+    /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
+    /// others.
+    Launch {
+        #[arg(long)]
+        gpus: u32,
+        dir: PathBuf,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+}
+
+/// The options of `run`, which `launch` passes on to every rank.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct RunArgs {
+    #[arg(long, default_value_t = 1)]
+    pub steps: u32,
+    /// Also run the plan on the CPU executor and print the largest relative error of
+    /// the losses and of this rank's weight gradients and weights.
+    #[arg(long)]
+    pub reference: bool,
+    /// Issue every node every step instead of replaying a captured CUDA graph.
+    #[arg(long)]
+    pub eager: bool,
+    /// Write checkpoints here every `checkpoint_every` steps of [training].
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in --checkpoint-dir.
+    #[arg(long, requires = "checkpoint_dir")]
+    pub resume: bool,
+    /// Write initial and final weights, inputs, targets and gradients (safetensors).
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+    /// Seconds without progress (a step, or joining the communicator) after which the
+    /// rank aborts NCCL and exits with code 3, naming the p2p group it is stuck in
+    /// (0: never).
+    #[arg(long, default_value_t = 30.0)]
+    pub watchdog: f64,
+    /// Time every op (eager steps) and write this rank's profile to DIR/rank<r>.json
+    /// (what `profile` runs on every rank).
+    #[arg(long)]
+    pub profile_out: Option<PathBuf>,
+    /// With --profile-out: run this many steps untimed before the timed ones.
+    #[arg(long, default_value_t = 0)]
+    pub profile_warmup: u32,
+    /// With --profile-out: last, replay the step without its p2p this many times as a
+    /// graph with every op timed (what the compute ops' costs then come from).
+    #[arg(long, default_value_t = 0)]
+    pub profile_alone: u32,
+    /// Replay the captured graph with cuBLASLt's memset nodes as they are, instead of
+    /// turning them into kernel nodes (which launch faster; this is for comparison).
+    #[arg(long)]
+    pub keep_memsets: bool,
+    /// Give the communication stream (p2p, DualPipe's gradient exchange) the device's
+    /// greatest priority, so that its kernels take SMs ahead of the products' (measured on
+    /// 2 × H200: no gain beyond noise, hence off by default).
+    #[arg(long)]
+    pub comm_high_priority: bool,
+    /// After the run, replay the step this many times without its p2p (each rank's compute
+    /// with nothing to wait for: the bubble-free ideal step) and print the median; the
+    /// training state is meaningless after it, so it comes after checkpoints and dumps.
+    #[arg(long, default_value_t = 0)]
+    pub compute_alone: u32,
+}
+
+impl RunArgs {
+    pub fn options(&self) -> exec::RunOptions {
+        exec::RunOptions {
+            steps: self.steps,
+            eager: self.eager,
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            resume: self.resume,
+            dump: self.dump.clone(),
+            watchdog: std::time::Duration::from_secs_f64(self.watchdog.max(0.0)),
+            profile: self.profile_out.is_some(),
+            profile_warmup: self.profile_warmup,
+            profile_alone_steps: self.profile_alone,
+            keep_memsets: self.keep_memsets,
+            comm_high_priority: self.comm_high_priority,
+            alone_steps: self.compute_alone,
+        }
+    }
+
+    /// The same options as command-line arguments of `run`.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = vec![
+            "--steps".into(),
+            self.steps.to_string().into(),
+            "--watchdog".into(),
+            self.watchdog.to_string().into(),
+            "--profile-warmup".into(),
+            self.profile_warmup.to_string().into(),
+            "--profile-alone".into(),
+            self.profile_alone.to_string().into(),
+            "--compute-alone".into(),
+            self.compute_alone.to_string().into(),
+        ];
+        let flags = [
+            (self.reference, "--reference"),
+            (self.eager, "--eager"),
+            (self.resume, "--resume"),
+            (self.keep_memsets, "--keep-memsets"),
+            (self.comm_high_priority, "--comm-high-priority"),
+        ];
+        for (on, flag) in flags {
+            if on {
+                out.push(flag.into());
+            }
+        }
+        let paths =
+            [(&self.checkpoint_dir, "--checkpoint-dir"), (&self.dump, "--dump"), (&self.profile_out, "--profile-out")];
+        for (path, flag) in paths {
+            if let Some(p) = path {
+                out.push(flag.into());
+                out.push(p.clone().into());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser)]
+    struct Just {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    /// `launch` gives every rank the options it was given: each flag and value survives
+    /// `to_args` and parsing back.
+    #[test]
+    fn launch_passes_every_run_option_on() {
+        let given = [
+            "x",
+            "--steps",
+            "7",
+            "--reference",
+            "--eager",
+            "--checkpoint-dir",
+            "/c",
+            "--resume",
+            "--dump",
+            "/d",
+            "--watchdog",
+            "12.5",
+            "--profile-out",
+            "/p",
+            "--profile-warmup",
+            "3",
+            "--profile-alone",
+            "5",
+            "--keep-memsets",
+            "--comm-high-priority",
+            "--compute-alone",
+            "4",
+        ];
+        let parsed = Just::parse_from(given).args;
+        assert!(parsed.comm_high_priority && parsed.keep_memsets && parsed.resume && parsed.compute_alone == 4);
+        let again = Just::parse_from(std::iter::once("x".into()).chain(parsed.to_args())).args;
+        assert_eq!(again, parsed);
+        let plain = Just::parse_from(["x"]).args;
+        assert_eq!(Just::parse_from(std::iter::once("x".into()).chain(plain.to_args())).args, plain);
+    }
+}
