@@ -173,10 +173,16 @@ fn compute_ops_timed_without_p2p_are_the_costs_when_there_are_any() {
     }
     let computing = plan.ranks[0].ops.iter().filter(|o| o.kind != "COMM").count() as f64;
     assert_eq!(p.compute_ms, 3.0 * computing);
+    // The costs file says where its numbers come from (here rank 0's profile stands for
+    // both ranks).
+    let text = costs_toml(&plan, &[p.clone(), p], "test");
+    assert!(text.contains("compute ops over replays of each rank's step without p2p"), "{text}");
     r.alone_op_times.clear();
     let p = rank_profile(&plan, 0, &r);
     assert!(!p.timed_alone);
     assert!(p.ops.iter().all(|o| o.ms == 9.0), "{:?}", p.ops);
+    let text = costs_toml(&plan, &[p.clone(), p], "test");
+    assert!(text.contains("every op over the profiled eager steps"), "{text}");
 }
 
 #[test]
