@@ -78,3 +78,33 @@ fn errors_name_the_file_and_line_they_are_about() {
     let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"b.toml\"\nweight = 2.0\n")).unwrap_err();
     assert!(e.contains("spec.toml:6:8") && e.contains("weight (2) exceeds backward (1)"), "{e}");
 }
+
+#[test]
+fn measured_pairs_come_from_the_file_and_are_checked_where_they_stand() {
+    use pipewright_compiler::cost::PairCost;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[costs]\nforward = 1.0\noverlapped = 3.0\noverlapped_pairs = [{ f = 1, b = 0, ms = 2.25 }, { f = 0, b = 1, ms = 2.75 }]\n",
+    )
+    .unwrap();
+    let s = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\n")).unwrap();
+    assert_eq!(s.costs.pairs, vec![PairCost { f: 1, b: 0, ms: 2.25 }, PairCost { f: 0, b: 1, ms: 2.75 }]);
+    assert_eq!((s.costs.overlapped(1, 0), s.costs.overlapped(0, 1), s.costs.overlapped(0, 0)), (2.25, 2.75, 3.0));
+    // The spec's own list replaces the file's.
+    let own = format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\noverlapped_pairs = [{{ f = 0, b = 0, ms = 1 }}]\n");
+    let s = load(dir.path(), &own).unwrap();
+    assert_eq!(s.costs.pairs, vec![PairCost { f: 0, b: 0, ms: 1.0 }]);
+    // A stage this pipeline does not have, a pair given twice, a negative time, a key no
+    // pair has: errors at the list, in the file that has it.
+    for (pairs, says) in [
+        ("[{ f = 2, b = 0, ms = 1.0 }]", "names stage 2 but this pipeline has 2 stages"),
+        ("[{ f = 0, b = 1, ms = 1.0 }, { f = 0, b = 1, ms = 2.0 }]", "lists the pair f = 0, b = 1 twice"),
+        ("[{ f = 0, b = 1, ms = -1.0 }]", "has ms = -1"),
+        ("[{ f = 0, b = 1, time = 1.0 }]", "unknown field `time`"),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), format!("[costs]\noverlapped_pairs = {pairs}\n")).unwrap();
+        let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"bad.toml\"\n")).unwrap_err();
+        assert!(e.contains("bad.toml:2:") && e.contains(says), "{pairs}: {e}");
+    }
+}

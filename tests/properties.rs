@@ -169,12 +169,69 @@ proptest! {
         prop_assert!(bound <= best.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, best.makespan);
     }
 
+    /// The lower bound holds when FB pairs carry their own measured times (`[costs]
+    /// overlapped_pairs`), some below every stage's `overlapped`, for the family's plan and
+    /// the optimiser's; and the simulator charges a listed pair its own time.
+    #[test]
+    fn the_lower_bound_holds_with_measured_pairs(
+        (family, ranks, m) in case(),
+        c in costs(),
+        fracs in proptest::collection::vec(0.4f64..1.3, 64),
+    ) {
+        let set = family.generate(ranks, m, 2);
+        let layout = set.layout.clone().unwrap();
+        let mut costs = CostModel::uniform(layout.stages, c.0, c.1, c.2, c.3, c.4);
+        costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
+        let n = layout.stages;
+        let mut k = fracs.iter().cycle();
+        for f in 0..n {
+            for b in 0..n {
+                let ms = (costs.forward[f as usize] + costs.backward[b as usize]) * k.next().unwrap();
+                costs.pairs.push(pipewright_compiler::cost::PairCost { f, b, ms });
+            }
+        }
+        for p in &costs.pairs {
+            prop_assert_eq!(costs.overlapped(p.f, p.b), p.ms);
+            prop_assert!(costs.min_overlapped_with(p.f) <= p.ms && costs.min_overlapped_with(p.b) <= p.ms);
+        }
+        let bound = pipewright_compiler::bound::spec_lower_bound(&layout, &costs);
+        let (_, sim, _) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert!(bound <= sim.makespan + 1e-9, "bound {} above the family's makespan {}", bound, sim.makespan);
+        let options = optimize::Options { time_limit: 0.3, ..Default::default() };
+        let best = optimize::optimize(&set, &costs, None, &options).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert!(bound <= best.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, best.makespan);
+    }
+
     #[test]
     fn generated_programs_roundtrip_through_json((family, ranks, m) in case()) {
         let set = family.generate(ranks, m, 2);
         let text = serde_json::to_string(&set).unwrap();
         let back: ProgramSet = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(back, set);
+    }
+}
+
+/// A pair listed far below the per-stage `overlapped`: the families that pair charge it,
+/// and the lower bound stays below their makespans.
+#[test]
+fn cheap_measured_pairs_lower_the_bound_with_the_makespan() {
+    for (family, ranks, m) in
+        [(Family::DualPipeV, 1, 2), (Family::DualPipeV, 1, 4), (Family::DualPipeV, 2, 4), (Family::DualPipe, 2, 4)]
+    {
+        let set = family.generate(ranks, m, 2);
+        let layout = set.layout.clone().unwrap();
+        let mut costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
+        for f in 0..layout.stages {
+            for b in 0..layout.stages {
+                costs.pairs.push(pipewright_compiler::cost::PairCost { f, b, ms: 0.5 });
+            }
+        }
+        let (_, cheap, _) = lower_and_simulate(&set, &costs, None).unwrap();
+        let bound = pipewright_compiler::bound::spec_lower_bound(&layout, &costs);
+        assert!(bound <= cheap.makespan + 1e-9, "{family:?} {ranks}: bound {bound} above makespan {}", cheap.makespan);
+        let without = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
+        let (_, dear, _) = lower_and_simulate(&set, &without, None).unwrap();
+        assert!(cheap.makespan < dear.makespan, "{family:?} {ranks}: the listed pairs were not charged");
     }
 }
 

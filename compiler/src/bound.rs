@@ -83,7 +83,7 @@ pub fn spec_lower_bound(layout: &Layout, costs: &CostModel) -> f64 {
         let own = costs.unit(u.kind, u.stage);
         match u.kind {
             UnitKind::W => own,
-            _ => own.min(costs.overlapped[u.stage as usize]),
+            _ => own.min(costs.min_overlapped_with(u.stage)),
         }
     };
     lower_bound(layout, &units, cost, costs.p2p, &busy)

@@ -16,6 +16,15 @@ pub enum CommMode {
     Async,
 }
 
+/// One FB pair's measured time: the forward of stage `f` overlapped with the backward of
+/// stage `b`.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+pub struct PairCost {
+    pub f: u32,
+    pub b: u32,
+    pub ms: f64,
+}
+
 /// Time of one stage's work on one microbatch, per stage, plus communication.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct CostModel {
@@ -26,8 +35,15 @@ pub struct CostModel {
     /// `weight[s]`: the W part of B; I = B − W.
     pub weight: Vec<f64>,
     /// `overlapped[s]`: an FB pair. An FB of stages a (forward) and b (backward) costs
-    /// `max(overlapped[a], overlapped[b])`.
+    /// `max(overlapped[a], overlapped[b])`, unless `pairs` lists it.
     pub overlapped: Vec<f64>,
+    /// FB pairs measured as such (`pipewright profile` writes them): a pair listed here
+    /// costs its own time. Why: one number per stage cannot say that a pair is as slow as
+    /// its halves — measured on 2 × H200, DualPipe's F1+B0 pairs took 1.04 ms and its
+    /// F0+B1 pairs 1.23 (the first stage computes no input gradient), and the rule above
+    /// charged both the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairCost>,
     /// One COMM batch's transfer time.
     pub p2p: f64,
     /// Blocking or asynchronous communication.
@@ -53,6 +69,7 @@ impl CostModel {
             backward: vec![b; n],
             weight: vec![w; n],
             overlapped: vec![fb; n],
+            pairs: Vec::new(),
             p2p,
             comm: CommMode::Blocking,
             per_step: 0.0,
@@ -78,7 +95,24 @@ impl CostModel {
 
     /// Duration of an FB pair: forward on stage `f`, backward on stage `b`.
     pub fn overlapped(&self, f: u32, b: u32) -> f64 {
-        self.overlapped[f as usize].max(self.overlapped[b as usize])
+        match self.pairs.iter().find(|p| p.f == f && p.b == b) {
+            Some(p) => p.ms,
+            None => self.overlapped[f as usize].max(self.overlapped[b as usize]),
+        }
+    }
+
+    /// A lower bound on the duration of any FB pair one of whose halves is on `stage`:
+    /// `overlapped[stage]` (the rule never charges less), or a listed pair's time.
+    pub fn min_overlapped_with(&self, stage: u32) -> f64 {
+        let rule = self.overlapped[stage as usize];
+        self.pairs.iter().filter(|p| p.f == stage || p.b == stage).map(|p| p.ms).fold(rule, f64::min)
+    }
+
+    /// Whether pairing can pay: a stage whose `overlapped` is below its forward and
+    /// backward one after the other, or a listed pair below its halves'.
+    pub fn pairing_pays(&self) -> bool {
+        (0..self.stages()).any(|s| self.overlapped[s] < self.forward[s] + self.backward[s])
+            || self.pairs.iter().any(|p| p.ms < self.forward[p.f as usize] + self.backward[p.b as usize])
     }
 }
 
@@ -111,5 +145,26 @@ impl MemoryModel {
             UnitKind::I => -(act - keep),
             UnitKind::W => -keep,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_pair_costs_its_own_time_and_can_make_pairing_pay() {
+        // F 1, B 2, and an FB no cheaper than both one after the other: pairing cannot pay.
+        let mut c = CostModel::uniform(3, 1.0, 2.0, 1.0, 3.0, 0.0);
+        assert!(!c.pairing_pays());
+        assert_eq!((c.overlapped(0, 2), c.min_overlapped_with(1)), (3.0, 3.0));
+        // Measured: F of stage 2 with B of stage 0 in 2.5.
+        c.pairs.push(PairCost { f: 2, b: 0, ms: 2.5 });
+        assert!(c.pairing_pays());
+        assert_eq!((c.overlapped(2, 0), c.overlapped(0, 2)), (2.5, 3.0), "only the listed direction");
+        assert_eq!((c.min_overlapped_with(0), c.min_overlapped_with(1), c.min_overlapped_with(2)), (2.5, 3.0, 2.5));
+        // A listed pair dearer than the rule is charged as listed, and bounds nothing lower.
+        c.pairs.push(PairCost { f: 1, b: 1, ms: 3.5 });
+        assert_eq!((c.overlapped(1, 1), c.min_overlapped_with(1)), (3.5, 3.0));
     }
 }

@@ -14,6 +14,8 @@
 //! backward = 2.0
 //! weight = 1.0
 //! overlapped = 2.5
+//! overlapped_pairs = [{ f = 1, b = 0, ms = 2.2 }]  # optional: FB pairs measured as such
+//!                          # (F of stage f with B of stage b; the others follow `overlapped`)
 //! p2p = 0.0
 //! comm = "blocking"        # or "async"
 //! per_step = 0.0           # once a step, outside the programs (prologue, optimizer)
@@ -65,7 +67,7 @@
 //! objective = "makespan"
 //! ```
 
-use crate::cost::{CommMode, CostModel, MemoryModel};
+use crate::cost::{CommMode, CostModel, MemoryModel, PairCost};
 use crate::diag::SourceError;
 use crate::eplb::{self, Loads, Params, Policy};
 use crate::families::Family;
@@ -159,6 +161,8 @@ impl Spec {
             backward: split(&c.backward),
             weight: split(&c.weight),
             overlapped: split(&c.overlapped),
+            // Measured pairs name this spec's stages: they only carry over unsplit.
+            pairs: if k == 1 && stages as usize == c.stages() { c.pairs.clone() } else { Vec::new() },
             p2p: c.p2p,
             comm: c.comm,
             per_step: c.per_step,
@@ -259,10 +263,20 @@ struct RawCosts {
     backward: Option<Spanned<PerStage<f64>>>,
     weight: Option<Spanned<PerStage<f64>>>,
     overlapped: Option<Spanned<PerStage<f64>>>,
+    overlapped_pairs: Option<Spanned<Vec<RawPair>>>,
     p2p: Option<Spanned<f64>>,
     comm: Option<Spanned<String>>,
     per_step: Option<Spanned<f64>>,
     mirror_sum: Option<Spanned<f64>>,
+}
+
+/// One entry of `overlapped_pairs`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    f: u32,
+    b: u32,
+    ms: f64,
 }
 
 #[derive(Deserialize)]
@@ -465,6 +479,7 @@ struct GivenCosts {
     backward: Option<Vec<f64>>,
     weight: Option<Vec<f64>>,
     overlapped: Option<Vec<f64>>,
+    pairs: Option<Vec<PairCost>>,
     p2p: Option<f64>,
     comm: Option<CommMode>,
     per_step: Option<f64>,
@@ -479,6 +494,7 @@ impl GivenCosts {
             backward: self.backward.or(other.backward),
             weight: self.weight.or(other.weight),
             overlapped: self.overlapped.or(other.overlapped),
+            pairs: self.pairs.or(other.pairs),
             p2p: self.p2p.or(other.p2p),
             comm: self.comm.or(other.comm),
             per_step: self.per_step.or(other.per_step),
@@ -514,6 +530,37 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
     )?;
     let mirror_sum =
         scalar("mirror_sum", raw.and_then(|r| r.mirror_sum.as_ref()), "mirror_sum is the time of one exchange")?;
+    let pairs = match raw.and_then(|r| r.overlapped_pairs.as_ref()) {
+        None => None,
+        Some(v) => {
+            let err = |message: String, help: &str| {
+                SourceError::new(file, source, Some(v.span()), message).with_help(help.to_owned())
+            };
+            let mut out: Vec<PairCost> = Vec::new();
+            for p in v.get_ref() {
+                if p.f >= stages || p.b >= stages {
+                    return Err(err(
+                        format!("overlapped_pairs names stage {} but this pipeline has {stages} stages", p.f.max(p.b)),
+                        "f and b are stages, 0-based: the forward's and the backward's of the pair",
+                    ));
+                }
+                if !p.ms.is_finite() || p.ms < 0.0 {
+                    return Err(err(
+                        format!("overlapped_pairs: the pair f = {}, b = {} has ms = {}", p.f, p.b, p.ms),
+                        "a pair's time is a duration: give a non-negative number",
+                    ));
+                }
+                if out.iter().any(|q| q.f == p.f && q.b == p.b) {
+                    return Err(err(
+                        format!("overlapped_pairs lists the pair f = {}, b = {} twice", p.f, p.b),
+                        "give each (f, b) once",
+                    ));
+                }
+                out.push(PairCost { f: p.f, b: p.b, ms: p.ms });
+            }
+            Some(out)
+        }
+    };
     let comm = match raw.and_then(|r| r.comm.as_ref()) {
         None => None,
         Some(v) => Some(match v.get_ref().as_str() {
@@ -530,6 +577,7 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
         backward: get("backward", raw.and_then(|r| r.backward.as_ref()))?,
         weight: get("weight", raw.and_then(|r| r.weight.as_ref()))?,
         overlapped: get("overlapped", raw.and_then(|r| r.overlapped.as_ref()))?,
+        pairs,
         p2p,
         comm,
         per_step,
@@ -552,6 +600,7 @@ fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, (usize, f64, f64)
         backward,
         weight,
         overlapped,
+        pairs: g.pairs.unwrap_or_default(),
         p2p: g.p2p.unwrap_or(0.0),
         comm: g.comm.unwrap_or(CommMode::Blocking),
         per_step: g.per_step.unwrap_or(0.0),

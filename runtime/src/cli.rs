@@ -78,6 +78,17 @@ pub enum Command {
         #[arg(long)]
         accumulate: bool,
     },
+    /// Write DIR/profile/costs.toml again from the per-rank profiles `profile` left there
+    /// (rank<r>.json), with this version's derivation; no GPU needed.
+    Costs {
+        dir: PathBuf,
+        /// The profile's output directory (default: DIR/profile).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// The machine the profile was measured on, for the file's header.
+        #[arg(long, default_value = "this machine")]
+        device: String,
+    },
     /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
     /// others.
     Launch {

@@ -90,6 +90,9 @@ fn main() -> ExitCode {
                 Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
             }
         }
+        Command::Costs { dir, profile, device } => {
+            costs(&dir, profile, &device).map_err(|e| RuntimeError::Environment(format!("{e:#}")))
+        }
         Command::Launch { gpus, dir, args } => match launch(gpus, &dir, &args) {
             Ok(code) => return code,
             Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
@@ -216,7 +219,7 @@ fn profile(
     alone_steps: u32,
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    use pipewright_runtime::profile::{chrome_trace, costs_toml, RankProfile};
+    use pipewright_runtime::profile::{chrome_trace, costs_toml};
     let out = out.unwrap_or_else(|| dir.join("profile"));
     let args = RunArgs {
         steps: steps + warmup,
@@ -239,12 +242,7 @@ fn profile(
         return Ok(code);
     }
     let (plan, _) = load(dir)?;
-    let mut profiles = Vec::new();
-    for r in 0..plan.world_size {
-        let path = out.join(format!("rank{r}.json"));
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        profiles.push(serde_json::from_str::<RankProfile>(&text).with_context(|| path.display().to_string())?);
-    }
+    let profiles = read_profiles(&plan, &out)?;
     std::fs::write(out.join("costs.toml"), costs_toml(&plan, &profiles, "this machine"))?;
     std::fs::write(out.join("nodes.md"), pipewright_runtime::profile::nodes_table(&profiles))?;
     let measured = chrome_trace(&profiles);
@@ -278,6 +276,30 @@ fn profile(
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every rank's profile (`rank<r>.json`) in `out`.
+fn read_profiles(plan: &Plan, out: &Path) -> anyhow::Result<Vec<pipewright_runtime::profile::RankProfile>> {
+    (0..plan.world_size)
+        .map(|r| {
+            let path = out.join(format!("rank{r}.json"));
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not a rank's profile", path.display()))
+        })
+        .collect()
+}
+
+/// `costs`: the `[costs]` table of a profile already measured, written again (what a newer
+/// pipewright derives from the same measurements), no GPU needed.
+fn costs(dir: &Path, profile: Option<PathBuf>, device: &str) -> anyhow::Result<()> {
+    let out = profile.unwrap_or_else(|| dir.join("profile"));
+    let (plan, _) = load(dir)?;
+    let profiles = read_profiles(&plan, &out)?;
+    let path = out.join("costs.toml");
+    std::fs::write(&path, pipewright_runtime::profile::costs_toml(&plan, &profiles, device))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {

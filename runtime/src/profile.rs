@@ -263,6 +263,8 @@ impl RankProfile {
 pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String {
     let stages = plan.stages as usize;
     let mut by: BTreeMap<(&str, u32), Vec<f64>> = BTreeMap::new();
+    // Each measured FB pair by (forward's stage, backward's stage).
+    let mut pairs: BTreeMap<(u32, u32), Vec<f64>> = BTreeMap::new();
     let mut comm = Vec::new();
     for p in profiles {
         let scale = p.calibration();
@@ -273,6 +275,9 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
                 "FB" => {
                     for &s in &op.stages {
                         by.entry(("FB", s)).or_default().push(op.ms * scale);
+                    }
+                    if let [f, b] = op.stages[..] {
+                        pairs.entry((f, b)).or_default().push(op.ms * scale);
                     }
                 }
                 k => by.entry((k, op.stages.first().copied().unwrap_or(0))).or_default().push(op.ms * scale),
@@ -293,6 +298,14 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     let weights: Vec<f64> = (0..stages).map(|s| weight[s].unwrap_or(backward[s] / 2.0)).collect();
     let overlapped: Vec<f64> = (0..stages).map(|s| get("FB", s).unwrap_or(forward[s] + backward[s])).collect();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+    // The pairs as measured (the per-stage `overlapped` above, the medians of every pair a
+    // stage is in, stays for pairs the plan did not run).
+    let pair_list = pairs
+        .iter()
+        .map(|(&(f, b), v)| format!("{{ f = {f}, b = {b}, ms = {:.4} }}", median(v.clone())))
+        .collect::<Vec<_>>();
+    let pair_line =
+        if pair_list.is_empty() { String::new() } else { format!("overlapped_pairs = [{}]\n", pair_list.join(", ")) };
     let p2p = comm.into_iter().filter(|x| x.is_finite()).fold(f64::INFINITY, f64::min);
     // Once a step: the busiest rank's own work (prologue, epilogue) and its mirror sum.
     let per_rank = |keep: &dyn Fn(&OpTime) -> bool, scaled: bool| {
@@ -313,7 +326,7 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
          # eager steps; each rank's compute ops scaled to its step graph's compute without p2p (by\n\
          # {}, rank by rank). To simulate this machine: `[costs] from = \"<this file>\"` in the\n\
          # spec (whose own `comm` says how the plan communicates).\n\
-         [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\np2p = {:.4}\n\
+         [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\n{pair_line}p2p = {:.4}\n\
          per_step = {:.4}\nmirror_sum = {:.4}\n",
         plan.schedule,
         plan.world_size,

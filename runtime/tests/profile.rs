@@ -12,8 +12,18 @@ use pipewright_runtime::profile::{
 
 /// The plan of `family` on 2 ranks, 4 microbatches, for an MLP of (hidden, ffn, seq,
 /// microbatch size) with one layer per stage, GELU fused.
-fn plan(family: Family, (hidden, ffn, seq, microbatch_size): (u32, u32, u32, u32), dtype: Dtype) -> Plan {
-    let set = family.generate(2, 4, 1);
+fn plan(family: Family, dims: (u32, u32, u32, u32), dtype: Dtype) -> Plan {
+    plan_of(family, 4, dims, dtype)
+}
+
+/// The same with `microbatches` microbatches.
+fn plan_of(
+    family: Family,
+    microbatches: u32,
+    (hidden, ffn, seq, microbatch_size): (u32, u32, u32, u32),
+    dtype: Dtype,
+) -> Plan {
+    let set = family.generate(2, microbatches, 1);
     let model = Model {
         kind: "mlp".into(),
         hidden,
@@ -296,4 +306,43 @@ fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
     }
     assert_eq!(costs["mirror_sum"].as_float(), Some(12.0), "{text}");
     assert_eq!(costs["per_step"].as_float(), Some(3.0), "{text}");
+}
+
+#[test]
+fn each_measured_fb_pair_keeps_its_own_time() {
+    // DualPipe on 2 ranks pairs F of stage 1 with B of stage 0, and F of stage 0 with B of
+    // stage 1; here the first kind takes 1 ms and the second 2 ms. The per-stage
+    // `overlapped` cannot tell them apart (each stage is in both kinds); the listed pairs
+    // can, and a spec reads them back.
+    let plan = plan_of(Family::DualPipe, 8, (8, 32, 4, 1), Dtype::F32);
+    let profiles: Vec<_> = plan
+        .ranks
+        .iter()
+        .map(|r| {
+            let step: Vec<(f64, f64)> = r
+                .ops
+                .iter()
+                .map(|o| match (o.kind.as_str(), &o.stages[..]) {
+                    ("FB", [1, 0]) => (0.0, 1.0),
+                    ("FB", _) => (0.0, 2.0),
+                    _ => (0.0, 0.5),
+                })
+                .collect();
+            rank_profile(&plan, r.rank, &report(r.rank, vec![step.clone(), step.clone(), step], vec![]))
+        })
+        .collect();
+    let ran = |pair: [u32; 2]| plan.ranks.iter().any(|r| r.ops.iter().any(|o| o.kind == "FB" && o.stages == pair));
+    assert!(ran([1, 0]) && ran([0, 1]), "the plan runs both kinds of pair");
+    let text = costs_toml(&plan, &profiles, "test");
+    assert!(
+        text.contains("overlapped_pairs = [{ f = 0, b = 1, ms = 2.0000 }, { f = 1, b = 0, ms = 1.0000 }]"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("costs.toml"), &text).unwrap();
+    let spec_text =
+        "[pipeline]\nschedule = \"dualpipe\"\nranks = 2\nmicrobatches = 8\n[costs]\nfrom = \"costs.toml\"\n";
+    let mut s = pipewright_compiler::spec::parse("spec.toml", spec_text).unwrap();
+    pipewright_compiler::spec::load_costs(&mut s, "spec.toml", spec_text, dir.path()).unwrap();
+    assert_eq!((s.costs.overlapped(1, 0), s.costs.overlapped(0, 1)), (1.0, 2.0));
 }

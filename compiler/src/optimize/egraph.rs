@@ -36,8 +36,8 @@ struct OpCost {
     nominal: f64,
     alloc: i64,
     delta: i64,
-    /// The unit's overlapped cost (what it costs inside an FB).
-    overlapped: f64,
+    /// The unit's stage (an FB's: its forward's), for what a pair of it costs.
+    stage: u32,
 }
 
 /// Cost of a prefix e-class.
@@ -93,7 +93,7 @@ impl Window {
             UnitKind::I => (0, -(act - keep)),
             UnitKind::W => (0, -keep),
         };
-        OpCost { release, duration, tail, nominal: duration, alloc, delta, overlapped: c.overlapped[stage] }
+        OpCost { release, duration, tail, nominal: duration, alloc, delta, stage: stage as u32 }
     }
 }
 
@@ -105,12 +105,12 @@ impl CostFunction<Sched> for &Window {
             Sched::Pair([f, b]) => match (costs(*f), costs(*b)) {
                 (Cost::Op(f), Cost::Op(b)) => Cost::Op(OpCost {
                     release: f.release.max(b.release),
-                    duration: f.overlapped.max(b.overlapped),
+                    duration: self.ctx.costs.overlapped(f.stage, b.stage),
                     tail: f.tail.max(b.tail),
                     nominal: f.nominal + b.nominal,
                     alloc: f.alloc,
                     delta: f.delta + b.delta,
-                    overlapped: f.overlapped.max(b.overlapped),
+                    stage: f.stage,
                 }),
                 _ => Cost::Bad,
             },

@@ -254,10 +254,7 @@ pub fn optimize_from(
 /// The list-scheduling policies tried as seeds.
 fn seed_policies(p: &Problem) -> Vec<list::Policy> {
     let can_split = (0..p.layout.stages).any(|s| p.splittable(s));
-    let can_pair = (0..p.layout.stages).any(|s| {
-        let s = s as usize;
-        p.costs.overlapped[s] < p.costs.forward[s] + p.costs.backward[s]
-    });
+    let can_pair = p.costs.pairing_pays();
     let headrooms: &[f64] = if p.memory.is_some() { &[1.0, 0.75, 0.5] } else { &[1.0] };
     let caps: Vec<Option<u32>> = vec![None, Some(p.ranks), Some(2 * p.ranks)];
     let mut out = Vec::new();
