@@ -112,6 +112,42 @@ fn malformed_or_foreign_plans_are_refused() {
     assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
 }
 
+#[test]
+fn costs_rederives_a_profiles_table_without_a_gpu() {
+    // A DualPipe profile as `profile` leaves it: one rank<r>.json per rank, every op 0.5 ms
+    // and every FB pair 1 ms (not a GPU in sight).
+    let dir = plan_dir(Family::DualPipe, 2, 8);
+    let plan: pipewright_plan::Plan =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("plan.json")).unwrap()).unwrap();
+    let prof = tempfile::tempdir().unwrap();
+    for r in &plan.ranks {
+        let ops: Vec<serde_json::Value> = r
+            .ops
+            .iter()
+            .map(|o| {
+                serde_json::json!({"label": o.label, "kind": o.kind, "stages": o.stages, "stream": o.stream,
+                    "bytes": o.bytes, "start_ms": 0.0, "ms": if o.kind == "FB" { 1.0 } else { 0.5 }})
+            })
+            .collect();
+        let rank = serde_json::json!({"rank": r.rank, "step_ms": 10.0, "compute_ms": 9.0, "ops": ops});
+        std::fs::write(prof.path().join(format!("rank{}.json", r.rank)), rank.to_string()).unwrap();
+    }
+    let profile = prof.path().display().to_string();
+    let out = runtime(dir.path(), &["costs", "--profile", &profile, "--device", "a test"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(prof.path().join("costs.toml")).unwrap();
+    assert!(text.contains("on a test") && text.contains("forward = [0.5000, 0.5000]"), "{text}");
+    assert!(
+        text.contains("overlapped_pairs = [{ f = 0, b = 1, ms = 1.0000 }, { f = 1, b = 0, ms = 1.0000 }]"),
+        "{text}"
+    );
+    // A profile missing a rank: exit 2, naming the file.
+    std::fs::remove_file(prof.path().join("rank1.json")).unwrap();
+    let out = runtime(dir.path(), &["costs", "--profile", &profile], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rank1.json"), "{}", stderr(&out));
+}
+
 fn gpu_present() -> bool {
     pipewright_runtime::gpu::require_all().is_ok()
 }
