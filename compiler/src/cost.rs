@@ -17,8 +17,9 @@ pub enum CommMode {
 }
 
 /// One FB pair's measured time: the forward of stage `f` overlapped with the backward of
-/// stage `b`.
+/// stage `b` (as a spec's `overlapped_pairs` lists it: no other keys).
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
 pub struct PairCost {
     pub f: u32,
     pub b: u32,

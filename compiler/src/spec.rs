@@ -161,8 +161,8 @@ impl Spec {
             backward: split(&c.backward),
             weight: split(&c.weight),
             overlapped: split(&c.overlapped),
-            // Measured pairs name this spec's stages: they only carry over unsplit.
-            pairs: if k == 1 && stages as usize == c.stages() { c.pairs.clone() } else { Vec::new() },
+            // Measured pairs name this spec's stages: they only carry over to as many.
+            pairs: if stages as usize == c.stages() { c.pairs.clone() } else { Vec::new() },
             p2p: c.p2p,
             comm: c.comm,
             per_step: c.per_step,
@@ -263,20 +263,11 @@ struct RawCosts {
     backward: Option<Spanned<PerStage<f64>>>,
     weight: Option<Spanned<PerStage<f64>>>,
     overlapped: Option<Spanned<PerStage<f64>>>,
-    overlapped_pairs: Option<Spanned<Vec<RawPair>>>,
+    overlapped_pairs: Option<Spanned<Vec<PairCost>>>,
     p2p: Option<Spanned<f64>>,
     comm: Option<Spanned<String>>,
     per_step: Option<Spanned<f64>>,
     mirror_sum: Option<Spanned<f64>>,
-}
-
-/// One entry of `overlapped_pairs`.
-#[derive(Deserialize, Clone, Copy)]
-#[serde(deny_unknown_fields)]
-struct RawPair {
-    f: u32,
-    b: u32,
-    ms: f64,
 }
 
 #[derive(Deserialize)]
@@ -556,7 +547,7 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
                         "give each (f, b) once",
                     ));
                 }
-                out.push(PairCost { f: p.f, b: p.b, ms: p.ms });
+                out.push(*p);
             }
             Some(out)
         }
