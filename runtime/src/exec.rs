@@ -277,26 +277,15 @@ pub fn run(
     if opts.alone_steps > 0 {
         // Last, as it leaves the training state meaningless: see RunOptions::alone_steps.
         let (alone, _) = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets, None)?;
-        for i in 0..opts.alone_steps {
-            dog.phase(format!("replay {i} of the step without its p2p (compute alone)"));
-            let began = Instant::now();
-            alone.launch()?;
-            gpu.synchronize()?;
-            report.alone_ms.push(began.elapsed().as_secs_f64() * 1e3);
-        }
+        let what = "of the step without its p2p (compute alone)";
+        report.alone_ms = timed_replays(&gpu, &alone, opts.alone_steps, &dog, what)?;
         // Then as many whole steps, back to back as in training, from ranks lined up by a
         // barrier (the first few left out while they fall back into their usual skew).
         if let (Some(g), Some((c, _))) = (&graph, comm) {
             gpu.barrier(c, place.rank)?;
-            for i in 0..opts.alone_steps + SETTLING_STEPS {
-                dog.phase(format!("replay {i} of the whole step after the compute alone"));
-                let began = Instant::now();
-                g.launch()?;
-                gpu.synchronize()?;
-                if i >= SETTLING_STEPS {
-                    report.after_alone_ms.push(began.elapsed().as_secs_f64() * 1e3);
-                }
-            }
+            let what = "of the whole step after the compute alone";
+            let mut after = timed_replays(&gpu, g, opts.alone_steps + SETTLING_STEPS, &dog, what)?;
+            report.after_alone_ms = after.split_off(SETTLING_STEPS as usize);
         }
         dog.done();
     }
@@ -316,6 +305,26 @@ pub fn run(
         dog.done();
     }
     Ok((report, gpu))
+}
+
+/// Replays `g` `count` times, each waited for (the watchdog told which replay `what` it
+/// is in), and returns each replay's wall time, ms.
+fn timed_replays(
+    gpu: &Gpu,
+    g: &crate::graph::Replay,
+    count: u32,
+    dog: &Watchdog,
+    what: &str,
+) -> Result<Vec<f64>, RuntimeError> {
+    (0..count)
+        .map(|i| {
+            dog.phase(format!("replay {i} {what}"));
+            let began = Instant::now();
+            g.launch()?;
+            gpu.synchronize()?;
+            Ok(began.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect()
 }
 
 /// Captures this rank's whole step as a graph (without p2p when `comm` is none: see
