@@ -150,21 +150,13 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
             median(&report.launch_us)
         );
     }
-    if !report.alone_ms.is_empty() {
-        println!(
-            "rank {} compute alone (the step's graph without its p2p): median step {:.3} ms over {} replays",
-            place.rank,
-            pipewright_runtime::profile::median(report.alone_ms.clone()),
-            report.alone_ms.len()
-        );
-    }
-    if !report.after_alone_ms.is_empty() {
-        println!(
-            "rank {} whole step right after the compute alone: median step {:.3} ms over {} replays",
-            place.rank,
-            pipewright_runtime::profile::median(report.after_alone_ms.clone()),
-            report.after_alone_ms.len()
-        );
+    let replays = [
+        ("compute alone (the step's graph without its p2p)", &report.alone_ms),
+        ("whole step right after the compute alone", &report.after_alone_ms),
+    ];
+    for (what, ms) in replays.into_iter().filter(|(_, ms)| !ms.is_empty()) {
+        let median = pipewright_runtime::profile::median(ms.clone());
+        println!("rank {} {what}: median step {median:.3} ms over {} replays", place.rank, ms.len());
     }
     if args.reference && report.first_step == 0 {
         // The same plan on the CPU executor (itself tested against the model computed
