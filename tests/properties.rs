@@ -31,6 +31,26 @@ fn costs() -> impl Strategy<Value = (f64, f64, f64, f64, f64, bool)> {
         .prop_map(|(f, b, wfrac, fbfrac, p2p, async_comm)| (f, b, b * wfrac, (f + b) * fbfrac, p2p, async_comm))
 }
 
+/// The same costs on every one of `stages` stages, with the comm mode `c` draws.
+fn uniform(stages: u32, c: (f64, f64, f64, f64, f64, bool)) -> CostModel {
+    let mut costs = CostModel::uniform(stages, c.0, c.1, c.2, c.3, c.4);
+    costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
+    costs
+}
+
+/// The lower bound of `set` under `costs` is at most the family's simulated makespan and
+/// the optimiser's (the tightest schedules at hand).
+fn bound_holds(set: &ProgramSet, costs: &CostModel) -> Result<(), TestCaseError> {
+    let layout = set.layout.as_ref().unwrap();
+    let bound = pipewright_compiler::bound::spec_lower_bound(layout, costs);
+    let (_, sim, _) = lower_and_simulate(set, costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    prop_assert!(bound <= sim.makespan + 1e-9, "bound {} above the family's makespan {}", bound, sim.makespan);
+    let options = optimize::Options { time_limit: 0.3, ..Default::default() };
+    let best = optimize::optimize(set, costs, None, &options).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    prop_assert!(bound <= best.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, best.makespan);
+    Ok(())
+}
+
 /// Where each unit runs and when: (rank, start, end).
 fn unit_times(set: &ProgramSet, sim: &Simulation) -> HashMap<Unit, Vec<(u32, f64, f64)>> {
     let layout = set.layout.as_ref().unwrap();
@@ -49,8 +69,7 @@ fn unit_times(set: &ProgramSet, sim: &Simulation) -> HashMap<Unit, Vec<(u32, f64
 fn check(family: Family, ranks: u32, m: u32, c: (f64, f64, f64, f64, f64, bool)) -> Result<(), TestCaseError> {
     let set = family.generate(ranks, m, 2);
     let layout = set.layout.clone().unwrap();
-    let mut costs = CostModel::uniform(layout.stages, c.0, c.1, c.2, c.3, c.4);
-    costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
+    let costs = uniform(layout.stages, c);
     let (_, sim, report) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
     // The lower bound holds for every execution, so for the simulated one too.
     prop_assert!(
@@ -153,20 +172,14 @@ proptest! {
         scale in proptest::collection::vec(0.4f64..2.5, 32),
     ) {
         let set = family.generate(ranks, m, 2);
-        let layout = set.layout.clone().unwrap();
-        let mut costs = CostModel::uniform(layout.stages, c.0, c.1, c.2, c.3, c.4);
-        costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
-        for (s, k) in scale.iter().cycle().take(layout.stages as usize).enumerate() {
+        let stages = set.layout.as_ref().unwrap().stages;
+        let mut costs = uniform(stages, c);
+        for (s, k) in scale.iter().cycle().take(stages as usize).enumerate() {
             for v in [&mut costs.forward, &mut costs.backward, &mut costs.weight, &mut costs.overlapped] {
                 v[s] *= k;
             }
         }
-        let bound = pipewright_compiler::bound::spec_lower_bound(&layout, &costs);
-        let (_, sim, _) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
-        prop_assert!(bound <= sim.makespan + 1e-9, "bound {} above the family's makespan {}", bound, sim.makespan);
-        let options = optimize::Options { time_limit: 0.3, ..Default::default() };
-        let best = optimize::optimize(&set, &costs, None, &options).map_err(|e| TestCaseError::fail(format!("{e}")))?;
-        prop_assert!(bound <= best.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, best.makespan);
+        bound_holds(&set, &costs)?;
     }
 
     /// The lower bound holds when FB pairs carry their own measured times (`[costs]
@@ -179,10 +192,8 @@ proptest! {
         fracs in proptest::collection::vec(0.4f64..1.3, 64),
     ) {
         let set = family.generate(ranks, m, 2);
-        let layout = set.layout.clone().unwrap();
-        let mut costs = CostModel::uniform(layout.stages, c.0, c.1, c.2, c.3, c.4);
-        costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
-        let n = layout.stages;
+        let n = set.layout.as_ref().unwrap().stages;
+        let mut costs = uniform(n, c);
         let mut k = fracs.iter().cycle();
         for f in 0..n {
             for b in 0..n {
@@ -194,12 +205,7 @@ proptest! {
             prop_assert_eq!(costs.overlapped(p.f, p.b), p.ms);
             prop_assert!(costs.min_overlapped_with(p.f) <= p.ms && costs.min_overlapped_with(p.b) <= p.ms);
         }
-        let bound = pipewright_compiler::bound::spec_lower_bound(&layout, &costs);
-        let (_, sim, _) = lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
-        prop_assert!(bound <= sim.makespan + 1e-9, "bound {} above the family's makespan {}", bound, sim.makespan);
-        let options = optimize::Options { time_limit: 0.3, ..Default::default() };
-        let best = optimize::optimize(&set, &costs, None, &options).map_err(|e| TestCaseError::fail(format!("{e}")))?;
-        prop_assert!(bound <= best.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, best.makespan);
+        bound_holds(&set, &costs)?;
     }
 
     #[test]
