@@ -4,10 +4,10 @@
 
 use pipewright_compiler::emit::emit;
 use pipewright_compiler::families::Family;
-use pipewright_plan::{Dtype, Hashes, Model, Plan, Training};
+use pipewright_plan::{Dtype, Hashes, Model, OpSpan, Plan, Training};
 use pipewright_runtime::exec::RunReport;
 use pipewright_runtime::profile::{
-    chrome_trace, costs_toml, node_stats, nodes_table, rank_profile, with_simulated, SIMULATED_PID,
+    chrome_trace, costs_toml, node_stats, nodes_table, rank_profile, with_simulated, RankProfile, SIMULATED_PID,
 };
 
 /// The plan of `family` on 2 ranks, 4 microbatches, for an MLP of (hidden, ffn, seq,
@@ -58,6 +58,17 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         alone_op_times: vec![],
         after_alone_ms: vec![],
     }
+}
+
+/// Every rank's profile of three eager steps in which each op took `ms(rank, op)`.
+fn profiles_timed(plan: &Plan, ms: impl Fn(u32, &OpSpan) -> f64) -> Vec<RankProfile> {
+    plan.ranks
+        .iter()
+        .map(|r| {
+            let step: Vec<(f64, f64)> = r.ops.iter().map(|o| (0.0, ms(r.rank, o))).collect();
+            rank_profile(plan, r.rank, &report(r.rank, vec![step.clone(), step.clone(), step], vec![]))
+        })
+        .collect()
 }
 
 #[test]
@@ -277,22 +288,11 @@ fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
     // Every op 1 ms, the step's own work 0.5 ms a part, and each mirror-gradient exchange
     // group 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's.
     let plan = plan(Family::DualPipe, (8, 32, 4, 1), Dtype::F32);
-    let profiles: Vec<_> = plan
-        .ranks
-        .iter()
-        .map(|r| {
-            let step: Vec<(f64, f64)> = r
-                .ops
-                .iter()
-                .map(|o| match o.kind.as_str() {
-                    "STEP" => (0.0, 0.5),
-                    "COMM" if o.label.starts_with("mirror-sum") => (0.0, 3.0 - r.rank as f64),
-                    _ => (0.0, 1.0),
-                })
-                .collect();
-            rank_profile(&plan, r.rank, &report(r.rank, vec![step.clone(), step.clone(), step], vec![]))
-        })
-        .collect();
+    let profiles = profiles_timed(&plan, |rank, o| match o.kind.as_str() {
+        "STEP" => 0.5,
+        "COMM" if o.label.starts_with("mirror-sum") => 3.0 - rank as f64,
+        _ => 1.0,
+    });
     let text = costs_toml(&plan, &profiles, "test");
     let costs = &toml::from_str::<toml::Value>(&text).unwrap()["costs"];
     // Both ranks hold both stages of the 2-stage DualPipe (one layer each), each mirrored:
@@ -315,22 +315,11 @@ fn each_measured_fb_pair_keeps_its_own_time() {
     // `overlapped` cannot tell them apart (each stage is in both kinds); the listed pairs
     // can, and a spec reads them back.
     let plan = plan_of(Family::DualPipe, 8, (8, 32, 4, 1), Dtype::F32);
-    let profiles: Vec<_> = plan
-        .ranks
-        .iter()
-        .map(|r| {
-            let step: Vec<(f64, f64)> = r
-                .ops
-                .iter()
-                .map(|o| match (o.kind.as_str(), &o.stages[..]) {
-                    ("FB", [1, 0]) => (0.0, 1.0),
-                    ("FB", _) => (0.0, 2.0),
-                    _ => (0.0, 0.5),
-                })
-                .collect();
-            rank_profile(&plan, r.rank, &report(r.rank, vec![step.clone(), step.clone(), step], vec![]))
-        })
-        .collect();
+    let profiles = profiles_timed(&plan, |_, o| match (o.kind.as_str(), &o.stages[..]) {
+        ("FB", [1, 0]) => 1.0,
+        ("FB", _) => 2.0,
+        _ => 0.5,
+    });
     let ran = |pair: [u32; 2]| plan.ranks.iter().any(|r| r.ops.iter().any(|o| o.kind == "FB" && o.stages == pair));
     assert!(ran([1, 0]) && ran([0, 1]), "the plan runs both kinds of pair");
     let text = costs_toml(&plan, &profiles, "test");
