@@ -48,6 +48,15 @@ pub enum Command {
         /// under eager costs, up to 1.5% slower (README, Runtime).
         #[arg(long, default_value_t = 10)]
         alone_steps: u32,
+        /// Then this many replays of the whole step (p2p included) as a graph with every op
+        /// timed: OUT/graph-trace.json, the timeline as training runs it, set beside the
+        /// simulated one in OUT/compare-trace.json, and where each rank's step goes.
+        #[arg(long, default_value_t = 10)]
+        graph_steps: u32,
+        /// Leave this many SMs free of matrix products, as `run --comm-sms` (the costs
+        /// are those of the runs with the same setting).
+        #[arg(long, default_value_t = 0)]
+        comm_sms: u32,
         /// Output directory (default: DIR/profile).
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -77,6 +86,9 @@ pub enum Command {
         /// C in f32 with beta = 1 (how weight gradients accumulate).
         #[arg(long)]
         accumulate: bool,
+        /// The product on the GPU's SMs less these (as `run --comm-sms`).
+        #[arg(long, default_value_t = 0)]
+        comm_sms: u32,
     },
     /// Write DIR/profile/costs.toml again from the per-rank profiles `profile` left there
     /// (rank<r>.json), with this version's derivation; no GPU needed.
@@ -137,6 +149,10 @@ pub struct RunArgs {
     /// graph with every op timed (what the compute ops' costs then come from).
     #[arg(long, default_value_t = 0)]
     pub profile_alone: u32,
+    /// With --profile-out: after the run, replay the whole step this many times as a graph
+    /// with every op timed (the timeline as training runs it).
+    #[arg(long, default_value_t = 0)]
+    pub profile_graph: u32,
     /// Replay the captured graph with cuBLASLt's memset nodes as they are, instead of
     /// turning them into kernel nodes (which launch faster; this is for comparison).
     #[arg(long)]
@@ -146,6 +162,11 @@ pub struct RunArgs {
     /// 2 × H200: no gain beyond noise, hence off by default).
     #[arg(long)]
     pub comm_high_priority: bool,
+    /// Leave this many SMs free of matrix products (cuBLASLt's SM count target: the GPU's
+    /// SMs less these), for the NCCL kernels: a product holding every SM keeps a send or
+    /// receive launched beside it waiting until its blocks retire (0: products on every SM).
+    #[arg(long, default_value_t = 0)]
+    pub comm_sms: u32,
     /// After the run, replay the step this many times without its p2p (each rank's compute
     /// with nothing to wait for: the bubble-free ideal step) and print the median; the
     /// training state is meaningless after it, so it comes after checkpoints and dumps.
@@ -165,8 +186,10 @@ impl RunArgs {
             profile: self.profile_out.is_some(),
             profile_warmup: self.profile_warmup,
             profile_alone_steps: self.profile_alone,
+            profile_graph_steps: self.profile_graph,
             keep_memsets: self.keep_memsets,
             comm_high_priority: self.comm_high_priority,
+            comm_sms: self.comm_sms,
             alone_steps: self.compute_alone,
         }
     }
@@ -182,8 +205,12 @@ impl RunArgs {
             self.profile_warmup.to_string().into(),
             "--profile-alone".into(),
             self.profile_alone.to_string().into(),
+            "--profile-graph".into(),
+            self.profile_graph.to_string().into(),
             "--compute-alone".into(),
             self.compute_alone.to_string().into(),
+            "--comm-sms".into(),
+            self.comm_sms.to_string().into(),
         ];
         let flags = [
             (self.reference, "--reference"),
@@ -242,13 +269,18 @@ mod tests {
             "3",
             "--profile-alone",
             "5",
+            "--profile-graph",
+            "6",
             "--keep-memsets",
             "--comm-high-priority",
             "--compute-alone",
             "4",
+            "--comm-sms",
+            "16",
         ];
         let parsed = Just::parse_from(given).args;
         assert!(parsed.comm_high_priority && parsed.keep_memsets && parsed.resume && parsed.compute_alone == 4);
+        assert_eq!((parsed.comm_sms, parsed.profile_graph), (16, 6));
         let again = Just::parse_from(std::iter::once("x".into()).chain(parsed.to_args())).args;
         assert_eq!(again, parsed);
         let plain = Just::parse_from(["x"]).args;

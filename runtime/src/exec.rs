@@ -44,6 +44,11 @@ pub struct RunOptions {
     /// ([`RunReport::alone_op_times`]): each compute op's cost as the graph runs it, with
     /// nothing to wait for.
     pub profile_alone_steps: u32,
+    /// With `profile`: after the run, replay the whole step (p2p included) this many times
+    /// as a graph captured with its ops' timing events ([`RunReport::graph_op_times`]):
+    /// the timeline as the graph runs it in training, without the eager steps' launch
+    /// gaps, to set beside the simulated one.
+    pub profile_graph_steps: u32,
     /// Replay the graph as captured, with cuBLASLt's memset nodes, instead of rewriting them
     /// as kernel nodes (what cuts the host launch time, see [`crate::graph`]).
     pub keep_memsets: bool,
@@ -51,6 +56,8 @@ pub struct RunOptions {
     /// Off by default: on 2 × H200 DualPipe's and DualPipeV's steps with it were −0.8% to
     /// +1.2% of those without (12 comparisons), within run-to-run noise.
     pub comm_high_priority: bool,
+    /// SMs the matrix products leave to the NCCL kernels ([`crate::gpu::Sharing`]).
+    pub comm_sms: u32,
     /// After the run (and its checkpoints and dumps), replay this many times the rank's
     /// step without its p2p groups, the rest of the graph as it is: the rank's compute
     /// with nothing to wait for, its bubble-free ideal step as the graph runs it. Its
@@ -59,6 +66,13 @@ pub struct RunOptions {
     /// of more than one rank as many replays of the whole step follow (see
     /// [`RunReport::after_alone_ms`]).
     pub alone_steps: u32,
+}
+
+impl RunOptions {
+    /// How the products leave SMs to the communication.
+    pub fn sharing(&self) -> crate::gpu::Sharing {
+        crate::gpu::Sharing { comm_first: self.comm_high_priority, comm_sms: self.comm_sms }
+    }
 }
 
 /// Whole steps replayed after the compute alone but not timed: the ranks start them lined
@@ -86,6 +100,11 @@ pub struct RunReport {
     /// the step without its p2p (where a p2p batch's span holds nothing: only the compute
     /// ops' are used).
     pub alone_op_times: Vec<Vec<(f64, f64)>>,
+    /// With `profile` and [`RunOptions::profile_graph_steps`]: the same per timed replay
+    /// of the whole step.
+    pub graph_op_times: Vec<Vec<(f64, f64)>>,
+    /// Those replays' wall times, ms.
+    pub graph_step_ms: Vec<f64>,
     /// With `profile` and at least 3 steps: each node's duration in ms in the last step,
     /// which times every node instead of every op (NaN for event records and waits).
     pub node_ms: Vec<f64>,
@@ -111,8 +130,7 @@ pub fn run(
     let (steps, eager) = (opts.steps, opts.eager);
     plan.validate()?;
     let rp = &plan.ranks[place.rank as usize];
-    let mut gpu =
-        Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache, opts.comm_high_priority)?;
+    let mut gpu = Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache, opts.sharing())?;
     // Initial weights: the same generator as the CPU reference, once per matrix (a bf16
     // plan's f32 master holds the same values as its bf16 copy). Inputs and targets are
     // generated in place by each step's prologue; only `--dump` wants the first step's
@@ -208,6 +226,8 @@ pub fn run(
         launch_us: Vec::new(),
         op_times: Vec::new(),
         alone_op_times: Vec::new(),
+        graph_op_times: Vec::new(),
+        graph_step_ms: Vec::new(),
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
         alone_ms: Vec::new(),
@@ -273,6 +293,26 @@ pub fn run(
             &tensors(plan, &gpu, place.rank, keep)?,
             steps,
         )?;
+    }
+    if opts.profile && opts.profile_graph_steps > 0 {
+        // The whole step with every op timed, from ranks lined up by a barrier, the first
+        // replays untimed while they fall back into their usual skew.
+        let (g, timer) = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets, Some(op_spans(rp)))?;
+        let timer = timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?;
+        if let Some((c, _)) = comm {
+            gpu.barrier(c, place.rank)?;
+        }
+        for i in 0..opts.profile_graph_steps + SETTLING_STEPS {
+            dog.phase(format!("timed replay {i} of the whole step (profile)"));
+            let began = Instant::now();
+            g.launch()?;
+            gpu.synchronize()?;
+            if i >= SETTLING_STEPS {
+                report.graph_step_ms.push(began.elapsed().as_secs_f64() * 1e3);
+                report.graph_op_times.push(timer.times()?);
+            }
+        }
+        dog.done();
     }
     if opts.alone_steps > 0 {
         // Last, as it leaves the training state meaningless: see RunOptions::alone_steps.

@@ -78,14 +78,15 @@ fn main() -> ExitCode {
                 place.world_size
             );
         }),
-        Command::GemmRate { dtype, m, n, k, iters, trans_a, trans_b, epilogue, accumulate } => {
+        Command::GemmRate { dtype, m, n, k, iters, trans_a, trans_b, epilogue, accumulate, comm_sms } => {
             pipewright_runtime::bench::GemmCase::parse(&dtype, (m, n, k), (trans_a, trans_b), &epilogue, accumulate)
-                .and_then(|case| case.measure(iters))
+                .and_then(|case| case.measure(iters, comm_sms))
                 .map(|line| println!("{line}"))
         }
         Command::Run { dir, args } => run(&dir, &args),
-        Command::Profile { gpus, dir, steps, warmup, alone_steps, out } => {
-            match profile(gpus, &dir, steps, warmup, alone_steps, out) {
+        Command::Profile { gpus, dir, steps, warmup, alone_steps, graph_steps, comm_sms, out } => {
+            let replays = Replays { alone: alone_steps, graph: graph_steps };
+            match profile(gpus, &dir, steps, warmup, replays, comm_sms, out) {
                 Ok(code) => return code,
                 Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
             }
@@ -203,15 +204,24 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// The timed replays `profile` asks every rank for after its eager steps.
+struct Replays {
+    /// Of the step without p2p (the compute ops' costs).
+    alone: u32,
+    /// Of the whole step (the timeline as training runs it).
+    graph: u32,
+}
+
 fn profile(
     gpus: u32,
     dir: &Path,
     steps: u32,
     warmup: u32,
-    alone_steps: u32,
+    replays: Replays,
+    comm_sms: u32,
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    use pipewright_runtime::profile::{chrome_trace, costs_toml};
+    use pipewright_runtime::profile::{chrome_trace, costs_toml, graph_breakdown, with_simulated, Timeline};
     let out = out.unwrap_or_else(|| dir.join("profile"));
     let args = RunArgs {
         steps: steps + warmup,
@@ -223,9 +233,11 @@ fn profile(
         watchdog: 60.0,
         profile_out: Some(out.clone()),
         profile_warmup: warmup,
-        profile_alone: alone_steps,
+        profile_alone: replays.alone,
+        profile_graph: replays.graph,
         keep_memsets: false,
         comm_high_priority: false,
+        comm_sms,
         // Each rank's step graph without p2p, last: what its ops' costs are scaled to.
         compute_alone: 10,
     };
@@ -237,14 +249,18 @@ fn profile(
     let profiles = read_profiles(&plan, &out)?;
     std::fs::write(out.join("costs.toml"), costs_toml(&plan, &profiles, "this machine"))?;
     std::fs::write(out.join("nodes.md"), pipewright_runtime::profile::nodes_table(&profiles))?;
-    let measured = chrome_trace(&profiles);
+    let measured = chrome_trace(&profiles, Timeline::Eager);
     std::fs::write(out.join("measured-trace.json"), measured.to_string())?;
+    let graph = (replays.graph > 0).then(|| chrome_trace(&profiles, Timeline::Graph));
+    if let Some(g) = &graph {
+        std::fs::write(out.join("graph-trace.json"), g.to_string())?;
+    }
     // Beside the simulated timeline, when the plan directory has compile's trace.json.
     if let Some(simulated) = std::fs::read_to_string(dir.join("trace.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
     {
-        let both = pipewright_runtime::profile::with_simulated(&measured, &simulated);
+        let both = with_simulated(&measured, graph.as_ref(), &simulated);
         std::fs::write(out.join("compare-trace.json"), both.to_string())?;
     }
     let ideal = profiles.iter().map(|p| p.ideal_ms()).fold(0.0, f64::max);
@@ -260,6 +276,20 @@ fn profile(
             p.compute_ms,
             p.step_ms,
             p.calibration()
+        );
+    }
+    for (p, b) in profiles.iter().filter_map(|p| Some((p, graph_breakdown(p)?))) {
+        println!(
+            "rank {}, whole step as a graph with every op timed: {:.3} ms; compute busy {:.3} ms (idle {:.3}); \
+             its ops take {:.3} ms there, {:.3} alone ({:+.1}%); p2p stream busy {:.3} ms",
+            p.rank,
+            b.step_ms,
+            b.compute_busy_ms,
+            b.step_ms - b.compute_busy_ms,
+            b.ops_in_step_ms,
+            b.ops_alone_ms,
+            100.0 * (b.ops_in_step_ms / b.ops_alone_ms - 1.0),
+            b.comm_busy_ms
         );
     }
     println!(

@@ -13,7 +13,11 @@
 //!   them), the same as the sum of its compute nodes each timed alone (the last profiled
 //!   step), and its step graph replayed without p2p (`run --compute-alone`, after the
 //!   rest): the bubble-free ideal step is the busiest rank's graph without p2p, and the
-//!   costs table scales each rank's compute costs to it ([`RankProfile::calibration`]).
+//!   costs table scales each rank's compute costs to it ([`RankProfile::calibration`]);
+//! - with `profile --graph-steps N`, the timeline of the whole step replayed as a graph
+//!   with every op timed (`graph-trace.json`, and in `compare-trace.json` beside the
+//!   others): the step as training runs it, without eager launch gaps, and where it goes
+//!   ([`graph_breakdown`]: compute busy and idle, ops slower than alone, p2p stream busy).
 //!
 //! `profile` runs warm-up steps before the timed ones: an H200's first steps under load
 //! run at higher clocks than it sustains (measured: a 2048 DualPipe step takes 20.1 ms at
@@ -42,6 +46,15 @@ pub struct OpTime {
     /// Median duration over the profiled steps (or, for a compute op, the timed replays
     /// without p2p), ms.
     pub ms: f64,
+    /// Start in the last timed replay of the whole step as a graph (`profile
+    /// --graph-steps`), ms from the step's start; none without such replays.
+    #[serde(default)]
+    pub graph_start_ms: Option<f64>,
+    /// Median duration over those replays, ms: as the op runs in training, waits after its
+    /// first compute node (an overlapped pair's second input) and the GPU shared with p2p
+    /// kernels included.
+    #[serde(default)]
+    pub graph_ms: Option<f64>,
 }
 
 /// One rank's profile (`rank<r>.json` in the output directory).
@@ -69,6 +82,9 @@ pub struct RankProfile {
     /// (`profile --alone-steps`), else from the eager steps (p2p batches always do).
     #[serde(default)]
     pub timed_alone: bool,
+    /// Median wall time of the timed replays of the whole step as a graph, ms.
+    #[serde(default)]
+    pub graph_step_ms: Option<f64>,
     pub ops: Vec<OpTime>,
     /// The node-timed step's nodes, by kind (empty when fewer than 3 steps were profiled).
     #[serde(default)]
@@ -203,6 +219,8 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
     // The steps whose ops were timed (after the warm-up, before the one timing nodes).
     let timed = report.step_ms.iter().skip(report.warmup_steps as usize).take(report.op_times.len());
     let step_times: Vec<f64> = timed.skip(skip).copied().collect();
+    let in_graph = !report.graph_op_times.is_empty();
+    let graph_ms = |i: usize| median(report.graph_op_times.iter().filter_map(|t| t.get(i)).map(|t| t.1).collect());
     let ops: Vec<OpTime> = rp
         .ops
         .iter()
@@ -221,6 +239,8 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
                     .map(|t| t.1)
                     .collect(),
             ),
+            graph_start_ms: report.graph_op_times.last().and_then(|t| t.get(i)).map(|t| t.0),
+            graph_ms: in_graph.then(|| graph_ms(i)),
         })
         .collect();
     let compute_ms = ops.iter().filter(|o| o.kind != "COMM").map(|o| o.ms).filter(|x| x.is_finite()).sum();
@@ -234,7 +254,18 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
             .sum()
     });
     let alone_ms = (!report.alone_ms.is_empty()).then(|| median(report.alone_ms.clone()));
-    RankProfile { rank, step_ms: median(step_times), compute_ms, node_compute_ms, alone_ms, timed_alone, ops, nodes }
+    let graph_step_ms = in_graph.then(|| median(report.graph_step_ms.clone()));
+    RankProfile {
+        rank,
+        step_ms: median(step_times),
+        compute_ms,
+        node_compute_ms,
+        alone_ms,
+        timed_alone,
+        graph_step_ms,
+        ops,
+        nodes,
+    }
 }
 
 impl RankProfile {
@@ -349,9 +380,68 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
     )
 }
 
-/// The measured timeline of the last profiled step as a Chrome trace: one process per
-/// rank, one thread per stream; each rank's clock starts at its step's start.
-pub fn chrome_trace(profiles: &[RankProfile]) -> serde_json::Value {
+/// Where one rank's step goes, from the timed replays of the whole step as a graph.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Breakdown {
+    /// The replays' median wall time, ms.
+    pub step_ms: f64,
+    /// Time some compute op runs on either compute stream (the union of their spans), ms.
+    pub compute_busy_ms: f64,
+    /// The compute ops' summed durations in the whole step, and alone (`ms`: with
+    /// `timed_alone`, from the step without p2p), ms: the first exceeds the second by the
+    /// waits inside ops and by the GPU shared with the p2p kernels.
+    pub ops_in_step_ms: f64,
+    pub ops_alone_ms: f64,
+    /// Time the communication stream holds a p2p batch (waits for peers included), ms.
+    pub comm_busy_ms: f64,
+}
+
+/// Total length of the union of `spans` (start, end).
+fn union_length(mut spans: Vec<(f64, f64)>) -> f64 {
+    spans.retain(|(a, b)| a.is_finite() && b.is_finite() && b > a);
+    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (mut total, mut reach) = (0.0, f64::NEG_INFINITY);
+    for (a, b) in spans {
+        if b > reach {
+            total += b - a.max(reach);
+            reach = b;
+        }
+    }
+    total
+}
+
+/// Where `p`'s step goes, when it was replayed as a graph with every op timed.
+pub fn graph_breakdown(p: &RankProfile) -> Option<Breakdown> {
+    let step_ms = p.graph_step_ms?;
+    let spans = |compute: bool| -> Vec<(f64, f64)> {
+        p.ops
+            .iter()
+            .filter(|o| (o.kind != "COMM") == compute)
+            .filter_map(|o| Some((o.graph_start_ms?, o.graph_start_ms? + o.graph_ms?)))
+            .collect()
+    };
+    let compute = p.ops.iter().filter(|o| o.kind != "COMM");
+    let finite = |x: &f64| x.is_finite();
+    Some(Breakdown {
+        step_ms,
+        compute_busy_ms: union_length(spans(true)),
+        ops_in_step_ms: compute.clone().filter_map(|o| o.graph_ms).filter(finite).sum(),
+        ops_alone_ms: compute.map(|o| o.ms).filter(finite).sum(),
+        comm_busy_ms: union_length(spans(false)),
+    })
+}
+
+/// Which measured timeline: the last profiled eager step's, or the last timed replay of
+/// the whole step as a graph.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Timeline {
+    Eager,
+    Graph,
+}
+
+/// A measured timeline as a Chrome trace: one process per rank, one thread per stream;
+/// each rank's clock starts at its step's start.
+pub fn chrome_trace(profiles: &[RankProfile], timeline: Timeline) -> serde_json::Value {
     let stream_name = |s: u32| match s {
         0 => "compute",
         1 => "overlap",
@@ -359,16 +449,24 @@ pub fn chrome_trace(profiles: &[RankProfile]) -> serde_json::Value {
     };
     let mut events = Vec::new();
     for p in profiles {
+        let what = if timeline == Timeline::Eager { "measured, eager" } else { "measured, graph" };
         events.push(serde_json::json!({"name": "process_name", "ph": "M", "pid": p.rank,
-            "args": {"name": format!("rank {} (measured)", p.rank)}}));
+            "args": {"name": format!("rank {} ({what})", p.rank)}}));
         for s in 0..3u32 {
             events.push(serde_json::json!({"name": "thread_name", "ph": "M", "pid": p.rank, "tid": s,
                 "args": {"name": stream_name(s)}}));
         }
-        for op in p.ops.iter().filter(|o| o.start_ms.is_finite() && o.ms.is_finite()) {
+        for op in &p.ops {
+            let (start, ms) = match timeline {
+                Timeline::Eager => (op.start_ms, op.ms),
+                Timeline::Graph => (op.graph_start_ms.unwrap_or(f64::NAN), op.graph_ms.unwrap_or(f64::NAN)),
+            };
+            if !(start.is_finite() && ms.is_finite()) {
+                continue;
+            }
             events.push(serde_json::json!({
                 "name": op.label, "cat": op.kind, "ph": "X", "pid": p.rank, "tid": op.stream,
-                "ts": op.start_ms * 1e3, "dur": op.ms * 1e3,
+                "ts": start * 1e3, "dur": ms * 1e3,
                 "args": {"stages": op.stages, "bytes": op.bytes},
             }));
         }
@@ -379,11 +477,23 @@ pub fn chrome_trace(profiles: &[RankProfile]) -> serde_json::Value {
 /// Process id offset of the simulated timeline in [`with_simulated`].
 pub const SIMULATED_PID: u64 = 1000;
 
-/// One trace with the measured timeline and the simulated one (`compile`'s `trace.json`,
-/// where 1 cost unit shows as 1 ms — so with measured costs, both are in ms): the
-/// simulated events move to process ids from [`SIMULATED_PID`], named "simulated".
-pub fn with_simulated(measured: &serde_json::Value, simulated: &serde_json::Value) -> serde_json::Value {
+/// Process id offset of the graph timeline in [`with_simulated`].
+pub const GRAPH_PID: u64 = 500;
+
+/// One trace with the measured timeline (the eager one, and the graph one at process ids
+/// from [`GRAPH_PID`] when given) and the simulated one (`compile`'s `trace.json`, where 1
+/// cost unit shows as 1 ms — so with measured costs, all are in ms): the simulated events
+/// move to process ids from [`SIMULATED_PID`], named "simulated".
+pub fn with_simulated(
+    measured: &serde_json::Value,
+    graph: Option<&serde_json::Value>,
+    simulated: &serde_json::Value,
+) -> serde_json::Value {
     let mut events: Vec<serde_json::Value> = measured["traceEvents"].as_array().cloned().unwrap_or_default();
+    for mut e in graph.and_then(|g| g["traceEvents"].as_array().cloned()).unwrap_or_default() {
+        e["pid"] = (GRAPH_PID + e["pid"].as_u64().unwrap_or(0)).into();
+        events.push(e);
+    }
     let theirs = simulated.get("traceEvents").unwrap_or(simulated).as_array().cloned().unwrap_or_default();
     let mut pids = std::collections::BTreeSet::new();
     for mut e in theirs {

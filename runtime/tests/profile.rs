@@ -7,7 +7,8 @@ use pipewright_compiler::families::Family;
 use pipewright_plan::{Dtype, Hashes, Model, OpSpan, Plan, Training};
 use pipewright_runtime::exec::RunReport;
 use pipewright_runtime::profile::{
-    chrome_trace, costs_toml, node_stats, nodes_table, rank_profile, with_simulated, RankProfile, SIMULATED_PID,
+    chrome_trace, costs_toml, graph_breakdown, node_stats, nodes_table, rank_profile, with_simulated, RankProfile,
+    Timeline, GRAPH_PID, SIMULATED_PID,
 };
 
 /// The plan of `family` on 2 ranks, 4 microbatches, for an MLP of (hidden, ffn, seq,
@@ -56,6 +57,8 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         warmup_steps: 0,
         alone_ms: vec![],
         alone_op_times: vec![],
+        graph_op_times: vec![],
+        graph_step_ms: vec![],
         after_alone_ms: vec![],
     }
 }
@@ -139,7 +142,10 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
         assert!((p.compute_ms - want).abs() < 1e-9, "rank {}: {} vs {want}", r.rank, p.compute_ms);
         assert_eq!(p.step_ms, 5.0, "the first (warm-up) step is left out");
     }
-    let trace = chrome_trace(&profiles);
+    let trace = chrome_trace(&profiles, Timeline::Eager);
+    assert!(graph_breakdown(&profiles[0]).is_none(), "no whole-step graph replays timed");
+    let graph = chrome_trace(&profiles, Timeline::Graph);
+    assert_eq!(graph["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count(), 0);
     let ops: usize = plan.ranks.iter().map(|r| r.ops.len()).sum();
     let spans = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").count();
     assert_eq!(spans, ops);
@@ -148,7 +154,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
         {"name": "F0.0", "ph": "X", "pid": 0, "tid": 0, "ts": 0.0, "dur": 1000.0},
         {"name": "F0.0", "ph": "X", "pid": 0, "tid": 1, "ts": 1000.0, "dur": 2000.0},
     ]});
-    let both = with_simulated(&trace, &simulated);
+    let both = with_simulated(&trace, None, &simulated);
     let events = both["traceEvents"].as_array().unwrap();
     let sim: Vec<_> = events.iter().filter(|e| e["ph"] == "X" && e["pid"] == SIMULATED_PID).collect();
     assert_eq!(sim.len(), 2);
@@ -334,4 +340,57 @@ fn each_measured_fb_pair_keeps_its_own_time() {
     let mut s = pipewright_compiler::spec::parse("spec.toml", spec_text).unwrap();
     pipewright_compiler::spec::load_costs(&mut s, "spec.toml", spec_text, dir.path()).unwrap();
     assert_eq!((s.costs.overlapped(1, 0), s.costs.overlapped(0, 1)), (1.0, 2.0));
+}
+
+#[test]
+fn timed_graph_replays_give_the_graph_timeline_and_where_the_step_goes() {
+    let plan = plan(Family::OneFOneB, (64, 256, 4, 2), Dtype::F32);
+    let rp = &plan.ranks[0];
+    // Alone, every compute op 1 ms; in the whole step, the compute ops one after another
+    // with a 0.5 ms gap before each and 1.25 ms each (contention, waits inside), each p2p
+    // batch 0.75 ms from where the previous op ended (batches never overlap each other).
+    let alone: Vec<(f64, f64)> = rp.ops.iter().map(|_| (0.0, 1.0)).collect();
+    let mut graph = Vec::new();
+    let (mut clock, mut busy, mut comm) = (0.0, 0.0, 0.0);
+    for o in &rp.ops {
+        if o.kind == "COMM" {
+            graph.push((clock, 0.75));
+            comm += 0.75;
+        } else {
+            clock += 0.5;
+            graph.push((clock, 1.25));
+            clock += 1.25;
+            busy += 1.25;
+        }
+    }
+    let mut r = report(0, vec![alone.clone(); 3], vec![]);
+    r.alone_op_times = vec![alone; 3];
+    // Two replays: the breakdown takes the median step, the trace the last replay's starts.
+    r.graph_op_times = vec![graph.iter().map(|&(s, ms)| (s + 7.0, ms)).collect(), graph.clone()];
+    r.graph_step_ms = vec![clock + 1.0, clock + 1.0];
+    let p = rank_profile(&plan, 0, &r);
+    let b = graph_breakdown(&p).expect("the whole step was replayed timed");
+    let computing = rp.ops.iter().filter(|o| o.kind != "COMM").count() as f64;
+    let batches = rp.ops.len() as f64 - computing;
+    assert!(batches > 0.0 && computing > 1.0);
+    assert!((b.compute_busy_ms - busy).abs() < 1e-9, "{b:?}");
+    assert!((b.ops_in_step_ms - 1.25 * computing).abs() < 1e-9, "{b:?}");
+    assert!((b.ops_alone_ms - computing).abs() < 1e-9, "{b:?}");
+    assert!((b.comm_busy_ms - comm).abs() < 1e-9, "{b:?}");
+    assert_eq!(b.step_ms, clock + 1.0);
+    // The graph timeline: one event per op at the last replay's starts and median spans.
+    let trace = chrome_trace(std::slice::from_ref(&p), Timeline::Graph);
+    let events: Vec<_> = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").cloned().collect();
+    assert_eq!(events.len(), rp.ops.len());
+    let first = rp.ops.iter().position(|o| o.kind != "COMM").unwrap();
+    let e = events.iter().find(|e| e["name"] == rp.ops[first].label.as_str()).unwrap();
+    assert_eq!((e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap()), (graph[first].0 * 1e3, 1250.0));
+    // All three timelines in one trace, each in its own processes.
+    let eager = chrome_trace(std::slice::from_ref(&p), Timeline::Eager);
+    let simulated =
+        serde_json::json!({"traceEvents": [{"name": "F0.0", "ph": "X", "pid": 0, "tid": 0, "ts": 0.0, "dur": 1.0}]});
+    let all = with_simulated(&eager, Some(&trace), &simulated);
+    let spans =
+        |pid: u64| all["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X" && e["pid"] == pid).count();
+    assert_eq!((spans(0), spans(GRAPH_PID), spans(SIMULATED_PID)), (rp.ops.len(), rp.ops.len(), 1));
 }

@@ -96,8 +96,11 @@ pub struct Lt {
     streams: Vec<Arc<CudaStream>>,
     workspaces: Vec<CudaSlice<u8>>,
     prepared: HashMap<Shape, Option<Prepared>>,
-    /// The cuBLASLt version and GPU model the algorithms are valid for.
+    /// The cuBLASLt version and GPU model the algorithms are valid for (and the SM count
+    /// target, when there is one: an algorithm is tuned for the SMs it gets).
     library: String,
+    /// cuBLASLt's SM count target for every product (`None`: every SM).
+    sm_target: Option<u32>,
     /// Algorithms to use without tuning (a checkpoint's, [`Lt::adopt`]).
     known: HashMap<Shape, Algo>,
     /// This machine's choices (none: tune every product, keep nothing).
@@ -141,13 +144,22 @@ unsafe fn set<T>(
 }
 
 impl Lt {
-    /// A handle and one workspace for each of `streams` (those that run products).
-    /// A handle on the GPU of `streams` (named `gpu`), keeping its choices in the cache
-    /// directory `cache` when given ([`crate::tuning`]).
-    pub fn new(streams: &[Arc<CudaStream>], gpu: &str, cache: Option<&std::path::Path>) -> Result<Lt, RuntimeError> {
+    /// A handle on the GPU of `streams` (named `gpu`) and one workspace for each of
+    /// `streams` (those that run products), whose products run on `sm_target` SMs (`None`:
+    /// all), keeping its choices in the cache directory `cache` when given
+    /// ([`crate::tuning`]).
+    pub fn new(
+        streams: &[Arc<CudaStream>],
+        gpu: &str,
+        sm_target: Option<u32>,
+        cache: Option<&std::path::Path>,
+    ) -> Result<Lt, RuntimeError> {
         let handle = lt::create_handle().map_err(blas)?;
         // SAFETY: a plain query of the loaded library's version.
-        let library = crate::tuning::library(unsafe { sys::cublasLtGetVersion() }, gpu);
+        let mut library = crate::tuning::library(unsafe { sys::cublasLtGetVersion() }, gpu);
+        if let Some(sms) = sm_target {
+            library.push_str(&format!(", products on {sms} SMs"));
+        }
         let workspaces = streams
             .iter()
             // SAFETY: the workspace is scratch for cuBLASLt; nothing reads it uninitialised.
@@ -161,6 +173,7 @@ impl Lt {
             workspaces,
             prepared: HashMap::new(),
             library,
+            sm_target,
             known: HashMap::new(),
             cache,
         })
@@ -202,7 +215,7 @@ impl Lt {
         let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
             .map_err(blas)?;
         let mut layouts = [std::ptr::null_mut(); 3];
-        match Self::describe(desc, &mut layouts, s) {
+        match Self::describe(desc, &mut layouts, s, self.sm_target) {
             Ok(()) => self.choose(desc, layouts, s),
             Err(e) => {
                 destroy(desc, &layouts);
@@ -211,18 +224,23 @@ impl Lt {
         }
     }
 
-    /// Sets `desc`'s attributes and creates the three layouts of `s` (on error, those
-    /// created so far stay in `layouts` for the caller to destroy).
+    /// Sets `desc`'s attributes (the SM count target when given) and creates the three
+    /// layouts of `s` (on error, those created so far stay in `layouts` for the caller to
+    /// destroy).
     fn describe(
         desc: sys::cublasLtMatmulDesc_t,
         layouts: &mut [sys::cublasLtMatrixLayout_t; 3],
         s: Shape,
+        sm_target: Option<u32>,
     ) -> Result<(), RuntimeError> {
         use sys::cublasLtMatmulDescAttributes_t as attr;
         // SAFETY: `desc` is live; each value has its attribute's type (the operations are
-        // cublasOperation_t, the epilogue cublasLtEpilogue_t, both 32-bit enums, and the
-        // leading dimension int64).
+        // cublasOperation_t, the epilogue cublasLtEpilogue_t, both 32-bit enums, the
+        // leading dimension int64 and the SM count target int32).
         unsafe {
+            if let Some(sms) = sm_target {
+                set(desc, attr::CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &(sms as i32))?;
+            }
             set(desc, attr::CUBLASLT_MATMUL_DESC_TRANSA, &op(s.trans_b))?;
             set(desc, attr::CUBLASLT_MATMUL_DESC_TRANSB, &op(s.trans_a))?;
             if s.epilogue != Fused::Nothing {

@@ -11,6 +11,7 @@ pub use nccl::{nccl_abort, nccl_async_error, Communicator, HostMark};
 use crate::blas::{Fused, Lt, Shape};
 use crate::error::driver;
 use crate::RuntimeError;
+use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 use kernels::{compile_cached, MARK_KERNEL};
@@ -39,6 +40,19 @@ pub fn require_all() -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// How the products and the communication share a GPU's SMs (see [`Gpu::open`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sharing {
+    /// The communication stream (2) gets the device's greatest priority, so that its NCCL
+    /// kernels take SMs ahead of the products' blocks as they free up (a captured kernel
+    /// keeps its stream's priority; see [`crate::graph`]).
+    pub comm_first: bool,
+    /// SMs the matrix products leave free for the NCCL kernels: cuBLASLt's SM count target
+    /// is the GPU's SMs less these (0: every SM). A product already holding every SM keeps
+    /// an NCCL kernel launched beside it waiting for SMs until its blocks retire.
+    pub comm_sms: u32,
+}
+
 /// One GPU with what a rank's plan needs on it.
 #[derive(Debug)]
 pub struct Gpu {
@@ -57,16 +71,14 @@ impl Gpu {
     /// Opens GPU `ordinal`, creates `streams` streams, `events` event slots and an arena of
     /// `arena_bytes`, and loads the kernels (compiled for sm_90, cached under `cache`,
     /// where the products' algorithms are kept too: `cache/tuning`, see [`crate::tuning`]).
-    /// With `comm_first`, the communication stream (2) gets the device's greatest priority,
-    /// so that its NCCL kernels take SMs ahead of the products' blocks as they free up (a
-    /// captured kernel keeps its stream's priority; see [`crate::graph`]).
+    /// `sharing` says how the products leave SMs to the communication.
     pub fn open(
         ordinal: usize,
         streams: u32,
         events: u32,
         arena_bytes: u64,
         cache: &std::path::Path,
-        comm_first: bool,
+        sharing: Sharing,
     ) -> Result<Gpu, RuntimeError> {
         require_all()?;
         let count = CudaContext::device_count().map_err(driver)?;
@@ -81,14 +93,24 @@ impl Gpu {
         let (_least, greatest) = cudarc::driver::result::stream::get_priority_range().map_err(driver)?;
         let streams: Vec<Arc<CudaStream>> = (0..streams.max(1))
             .map(|s| match s {
-                COMM_STREAM if comm_first => ctx.new_stream_with_priority(greatest),
+                COMM_STREAM if sharing.comm_first => ctx.new_stream_with_priority(greatest),
                 _ => ctx.new_stream(),
             })
             .collect::<Result<_, _>>()
             .map_err(driver)?;
         // Products run on the compute streams: 0, and 1 (the overlapped forwards).
         let name = ctx.name().map_err(driver)?;
-        let lt = Lt::new(&streams[..streams.len().min(2)], &name, Some(&cache.join("tuning")))?;
+        let sms = ctx.attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(driver)?.max(0) as u32;
+        let product_sms = match sharing.comm_sms {
+            0 => None,
+            n if n < sms => Some(sms - n),
+            n => {
+                return Err(RuntimeError::Environment(format!(
+                    "--comm-sms {n} leaves no SM for the matrix products: {name} has {sms}; give fewer"
+                )))
+            }
+        };
+        let lt = Lt::new(&streams[..streams.len().min(2)], &name, product_sms, Some(&cache.join("tuning")))?;
         let arena = streams[0].alloc_zeros::<f32>((arena_bytes / 4) as usize).map_err(driver)?;
         let mut kernels = HashMap::new();
         for (file, source) in KERNEL_SOURCES {
