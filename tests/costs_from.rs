@@ -108,3 +108,40 @@ fn measured_pairs_come_from_the_file_and_are_checked_where_they_stand() {
         assert!(e.contains("bad.toml:2:") && e.contains(says), "{pairs}: {e}");
     }
 }
+
+#[test]
+fn communication_costs_and_each_ranks_own_work_are_read_and_checked() {
+    use pipewright_compiler::lower_and_simulate;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[costs]\nforward = 1.0\np2p = 0.1\np2p_per_transfer = 0.2\np2p_contention = 0.15\ncomm = \"async\"\n\
+         per_step = [0.5, 2.0]\n",
+    )
+    .unwrap();
+    let s = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\n")).unwrap();
+    assert_eq!((s.costs.p2p_per_transfer, s.costs.p2p_contention), (0.2, 0.15));
+    assert_eq!((s.costs.batch(2, 1), s.costs.hop()), (0.1 + 0.2 * 2.0, 0.1 + 0.2));
+    assert_eq!((s.costs.per_step, s.costs.per_step_by_rank.clone()), (2.0, vec![0.5, 2.0]));
+    // The step: each rank's program end plus its own work, the latest of them.
+    let set = s.family.generate(s.ranks, s.microbatches, s.chunks_per_rank);
+    let (_, sim, report) = lower_and_simulate(&set, &s.costs, None).unwrap();
+    let end = |r: usize| sim.timeline[r].iter().map(|x| x.end).fold(0.0, f64::max);
+    let want = (end(0) + 0.5).max(end(1) + 2.0);
+    assert!((report.step_time - want).abs() < 1e-9, "{} vs {want}", report.step_time);
+    // A single number: every rank's; the spec's own key wins over the file's list.
+    let s = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\nper_step = 0.25\n")).unwrap();
+    assert_eq!((s.costs.per_step, s.costs.per_step_by_rank.len(), s.costs.per_step_of(1)), (0.25, 0, 0.25));
+    // Out of range, or a list for another rank count: errors at the value.
+    for (line, says) in [
+        ("p2p_contention = 1.5", "p2p_contention must be in [0, 1), got 1.5"),
+        ("p2p_contention = -0.1", "p2p_contention must be in [0, 1)"),
+        ("p2p_per_transfer = -1.0", "p2p_per_transfer must be ≥ 0"),
+        ("per_step = [1.0, 2.0, 3.0]", "per_step lists 3 values, but this pipeline has 2 ranks"),
+        ("per_step = [1.0, -2.0]", "per_step must be ≥ 0, got -2"),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), format!("[costs]\n{line}\n")).unwrap();
+        let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"bad.toml\"\n")).unwrap_err();
+        assert!(e.contains("bad.toml:2:") && e.contains(says), "{line}: {e}");
+    }
+}

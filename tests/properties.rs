@@ -208,6 +208,61 @@ proptest! {
         bound_holds(&set, &costs)?;
     }
 
+    /// A batch's time growing with its transfers, and compute slowed beside batches in
+    /// flight: the bound still holds for the family's plan and the optimiser's; neither
+    /// ever shortens the simulated makespan (each only lengthens durations); and under
+    /// contention each rank computes longer by exactly the fraction of its compute that
+    /// overlapped its batches in flight in the uncontended timeline.
+    #[test]
+    fn transfer_costs_and_contention_only_lengthen_and_keep_the_bound(
+        (family, ranks, m) in case(),
+        c in costs(),
+        per_transfer in 0.0f64..1.0,
+        contention in 0.0f64..0.9,
+    ) {
+        let set = family.generate(ranks, m, 2);
+        let n = set.layout.as_ref().unwrap().stages;
+        let mut costs = uniform(n, c);
+        costs.comm = CommMode::Async;
+        let simulate = |costs: &CostModel| lower_and_simulate(&set, costs, None).map(|(dag, sim, _)| (dag, sim));
+        let (_, plain) = simulate(&costs).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        costs.p2p_per_transfer = per_transfer;
+        let (_, sized) = simulate(&costs).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert!(sized.makespan + 1e-9 >= plain.makespan);
+        costs.p2p_contention = contention;
+        let (dag, contended) = simulate(&costs).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert!(contended.makespan + 1e-9 >= sized.makespan);
+        for (r, spans) in sized.timeline.iter().enumerate() {
+            let program = &set.programs[r];
+            let mut flight: Vec<(f64, f64)> =
+                spans.iter().zip(program).filter(|(_, e)| e.is_comm()).map(|(s, _)| (s.start, s.end)).collect();
+            flight.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut merged: Vec<(f64, f64)> = Vec::new();
+            for (a, b) in flight {
+                match merged.last_mut() {
+                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            let overlap: f64 = spans
+                .iter()
+                .zip(program)
+                .filter(|(_, e)| !e.is_comm())
+                .map(|(s, _)| merged.iter().map(|iv| (iv.1.min(s.end) - iv.0.max(s.start)).max(0.0)).sum::<f64>())
+                .sum();
+            let want = sized.ranks[r].busy + contention * overlap;
+            prop_assert!((contended.ranks[r].busy - want).abs() < 1e-6, "rank {}: busy {} vs {}", r, contended.ranks[r].busy, want);
+        }
+        prop_assert_eq!(dag.contention, contention);
+        bound_holds(&set, &costs)?;
+        // Blocking p2p: compute waits for each batch, nothing runs beside it.
+        costs.comm = CommMode::Blocking;
+        let (_, blocking) = simulate(&costs).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        costs.p2p_contention = 0.0;
+        let (_, uncontended) = simulate(&costs).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert_eq!(blocking.makespan, uncontended.makespan);
+    }
+
     #[test]
     fn generated_programs_roundtrip_through_json((family, ranks, m) in case()) {
         let set = family.generate(ranks, m, 2);

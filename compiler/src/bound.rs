@@ -86,7 +86,7 @@ pub fn spec_lower_bound(layout: &Layout, costs: &CostModel) -> f64 {
             _ => own.min(costs.min_overlapped_with(u.stage)),
         }
     };
-    lower_bound(layout, &units, cost, costs.p2p, &busy)
+    lower_bound(layout, &units, cost, costs.hop(), &busy)
 }
 
 /// The bound for the units `units[rank]` (each at `cost`), ranks busy at least `busy`.

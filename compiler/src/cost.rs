@@ -45,8 +45,23 @@ pub struct CostModel {
     /// charged both the same.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pairs: Vec<PairCost>,
-    /// One COMM batch's transfer time.
+    /// One COMM batch's time: its latency, and with `p2p_per_transfer` its transfers'.
     pub p2p: f64,
+    /// Each transfer of a batch in its busier direction adds this (a batch of 2 sends and
+    /// 2 receives, or of 2 sends, takes `p2p + 2·p2p_per_transfer`). Why: measured on
+    /// 2 × H200, DualPipe's batches of one 16 MiB transfer each way took 0.085–0.15 ms,
+    /// those of two 0.19–0.25 ms, and one number per batch cannot tell a few large batches
+    /// from many small ones.
+    #[serde(default)]
+    pub p2p_per_transfer: f64,
+    /// While a batch is in flight on a rank's communication stream (async; from reaching it,
+    /// through its wait for the peer, to its completion), the rank's compute runs this
+    /// fraction slower: NCCL's kernels hold SMs (and memory bandwidth) beside the products.
+    /// Measured on 2 × H200 (`profile --graph-steps`): 0.10–0.19 at hidden 2048, 0.05–0.14
+    /// at 4096. The simulator stretches each compute op by this times its overlap with
+    /// the rank's batches in flight ([`crate::sim::finish_times`]).
+    #[serde(default)]
+    pub p2p_contention: f64,
     /// Blocking or asynchronous communication.
     pub comm: CommMode,
     /// Once per training step, outside the programs: the runtime's prologue and epilogue
@@ -54,6 +69,12 @@ pub struct CostModel {
     /// `step_time` adds it.
     #[serde(default)]
     pub per_step: f64,
+    /// The same rank by rank, when measured so (empty: every rank `per_step`). Why: in
+    /// DualPipeV the first rank computes the loss and the second does not (measured on
+    /// 2 × H200: 1.58 and 0.49 ms), and adding the busiest rank's to the latest rank's end
+    /// over-predicted the step by 1.1 ms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_step_by_rank: Vec<f64>,
     /// Once per step where pipes are mirrored (DualPipe): a rank's whole exchange of its
     /// mirrored stages' gradients. `step_time` counts what of it outlasts the programs
     /// ([`crate::mirror::exchange_end`]).
@@ -72,8 +93,11 @@ impl CostModel {
             overlapped: vec![fb; n],
             pairs: Vec::new(),
             p2p,
+            p2p_per_transfer: 0.0,
+            p2p_contention: 0.0,
             comm: CommMode::Blocking,
             per_step: 0.0,
+            per_step_by_rank: Vec::new(),
             mirror_sum: 0.0,
         }
     }
@@ -92,6 +116,21 @@ impl CostModel {
             UnitKind::I => self.backward[s] - self.weight[s],
             UnitKind::W => self.weight[s],
         }
+    }
+
+    /// What `rank` does once a step outside the programs.
+    pub fn per_step_of(&self, rank: usize) -> f64 {
+        self.per_step_by_rank.get(rank).copied().unwrap_or(self.per_step)
+    }
+
+    /// Duration of a COMM batch of `sends` sends and `recvs` receives on one rank.
+    pub fn batch(&self, sends: usize, recvs: usize) -> f64 {
+        self.p2p + self.p2p_per_transfer * sends.max(recvs) as f64
+    }
+
+    /// The least time a value takes from one rank to another: a batch of one transfer.
+    pub fn hop(&self) -> f64 {
+        self.batch(1, 0)
     }
 
     /// Duration of an FB pair: forward on stage `f`, backward on stage `b`.

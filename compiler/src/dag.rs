@@ -5,7 +5,8 @@
 //! matter to its partners:
 //! - `Post`: the rank reaches the batch in its program (duration 0);
 //! - `Start` (async only): the rank's communication stream reaches the batch;
-//! - `Done`: every op of the batch has been matched and transferred (duration p2p).
+//! - `Done`: every op of the batch has been matched and transferred (its duration: the
+//!   cost model's [`CostModel::batch`] of its sends and receives).
 //!
 //! Edges are program order on each stream, send↔recv matches (a batch is done only once
 //! every partner batch holding one of its ops' partners has been posted — rendezvous and
@@ -144,6 +145,9 @@ pub struct PlanDag {
     /// ([`PlanError::MissingInput`]). Such a dependency is not a wait (the value is simply
     /// not there), so it gets no edge; the verifier reports it, the simulator refuses.
     pub misordered: Vec<PlanError>,
+    /// How much slower compute runs beside a batch in flight on its rank
+    /// ([`CostModel::p2p_contention`]; 0 with blocking p2p, where compute waits anyway).
+    pub contention: f64,
 }
 
 fn resolve(layout: &Layout, rank: u32, event: u32, e: &Event, kind: UnitKind, c: Chunk) -> Result<UnitKey, PlanError> {
@@ -218,7 +222,8 @@ impl PlanDag {
                             }
                         }
                         let post = graph.add_node(node(NodeKind::Post, 0.0));
-                        let done = graph.add_node(node(NodeKind::Done, costs.p2p));
+                        let sends = ops.iter().filter(|o| o.kind.is_send()).count();
+                        let done = graph.add_node(node(NodeKind::Done, costs.batch(sends, ops.len() - sends)));
                         if async_comm {
                             let start = graph.add_node(node(NodeKind::Start, 0.0));
                             graph.add_edge(post, start, Dep::Program);
@@ -280,6 +285,7 @@ impl PlanDag {
             units,
             mismatches: Vec::new(),
             misordered: Vec::new(),
+            contention: if async_comm { costs.p2p_contention } else { 0.0 },
         };
         dag.add_matches(set, &sends, &recvs)?;
         dag.add_data_deps(set, &producer, &received)?;

@@ -111,10 +111,13 @@ pub fn lower_and_simulate(
     // Once a step, outside the programs: the step's own work, and where pipes are
     // mirrored the part of the gradient exchange that outlasts them (the copies that
     // finish early travel during the programs' tails).
-    let exchange = mirror::exchange_end(&dag.layout, programs, &simulation, costs.mirror_sum);
-    let exposed = exchange.map_or(0.0, |end| (end - simulation.makespan).max(0.0));
+    // Each rank's own work follows its program's end and the exchange's.
+    let exchange = mirror::exchange_end(&dag.layout, programs, &simulation, costs.mirror_sum).unwrap_or(0.0);
+    let step = (simulation.timeline.iter().enumerate())
+        .map(|(r, spans)| spans.iter().map(|s| s.end).fold(exchange, f64::max) + costs.per_step_of(r))
+        .fold(simulation.makespan, f64::max);
     let budget = memory.map(|m| m.budget);
-    let outside = costs.per_step + exposed;
+    let outside = step - simulation.makespan;
     let report = Report::new(programs, dag.layout.stages, costs.comm, &simulation, budget, (lower_bound, outside));
     Ok((dag, simulation, report))
 }

@@ -9,6 +9,13 @@
 //! Under `comm = "blocking"` this is exactly the semantics of the DualPipe fixtures: a COMM
 //! batch completes `p2p` after its rank and every peer batch holding a matched op have
 //! arrived, and the rank waits for it.
+//!
+//! With async p2p and a contention cost ([`crate::cost::CostModel::p2p_contention`]), a
+//! second pass stretches every compute op by that fraction of the time the first pass had
+//! a batch of its rank in flight beside it (NCCL's kernels share the SMs), and times the
+//! DAG again with the stretched durations: delays carry over to other ranks through the
+//! DAG's edges. One correction, not a fixed point: the stretch is measured on the
+//! unstretched timeline.
 
 use crate::cost::MemoryModel;
 use crate::dag::{Dep, NodeKind, PlanDag, PlanError, UnitKey};
@@ -58,7 +65,7 @@ pub struct Simulation {
 /// Runs the program set whose DAG is `dag`.
 pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -> Result<Simulation, PlanError> {
     let g = &dag.graph;
-    let end = finish_times(dag);
+    let (duration, end) = timed(dag);
     // A plan that may hang on NCCL is refused, even if it would run when NCCL is kind.
     let stuck = stuck_events(dag, &finish_times_strict(dag));
     if let Some(&(rank, event)) = stuck.first() {
@@ -77,10 +84,10 @@ pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -
     for (r, nodes) in dag.nodes.iter().enumerate() {
         let spans: Vec<Span> = nodes
             .iter()
-            .map(|en| Span { start: end[en.ready.index()] - g[en.ready].duration, end: end[en.last.index()] })
+            .map(|en| Span { start: end[en.ready.index()] - duration[en.ready.index()], end: end[en.last.index()] })
             .collect();
         let busy: f64 =
-            nodes.iter().filter(|en| g[en.first].kind == NodeKind::Compute).map(|en| g[en.first].duration).sum();
+            nodes.iter().filter(|en| g[en.first].kind == NodeKind::Compute).map(|en| duration[en.first.index()]).sum();
         let peak_in_flight = peak_in_flight(&dag.units[r]);
         let (peak_act, peak_mem, timeline_r) = match memory {
             Some(m) => {
@@ -108,17 +115,74 @@ pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -
 /// algorithm). Nodes on or behind a cycle never become ready and stay NaN. Timing follows
 /// the waits NCCL makes in practice: [`Dep::Group`] edges are left out (see
 /// [`finish_times_strict`] for deciding deadlock-freedom).
+/// Under contention, compute nodes take their stretched durations ([`timed`]).
 pub fn finish_times(dag: &PlanDag) -> Vec<f64> {
-    longest_paths(dag, false)
+    timed(dag).1
+}
+
+/// Each node's duration as the simulation times it, and its finish time: the nodes' own
+/// durations, or under contention ([`PlanDag::contention`]) the compute nodes stretched by
+/// the time a batch of their rank was in flight beside them (see the module's doc).
+pub fn timed(dag: &PlanDag) -> (Vec<f64>, Vec<f64>) {
+    let own: Vec<f64> = dag.graph.node_weights().map(|n| n.duration).collect();
+    let end = longest_paths(dag, false, &own);
+    if dag.contention <= 0.0 {
+        return (own, end);
+    }
+    let stretched = stretch(dag, &own, &end);
+    let end = longest_paths(dag, false, &stretched);
+    (stretched, end)
+}
+
+/// `duration` with each compute node lengthened by `dag.contention` × its overlap, in the
+/// timeline `end`, with the union of its rank's batches in flight (reached on the
+/// communication stream until done).
+fn stretch(dag: &PlanDag, duration: &[f64], end: &[f64]) -> Vec<f64> {
+    let g = &dag.graph;
+    let mut out = duration.to_vec();
+    for events in &dag.nodes {
+        let mut flight: Vec<(f64, f64)> = events
+            .iter()
+            .filter(|en| g[en.first].kind == NodeKind::Post)
+            .map(|en| (end[en.ready.index()], end[en.last.index()]))
+            .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
+            .collect();
+        flight.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut union: Vec<(f64, f64)> = Vec::with_capacity(flight.len());
+        for (a, b) in flight {
+            match union.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => union.push((a, b)),
+            }
+        }
+        if union.is_empty() {
+            continue;
+        }
+        for en in events.iter().filter(|en| g[en.first].kind == NodeKind::Compute) {
+            let i = en.first.index();
+            let (a, b) = (end[i] - duration[i], end[i]);
+            if !(a.is_finite() && b.is_finite()) {
+                continue;
+            }
+            // The first interval that ends after `a`, then those that start before `b`.
+            let from = union.partition_point(|iv| iv.1 <= a);
+            let overlap: f64 =
+                union[from..].iter().take_while(|iv| iv.0 < b).map(|iv| (iv.1.min(b) - iv.0.max(a)).max(0.0)).sum();
+            out[i] += dag.contention * overlap;
+        }
+    }
+    out
 }
 
 /// [`finish_times`] with every wait NCCL is allowed to make, group atomicity included: a
-/// node left NaN here may hang on real hardware. Deadlock-freedom is decided with this.
+/// node left NaN here may hang on real hardware. Deadlock-freedom is decided with this
+/// (the nodes' own durations: contention changes when nodes finish, not whether they do).
 pub fn finish_times_strict(dag: &PlanDag) -> Vec<f64> {
-    longest_paths(dag, true)
+    let own: Vec<f64> = dag.graph.node_weights().map(|n| n.duration).collect();
+    longest_paths(dag, true, &own)
 }
 
-fn longest_paths(dag: &PlanDag, strict: bool) -> Vec<f64> {
+fn longest_paths(dag: &PlanDag, strict: bool, duration: &[f64]) -> Vec<f64> {
     use petgraph::visit::EdgeRef;
     let g = &dag.graph;
     let n = g.node_count();
@@ -130,7 +194,7 @@ fn longest_paths(dag: &PlanDag, strict: bool) -> Vec<f64> {
     let mut end = vec![f64::NAN; n];
     let mut queue: Vec<NodeIndex> = (0..n).filter(|&i| indegree[i] == 0).map(NodeIndex::new).collect();
     while let Some(v) = queue.pop() {
-        let finish = ready_at[v.index()] + g[v].duration;
+        let finish = ready_at[v.index()] + duration[v.index()];
         end[v.index()] = finish;
         for e in g.edges_directed(v, Direction::Outgoing).filter(|e| counts(e)) {
             let w = e.target();

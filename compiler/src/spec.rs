@@ -17,8 +17,11 @@
 //! overlapped_pairs = [{ f = 1, b = 0, ms = 2.2 }]  # optional: FB pairs measured as such
 //!                          # (F of stage f with B of stage b; the others follow `overlapped`)
 //! p2p = 0.0
+//! p2p_per_transfer = 0.0   # each transfer of a batch's busier direction adds this
+//! p2p_contention = 0.0     # async: compute runs this fraction slower beside a batch in flight
 //! comm = "blocking"        # or "async"
-//! per_step = 0.0           # once a step, outside the programs (prologue, optimizer)
+//! per_step = 0.0           # once a step, outside the programs (prologue, optimizer); or
+//!                          # a list, one per rank (step_time: the latest rank's end plus its own)
 //! mirror_sum = 0.0         # once a step where pipes are mirrored: a rank's gradient exchange
 //!                          # (step_time counts what outlasts the programs, crate::mirror)
 //!
@@ -164,8 +167,13 @@ impl Spec {
             // Measured pairs name this spec's stages: they only carry over to as many.
             pairs: if stages as usize == c.stages() { c.pairs.clone() } else { Vec::new() },
             p2p: c.p2p,
+            p2p_per_transfer: c.p2p_per_transfer,
+            p2p_contention: c.p2p_contention,
             comm: c.comm,
             per_step: c.per_step,
+            // What each rank does once a step depends on the family (which rank holds the
+            // loss): only the busiest rank's carries over to another.
+            per_step_by_rank: if family == self.family { c.per_step_by_rank.clone() } else { Vec::new() },
             mirror_sum: c.mirror_sum,
         };
         let memory = self.memory.as_ref().map(|m| MemoryModel {
@@ -265,8 +273,10 @@ struct RawCosts {
     overlapped: Option<Spanned<PerStage<f64>>>,
     overlapped_pairs: Option<Spanned<Vec<PairCost>>>,
     p2p: Option<Spanned<f64>>,
+    p2p_per_transfer: Option<Spanned<f64>>,
+    p2p_contention: Option<Spanned<f64>>,
     comm: Option<Spanned<String>>,
-    per_step: Option<Spanned<f64>>,
+    per_step: Option<Spanned<PerStage<f64>>>,
     mirror_sum: Option<Spanned<f64>>,
 }
 
@@ -335,7 +345,7 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
         .with_help("use fewer microbatches or ranks"));
     }
 
-    let own = given_costs(file, source, raw.costs.as_ref(), stages)?;
+    let own = given_costs(file, source, raw.costs.as_ref(), (stages, ranks))?;
     let costs_from = raw.costs.as_ref().and_then(|c| c.from.as_ref()).map(|f| CostsFrom {
         path: f.get_ref().clone(),
         span: f.span(),
@@ -472,8 +482,11 @@ struct GivenCosts {
     overlapped: Option<Vec<f64>>,
     pairs: Option<Vec<PairCost>>,
     p2p: Option<f64>,
+    p2p_per_transfer: Option<f64>,
+    p2p_contention: Option<f64>,
     comm: Option<CommMode>,
-    per_step: Option<f64>,
+    /// The busiest rank's, and each rank's when the table lists them.
+    per_step: Option<(f64, Vec<f64>)>,
     mirror_sum: Option<f64>,
 }
 
@@ -487,6 +500,8 @@ impl GivenCosts {
             overlapped: self.overlapped.or(other.overlapped),
             pairs: self.pairs.or(other.pairs),
             p2p: self.p2p.or(other.p2p),
+            p2p_per_transfer: self.p2p_per_transfer.or(other.p2p_per_transfer),
+            p2p_contention: self.p2p_contention.or(other.p2p_contention),
             comm: self.comm.or(other.comm),
             per_step: self.per_step.or(other.per_step),
             mirror_sum: self.mirror_sum.or(other.mirror_sum),
@@ -494,7 +509,12 @@ impl GivenCosts {
     }
 }
 
-fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) -> Result<GivenCosts, SourceError> {
+fn given_costs(
+    file: &str,
+    source: &str,
+    raw: Option<&RawCosts>,
+    (stages, ranks): (u32, u32),
+) -> Result<GivenCosts, SourceError> {
     let get = |key: &str, v: Option<&Spanned<PerStage<f64>>>| -> Result<Option<Vec<f64>>, SourceError> {
         let Some(v) = v else { return Ok(None) };
         let list = per_stage(file, source, key, v, stages)?;
@@ -513,12 +533,48 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
             v => Ok(v.map(|v| *v.get_ref())),
         }
     };
-    let p2p = scalar("p2p", raw.and_then(|r| r.p2p.as_ref()), "p2p is the time of one transfer")?;
-    let per_step = scalar(
-        "per_step",
-        raw.and_then(|r| r.per_step.as_ref()),
-        "per_step is the time of the step's own work outside the programs",
+    let p2p = scalar("p2p", raw.and_then(|r| r.p2p.as_ref()), "p2p is the time of one batch")?;
+    let p2p_per_transfer = scalar(
+        "p2p_per_transfer",
+        raw.and_then(|r| r.p2p_per_transfer.as_ref()),
+        "p2p_per_transfer is the time each transfer adds to its batch",
     )?;
+    let p2p_contention = match raw.and_then(|r| r.p2p_contention.as_ref()) {
+        Some(v) if !(0.0..1.0).contains(v.get_ref()) => {
+            return Err(SourceError::new(
+                file,
+                source,
+                Some(v.span()),
+                format!("p2p_contention must be in [0, 1), got {}", v.get_ref()),
+            )
+            .with_help("it is the fraction by which compute slows beside a batch in flight, e.g. 0.15"))
+        }
+        v => v.map(|v| *v.get_ref()),
+    };
+    let per_step = match raw.and_then(|r| r.per_step.as_ref()) {
+        None => None,
+        Some(v) => {
+            let (list, by_rank) = match v.get_ref() {
+                PerStage::One(x) => (vec![*x], false),
+                PerStage::Many(list) if list.len() == ranks as usize => (list.clone(), true),
+                PerStage::Many(list) => {
+                    return Err(SourceError::new(
+                        file,
+                        source,
+                        Some(v.span()),
+                        format!("per_step lists {} values, but this pipeline has {ranks} ranks", list.len()),
+                    )
+                    .with_help(format!("give one value per rank ({ranks}), or a single number for the busiest")))
+                }
+            };
+            if let Some(bad) = list.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                return Err(SourceError::new(file, source, Some(v.span()), format!("per_step must be ≥ 0, got {bad}"))
+                    .with_help("per_step is the time of the step's own work outside the programs"));
+            }
+            let busiest = list.iter().copied().fold(0.0, f64::max);
+            Some((busiest, if by_rank { list } else { Vec::new() }))
+        }
+    };
     let mirror_sum =
         scalar("mirror_sum", raw.and_then(|r| r.mirror_sum.as_ref()), "mirror_sum is the time of one exchange")?;
     let pairs = match raw.and_then(|r| r.overlapped_pairs.as_ref()) {
@@ -570,6 +626,8 @@ fn given_costs(file: &str, source: &str, raw: Option<&RawCosts>, stages: u32) ->
         overlapped: get("overlapped", raw.and_then(|r| r.overlapped.as_ref()))?,
         pairs,
         p2p,
+        p2p_per_transfer,
+        p2p_contention,
         comm,
         per_step,
         mirror_sum,
@@ -593,8 +651,11 @@ fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, (usize, f64, f64)
         overlapped,
         pairs: g.pairs.unwrap_or_default(),
         p2p: g.p2p.unwrap_or(0.0),
+        p2p_per_transfer: g.p2p_per_transfer.unwrap_or(0.0),
+        p2p_contention: g.p2p_contention.unwrap_or(0.0),
         comm: g.comm.unwrap_or(CommMode::Blocking),
-        per_step: g.per_step.unwrap_or(0.0),
+        per_step: g.per_step.as_ref().map_or(0.0, |p| p.0),
+        per_step_by_rank: g.per_step.map(|p| p.1).unwrap_or_default(),
         mirror_sum: g.mirror_sum.unwrap_or(0.0),
     })
 }
@@ -634,7 +695,7 @@ pub fn load_costs(spec: &mut Spec, file: &str, source: &str, base: &std::path::P
         )
         .with_help("copy the keys you need into this file"));
     }
-    let theirs = given_costs(&name, &text, Some(&included.costs), spec.stages())?;
+    let theirs = given_costs(&name, &text, Some(&included.costs), (spec.stages(), spec.ranks))?;
     spec.costs = resolve_costs(from.own.or(theirs), spec.stages() as usize)
         .map_err(|clash| weight_exceeds(file, source, Some(span.clone()), clash))?;
     Ok(())

@@ -7,8 +7,8 @@ use pipewright_compiler::families::Family;
 use pipewright_plan::{Dtype, Hashes, Model, OpSpan, Plan, Training};
 use pipewright_runtime::exec::RunReport;
 use pipewright_runtime::profile::{
-    chrome_trace, costs_toml, graph_breakdown, node_stats, nodes_table, rank_profile, with_simulated, RankProfile,
-    Timeline, GRAPH_PID, SIMULATED_PID,
+    chrome_trace, contention, costs_toml, graph_breakdown, node_stats, nodes_table, rank_profile, transfers,
+    with_simulated, RankProfile, Timeline, GRAPH_PID, SIMULATED_PID,
 };
 
 /// The plan of `family` on 2 ranks, 4 microbatches, for an MLP of (hidden, ffn, seq,
@@ -78,9 +78,11 @@ fn profiles_timed(plan: &Plan, ms: impl Fn(u32, &OpSpan) -> f64) -> Vec<RankProf
 fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     let plan = plan(Family::ZbV, (8, 32, 4, 1), Dtype::F32);
     // Stage s costs (s + 1) ms per F, 2(s + 1) per I, 0.5(s + 1) per W; every other p2p
-    // batch 0.1 ms, the rest 0.7 (waiting for their peer: the fastest is the transfer);
-    // the step's own work 0.25; the first (warm-up) step everything 10× slower.
-    let cost = |kind: &str, stage: u32, index: usize| -> f64 {
+    // batch 0.05 ms plus 0.1 per transfer in its busier direction, the rest 0.7 (waiting
+    // for their peer: the fastest of a size is the transfer); the step's own work 0.25;
+    // the first (warm-up) step everything 10× slower.
+    let transfers_of = |rank: u32, index: usize| transfers(&plan.ranks[rank as usize], index) as f64;
+    let cost = |kind: &str, stage: u32, (rank, index): (u32, usize)| -> f64 {
         let s = stage as f64 + 1.0;
         match kind {
             "F" => s,
@@ -88,7 +90,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
             "W" => 0.5 * s,
             "B" => 2.5 * s,
             "STEP" => 0.25,
-            _ if index % 2 == 0 => 0.1,
+            _ if index % 2 == 0 => 0.05 + 0.1 * transfers_of(rank, index),
             _ => 0.7,
         }
     };
@@ -104,7 +106,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
                         .enumerate()
                         .map(|(i, o)| {
                             let warm = if step == 0 { 10.0 } else { 1.0 };
-                            let d = warm * cost(&o.kind, o.stages.first().copied().unwrap_or(0), i);
+                            let d = warm * cost(&o.kind, o.stages.first().copied().unwrap_or(0), (r.rank, i));
                             t += d;
                             (t - d, d)
                         })
@@ -122,13 +124,21 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     assert_eq!(list("forward"), (0..stages).map(|s| s as f64 + 1.0).collect::<Vec<_>>());
     assert_eq!(list("weight"), (0..stages).map(|s| 0.5 * (s as f64 + 1.0)).collect::<Vec<_>>());
     assert_eq!(list("backward"), (0..stages).map(|s| 2.5 * (s as f64 + 1.0)).collect::<Vec<_>>());
-    assert!((costs["p2p"].as_float().unwrap() - 0.1).abs() < 1e-9, "{toml_text}");
-    // The step's own work once a step (prologue and epilogue parts, 0.25 each); no
-    // mirrored pipes.
+    // ZB-V's batches on 2 ranks each hold one transfer in their busier direction: the
+    // fastest is the p2p time, with nothing per transfer.
+    let one = |r: &pipewright_plan::RankPlan| {
+        (0..r.ops.len()).filter(|&i| r.ops[i].kind == "COMM").all(|i| transfers(r, i) == 1)
+    };
+    assert!(plan.ranks.iter().all(one));
+    assert!((costs["p2p"].as_float().unwrap() - 0.15).abs() < 1e-9, "{toml_text}");
+    assert!(costs.get("p2p_per_transfer").is_none(), "{toml_text}");
+    assert!(costs.get("p2p_contention").is_none(), "no graph replays, no contention: {toml_text}");
+    // The step's own work once a step, rank by rank (prologue and epilogue parts, 0.25
+    // each); no mirrored pipes.
     let parts = |r: &pipewright_plan::RankPlan, kind: &str| r.ops.iter().filter(|o| o.kind == kind).count();
-    let step_parts = plan.ranks.iter().map(|r| parts(r, "STEP")).max().unwrap();
-    assert!(step_parts >= 2, "a prologue and an epilogue");
-    assert_eq!(costs["per_step"].as_float(), Some(0.25 * step_parts as f64), "{toml_text}");
+    assert!(plan.ranks.iter().all(|r| parts(r, "STEP") >= 2), "a prologue and an epilogue");
+    let per_step: Vec<f64> = costs["per_step"].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect();
+    assert_eq!(per_step, plan.ranks.iter().map(|r| 0.25 * parts(r, "STEP") as f64).collect::<Vec<_>>());
     assert_eq!(costs["mirror_sum"].as_float(), Some(0.0), "{toml_text}");
     // The ideal: each rank's compute (its ops and the step's own work), not its p2p.
     for (r, p) in plan.ranks.iter().zip(&profiles) {
@@ -137,7 +147,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
             .iter()
             .enumerate()
             .filter(|(_, o)| o.kind != "COMM")
-            .map(|(i, o)| cost(&o.kind, o.stages.first().copied().unwrap_or(0), i))
+            .map(|(i, o)| cost(&o.kind, o.stages.first().copied().unwrap_or(0), (r.rank, i)))
             .sum();
         assert!((p.compute_ms - want).abs() < 1e-9, "rank {}: {} vs {want}", r.rank, p.compute_ms);
         assert_eq!(p.step_ms, 5.0, "the first (warm-up) step is left out");
@@ -237,10 +247,12 @@ fn compute_costs_are_scaled_to_the_step_graph_without_p2p() {
     let list = |k: &str| -> Vec<f64> { costs[k].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect() };
     assert!(list("forward").iter().all(|&f| f == 0.5), "{text}");
     assert!(list("weight").iter().all(|&w| w == 0.5), "{text}");
-    assert_eq!(costs["p2p"].as_float(), Some(1.0), "{text}");
-    let steps = plan.ranks.iter().map(|r| r.ops.iter().filter(|o| o.kind == "STEP").count()).max().unwrap();
-    assert_eq!(costs["per_step"].as_float(), Some(0.5 * steps as f64), "{text}");
-    assert!(text.contains("scaled to its step graph's compute without p2p (by\n# 0.500, 0.500"), "{text}");
+    assert_eq!(costs["p2p"].as_float(), Some(1.0), "every batch 1 ms, whatever its size: {text}");
+    assert!(costs.get("p2p_per_transfer").is_none(), "{text}");
+    let steps = |r: &pipewright_plan::RankPlan| r.ops.iter().filter(|o| o.kind == "STEP").count() as f64;
+    let per_step: Vec<f64> = costs["per_step"].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect();
+    assert_eq!(per_step, plan.ranks.iter().map(|r| 0.5 * steps(r)).collect::<Vec<_>>(), "{text}");
+    assert!(text.contains("(by 0.500, 0.500, rank by rank)"), "{text}");
 }
 
 #[test]
@@ -292,11 +304,19 @@ fn node_timings_group_by_kind_with_their_rates() {
 #[test]
 fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
     // Every op 1 ms, the step's own work 0.5 ms a part, and each mirror-gradient exchange
-    // group 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's.
+    // group 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's. Each p2p
+    // batch 0.05 ms and 0.1 per transfer in its busier direction (DualPipe runs batches
+    // of one and of two each way).
     let plan = plan(Family::DualPipe, (8, 32, 4, 1), Dtype::F32);
+    let batch = |rank: u32, o: &OpSpan| {
+        let r = &plan.ranks[rank as usize];
+        let i = r.ops.iter().position(|x| x == o).unwrap();
+        0.05 + 0.1 * transfers(r, i) as f64
+    };
     let profiles = profiles_timed(&plan, |rank, o| match o.kind.as_str() {
         "STEP" => 0.5,
         "COMM" if o.label.starts_with("mirror-sum") => 3.0 - rank as f64,
+        "COMM" => batch(rank, o),
         _ => 1.0,
     });
     let text = costs_toml(&plan, &profiles, "test");
@@ -311,7 +331,14 @@ fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
         assert_eq!(kinds("STEP", ""), 6, "rank {}", r.rank);
     }
     assert_eq!(costs["mirror_sum"].as_float(), Some(12.0), "{text}");
-    assert_eq!(costs["per_step"].as_float(), Some(3.0), "{text}");
+    let sizes: std::collections::BTreeSet<u32> = (plan.ranks.iter())
+        .flat_map(|r| (0..r.ops.len()).filter(|&i| r.ops[i].label.starts_with('[')).map(move |i| transfers(r, i)))
+        .collect();
+    assert_eq!(sizes.into_iter().collect::<Vec<_>>(), [1, 2]);
+    assert!((costs["p2p"].as_float().unwrap() - 0.05).abs() < 1e-9, "{text}");
+    assert!((costs["p2p_per_transfer"].as_float().unwrap() - 0.1).abs() < 1e-9, "{text}");
+    assert_eq!(costs["per_step"].as_array().map(|a| a.len()), Some(2), "{text}");
+    assert!(costs["per_step"].as_array().unwrap().iter().all(|v| v.as_float() == Some(3.0)), "{text}");
 }
 
 #[test]
@@ -345,30 +372,33 @@ fn each_measured_fb_pair_keeps_its_own_time() {
 #[test]
 fn timed_graph_replays_give_the_graph_timeline_and_where_the_step_goes() {
     let plan = plan(Family::OneFOneB, (64, 256, 4, 2), Dtype::F32);
-    let rp = &plan.ranks[0];
     // Alone, every compute op 1 ms; in the whole step, the compute ops one after another
     // with a 0.5 ms gap before each and 1.25 ms each (contention, waits inside), each p2p
     // batch 0.75 ms from where the previous op ended (batches never overlap each other).
-    let alone: Vec<(f64, f64)> = rp.ops.iter().map(|_| (0.0, 1.0)).collect();
-    let mut graph = Vec::new();
-    let (mut clock, mut busy, mut comm) = (0.0, 0.0, 0.0);
-    for o in &rp.ops {
-        if o.kind == "COMM" {
-            graph.push((clock, 0.75));
-            comm += 0.75;
-        } else {
-            clock += 0.5;
-            graph.push((clock, 1.25));
-            clock += 1.25;
-            busy += 1.25;
+    let replayed = |rp: &pipewright_plan::RankPlan| {
+        let alone: Vec<(f64, f64)> = rp.ops.iter().map(|_| (0.0, 1.0)).collect();
+        let mut graph = Vec::new();
+        let (mut clock, mut busy, mut comm) = (0.0, 0.0, 0.0);
+        for o in &rp.ops {
+            if o.kind == "COMM" {
+                graph.push((clock, 0.75));
+                comm += 0.75;
+            } else {
+                clock += 0.5;
+                graph.push((clock, 1.25));
+                clock += 1.25;
+                busy += 1.25;
+            }
         }
-    }
-    let mut r = report(0, vec![alone.clone(); 3], vec![]);
-    r.alone_op_times = vec![alone; 3];
-    // Two replays: the breakdown takes the median step, the trace the last replay's starts.
-    r.graph_op_times = vec![graph.iter().map(|&(s, ms)| (s + 7.0, ms)).collect(), graph.clone()];
-    r.graph_step_ms = vec![clock + 1.0, clock + 1.0];
-    let p = rank_profile(&plan, 0, &r);
+        let mut r = report(rp.rank, vec![alone.clone(); 3], vec![]);
+        r.alone_op_times = vec![alone; 3];
+        // Two replays: the breakdown takes the median step, the trace the last replay's starts.
+        r.graph_op_times = vec![graph.iter().map(|&(s, ms)| (s + 7.0, ms)).collect(), graph.clone()];
+        r.graph_step_ms = vec![clock + 1.0, clock + 1.0];
+        (rank_profile(&plan, rp.rank, &r), graph, clock, busy, comm)
+    };
+    let rp = &plan.ranks[0];
+    let (p, graph, clock, busy, comm) = replayed(rp);
     let b = graph_breakdown(&p).expect("the whole step was replayed timed");
     let computing = rp.ops.iter().filter(|o| o.kind != "COMM").count() as f64;
     let batches = rp.ops.len() as f64 - computing;
@@ -378,6 +408,13 @@ fn timed_graph_replays_give_the_graph_timeline_and_where_the_step_goes() {
     assert!((b.ops_alone_ms - computing).abs() < 1e-9, "{b:?}");
     assert!((b.comm_busy_ms - comm).abs() < 1e-9, "{b:?}");
     assert_eq!(b.step_ms, clock + 1.0);
+    // Contention evidence: every compute op took 0.25 ms longer than alone, and those
+    // right after a batch had it in flight beside them for their first 0.25 ms (a 1F1B op
+    // waits for its batches before it starts, never inside).
+    let after_batch = (1..rp.ops.len()).filter(|&i| rp.ops[i].kind != "COMM" && rp.ops[i - 1].kind == "COMM").count();
+    let c = contention(rp, &p).expect("graph replays");
+    assert!((c.excess_ms - 0.25 * computing).abs() < 1e-9, "{c:?}");
+    assert!((c.overlap_ms - 0.25 * after_batch as f64).abs() < 1e-9, "{c:?} vs {after_batch} ops after a batch");
     // The graph timeline: one event per op at the last replay's starts and median spans.
     let trace = chrome_trace(std::slice::from_ref(&p), Timeline::Graph);
     let events: Vec<_> = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").cloned().collect();
@@ -393,4 +430,12 @@ fn timed_graph_replays_give_the_graph_timeline_and_where_the_step_goes() {
     let spans =
         |pid: u64| all["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X" && e["pid"] == pid).count();
     assert_eq!((spans(0), spans(GRAPH_PID), spans(SIMULATED_PID)), (rp.ops.len(), rp.ops.len(), 1));
+    // The costs table: their ratio over both ranks (capped at 0.9: compute at a tenth of
+    // its speed is no measurement).
+    let both: Vec<RankProfile> = plan.ranks.iter().map(|r| replayed(r).0).collect();
+    let evidence: Vec<_> = plan.ranks.iter().zip(&both).map(|(r, p)| contention(r, p).unwrap()).collect();
+    let ratio = evidence.iter().map(|c| c.excess_ms).sum::<f64>() / evidence.iter().map(|c| c.overlap_ms).sum::<f64>();
+    let text = costs_toml(&plan, &both, "test");
+    let costs = &toml::from_str::<toml::Value>(&text).unwrap()["costs"];
+    assert!((costs["p2p_contention"].as_float().unwrap() - ratio.min(0.9)).abs() < 1e-4, "{text}");
 }

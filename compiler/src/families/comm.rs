@@ -429,7 +429,7 @@ pub fn compute_times(layout: &Layout, order: &[Vec<Event>], costs: &CostModel) -
                 };
                 for input in inputs.into_iter().flatten() {
                     ready = match (ready, produced.get(&input)) {
-                        (Some(t), Some(&(at, p))) => Some(t.max(if at as usize == r { p } else { p + costs.p2p })),
+                        (Some(t), Some(&(at, p))) => Some(t.max(if at as usize == r { p } else { p + costs.hop() })),
                         _ => None,
                     };
                 }

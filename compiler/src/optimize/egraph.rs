@@ -357,7 +357,7 @@ fn timing(
                 let (_, inputs) = value_of(r, k, c.dir, c.mb);
                 for input in inputs.into_iter().flatten() {
                     let Some(&(pr, pi)) = producer.get(&input) else { continue };
-                    let hop = if pr != r { p.costs.p2p } else { 0.0 };
+                    let hop = if pr != r { p.costs.hop() } else { 0.0 };
                     if (pr, pi) != (r, i) {
                         succ[pr][pi].push((r, i, hop));
                     }

@@ -96,7 +96,7 @@ pub fn schedule(p: &Problem, policy: &Policy) -> Option<Vec<Vec<Event>>> {
     let mut live = params.clone();
     let total: usize = l.modules.iter().map(|m| m.len()).sum::<usize>() * mbs as usize;
     let mut done_back = 0usize;
-    let hop = |from: u32, to: u32| if from != to { p.costs.p2p } else { 0.0 };
+    let hop = |from: u32, to: u32| if from != to { p.costs.hop() } else { 0.0 };
     let mut rng = policy.jitter.map(|seed| Rng::new(seed, 0x4a17, 0));
 
     while done_back < total || wq.iter().any(|q| !q.is_empty()) {

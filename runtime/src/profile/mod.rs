@@ -28,6 +28,10 @@
 //! communication stream: most batches also wait for their peer (rendezvous), the fastest
 //! comes closest to the transfer itself.
 
+mod comm;
+
+pub use comm::{contention, fit_batches, graph_breakdown, transfers, Breakdown, Contention};
+
 use crate::exec::RunReport;
 use pipewright_plan::Plan;
 use serde::{Deserialize, Serialize};
@@ -290,18 +294,29 @@ impl RankProfile {
     }
 }
 
+/// Compute beside batches in flight (ms, all ranks) below which a profile says nothing
+/// about contention: too little to tell it from noise.
+pub const MIN_CONTENTION_EVIDENCE_MS: f64 = 2.0;
+
 /// The `[costs]` table of the measured ops (TOML text with a header comment).
 pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String {
     let stages = plan.stages as usize;
     let mut by: BTreeMap<(&str, u32), Vec<f64>> = BTreeMap::new();
     // Each measured FB pair by (forward's stage, backward's stage).
     let mut pairs: BTreeMap<(u32, u32), Vec<f64>> = BTreeMap::new();
-    let mut comm = Vec::new();
-    for p in profiles {
+    // Each p2p batch (transfers in its busier direction, ms), and the contention evidence.
+    let mut batches = Vec::new();
+    let mut contended = Contention::default();
+    for (p, rp) in profiles.iter().zip(&plan.ranks) {
         let scale = p.calibration();
-        for op in &p.ops {
+        if let Some(c) = contention(rp, p).filter(|_| p.timed_alone) {
+            contended.excess_ms += c.excess_ms;
+            contended.overlap_ms += c.overlap_ms;
+        }
+        for (i, op) in p.ops.iter().enumerate() {
             match op.kind.as_str() {
-                "COMM" => comm.push(op.ms),
+                "COMM" if op.label.starts_with('[') => batches.push((transfers(rp, i), op.ms)),
+                "COMM" => {}
                 "STEP" => {}
                 "FB" => {
                     for &s in &op.stages {
@@ -337,28 +352,44 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
         .collect::<Vec<_>>();
     let pair_line =
         if pair_list.is_empty() { String::new() } else { format!("overlapped_pairs = [{}]\n", pair_list.join(", ")) };
-    let p2p = comm.into_iter().filter(|x| x.is_finite()).fold(f64::INFINITY, f64::min);
-    // Once a step: the busiest rank's own work (prologue, epilogue) and its mirror sum.
-    let per_rank = |keep: &dyn Fn(&OpTime) -> bool, scaled: bool| {
+    let (p2p, per_transfer) = fit_batches(&batches).unwrap_or((0.0, 0.0));
+    let per_transfer_line =
+        if per_transfer > 0.0 { format!("p2p_per_transfer = {per_transfer:.4}\n") } else { String::new() };
+    // Contention only from enough evidence: a few milliseconds of compute beside batches.
+    let contention_line = if contended.overlap_ms >= MIN_CONTENTION_EVIDENCE_MS {
+        format!("p2p_contention = {:.4}\n", (contended.excess_ms / contended.overlap_ms).clamp(0.0, 0.9))
+    } else {
+        String::new()
+    };
+    // Once a step: each rank's own work (prologue, epilogue), and the busiest rank's mirror
+    // sum.
+    let per_rank = |keep: &dyn Fn(&OpTime) -> bool, scaled: bool| -> Vec<f64> {
         profiles
             .iter()
             .map(|p| {
                 let scale = if scaled { p.calibration() } else { 1.0 };
                 p.ops.iter().filter(|o| keep(o)).map(|o| o.ms * scale).sum::<f64>()
             })
-            .fold(0.0, f64::max)
+            .collect()
     };
-    let per_step = per_rank(&|o| o.kind == "STEP", true);
-    let mirror_sum = per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"), false);
+    let per_step = match per_rank(&|o| o.kind == "STEP", true)[..] {
+        [one] => format!("{one:.4}"),
+        ref each => format!("[{}]", list(each)),
+    };
+    let mirror_sum =
+        per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"), false).into_iter().fold(0.0, f64::max);
     let scales: Vec<String> = profiles.iter().map(|p| format!("{:.3}", p.calibration())).collect();
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches{}),\n\
-         # milliseconds per op, medians: {}; p2p: the fastest batch of the\n\
-         # eager steps; each rank's compute ops scaled to its step graph's compute without p2p (by\n\
-         # {}, rank by rank). To simulate this machine: `[costs] from = \"<this file>\"` in the\n\
-         # spec (whose own `comm` says how the plan communicates).\n\
+         # milliseconds per op, medians: {}; p2p and p2p_per_transfer: a line through the\n\
+         # fastest batch of each size (transfers in its busier direction) of the eager steps;\n\
+         # p2p_contention: the compute ops' excess in the whole step replayed as a graph over\n\
+         # their overlap with batches in flight; each rank's compute ops scaled to its step\n\
+         # graph's compute without p2p (by {}, rank by rank). To simulate this machine:\n\
+         # `[costs] from = \"<this file>\"` in the spec (whose own `comm` says how the plan\n\
+         # communicates).\n\
          [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\n{pair_line}p2p = {:.4}\n\
-         per_step = {:.4}\nmirror_sum = {:.4}\n",
+         {per_transfer_line}{contention_line}per_step = {}\nmirror_sum = {:.4}\n",
         plan.schedule,
         plan.world_size,
         plan.stages,
@@ -374,61 +405,10 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
         list(&backward),
         list(&weights),
         list(&overlapped),
-        if p2p.is_finite() { p2p } else { 0.0 },
+        p2p,
         per_step,
         mirror_sum,
     )
-}
-
-/// Where one rank's step goes, from the timed replays of the whole step as a graph.
-#[derive(Clone, Copy, PartialEq, Debug)]
-pub struct Breakdown {
-    /// The replays' median wall time, ms.
-    pub step_ms: f64,
-    /// Time some compute op runs on either compute stream (the union of their spans), ms.
-    pub compute_busy_ms: f64,
-    /// The compute ops' summed durations in the whole step, and alone (`ms`: with
-    /// `timed_alone`, from the step without p2p), ms: the first exceeds the second by the
-    /// waits inside ops and by the GPU shared with the p2p kernels.
-    pub ops_in_step_ms: f64,
-    pub ops_alone_ms: f64,
-    /// Time the communication stream holds a p2p batch (waits for peers included), ms.
-    pub comm_busy_ms: f64,
-}
-
-/// Total length of the union of `spans` (start, end).
-fn union_length(mut spans: Vec<(f64, f64)>) -> f64 {
-    spans.retain(|(a, b)| a.is_finite() && b.is_finite() && b > a);
-    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let (mut total, mut reach) = (0.0, f64::NEG_INFINITY);
-    for (a, b) in spans {
-        if b > reach {
-            total += b - a.max(reach);
-            reach = b;
-        }
-    }
-    total
-}
-
-/// Where `p`'s step goes, when it was replayed as a graph with every op timed.
-pub fn graph_breakdown(p: &RankProfile) -> Option<Breakdown> {
-    let step_ms = p.graph_step_ms?;
-    let spans = |compute: bool| -> Vec<(f64, f64)> {
-        p.ops
-            .iter()
-            .filter(|o| (o.kind != "COMM") == compute)
-            .filter_map(|o| Some((o.graph_start_ms?, o.graph_start_ms? + o.graph_ms?)))
-            .collect()
-    };
-    let compute = p.ops.iter().filter(|o| o.kind != "COMM");
-    let finite = |x: &f64| x.is_finite();
-    Some(Breakdown {
-        step_ms,
-        compute_busy_ms: union_length(spans(true)),
-        ops_in_step_ms: compute.clone().filter_map(|o| o.graph_ms).filter(finite).sum(),
-        ops_alone_ms: compute.map(|o| o.ms).filter(finite).sum(),
-        comm_busy_ms: union_length(spans(false)),
-    })
 }
 
 /// Which measured timeline: the last profiled eager step's, or the last timed replay of

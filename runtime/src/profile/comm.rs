@@ -1,0 +1,193 @@
+//! What communication costs, from a profile: the p2p batch's latency and the time each
+//! transfer adds ([`fit_batches`], the fastest batch of each size), how much slower
+//! compute runs beside a batch in flight ([`contention`], from the timed replays of the
+//! whole step as a graph), and where each rank's step goes in those replays
+//! ([`graph_breakdown`]).
+
+use super::RankProfile;
+use pipewright_plan::node::Node;
+use pipewright_plan::RankPlan;
+
+/// Transfers in the busier direction of the p2p groups of op `i` of `rp` (0 for an op
+/// without any): what a batch's time grows with ([`fit_batches`]).
+pub fn transfers(rp: &RankPlan, i: usize) -> u32 {
+    let op = &rp.ops[i];
+    let (mut sends, mut recvs) = (0u32, 0u32);
+    for node in &rp.nodes[op.first as usize..=(op.last as usize).min(rp.nodes.len().saturating_sub(1))] {
+        if let Node::Group { ops, .. } = node {
+            sends += ops.iter().filter(|o| o.send).count() as u32;
+            recvs += ops.iter().filter(|o| !o.send).count() as u32;
+        }
+    }
+    sends.max(recvs)
+}
+
+/// `(p2p, p2p_per_transfer)` from measured batches `(transfers, ms)`: the fastest batch
+/// of each size is the one that waited least for its peer, so the line is fitted (least
+/// squares) through those lower envelope points; with a single size, that batch's time
+/// and no per-transfer part. Neither part is negative: a line that would start below 0
+/// goes through the origin instead.
+pub fn fit_batches(batches: &[(u32, f64)]) -> Option<(f64, f64)> {
+    let mut fastest: std::collections::BTreeMap<u32, f64> = std::collections::BTreeMap::new();
+    for &(k, ms) in batches.iter().filter(|(k, ms)| *k > 0 && ms.is_finite() && *ms >= 0.0) {
+        let e = fastest.entry(k).or_insert(ms);
+        *e = e.min(ms);
+    }
+    let points: Vec<(f64, f64)> = fastest.into_iter().map(|(k, ms)| (k as f64, ms)).collect();
+    match points.len() {
+        0 => None,
+        1 => Some((points[0].1, 0.0)),
+        n => {
+            let n = n as f64;
+            let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+            let (mx, my) = (sx / n, sy / n);
+            let sxx: f64 = points.iter().map(|&(x, _)| (x - mx) * (x - mx)).sum();
+            let sxy: f64 = points.iter().map(|&(x, y)| (x - mx) * (y - my)).sum();
+            let slope = (sxy / sxx).max(0.0);
+            let intercept = my - slope * mx;
+            if intercept >= 0.0 {
+                Some((intercept, slope))
+            } else {
+                let through_origin =
+                    points.iter().map(|&(x, y)| x * y).sum::<f64>() / points.iter().map(|&(x, _)| x * x).sum::<f64>();
+                Some((0.0, through_origin.max(0.0)))
+            }
+        }
+    }
+}
+
+/// Evidence of contention on one rank, from the whole step replayed as a graph: how much
+/// longer its compute ops took there than alone, and how long a p2p batch was in flight
+/// beside them, both summed over the ops that wait for no batch inside their span (an
+/// overlapped pair whose second half waits for a receive would count the wait), and that
+/// overlap no mirror-gradient exchange (the simulator charges that apart).
+#[derive(Clone, Copy, PartialEq, Debug, Default)]
+pub struct Contention {
+    pub excess_ms: f64,
+    pub overlap_ms: f64,
+}
+
+/// [`Contention`] of rank `rp`'s profile `p`; none without timed graph replays.
+pub fn contention(rp: &RankPlan, p: &RankProfile) -> Option<Contention> {
+    p.graph_step_ms?;
+    let span = |o: &super::OpTime| Some((o.graph_start_ms?, o.graph_start_ms? + o.graph_ms?));
+    let comm = |mirror: bool| -> Vec<(f64, f64)> {
+        p.ops.iter().filter(|o| o.kind == "COMM" && o.label.starts_with('[') != mirror).filter_map(span).collect()
+    };
+    let (batches, mirrors) = (union(comm(false)), union(comm(true)));
+    // Events the communication stream records: a wait for one inside an op is a wait for
+    // a batch.
+    let from_comm: std::collections::HashSet<u32> = rp
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            Node::Record { stream, event } if *stream == pipewright_plan::COMM_STREAM => Some(*event),
+            _ => None,
+        })
+        .collect();
+    let mut out = Contention::default();
+    for (o, op) in p.ops.iter().zip(&rp.ops).filter(|(o, _)| o.kind != "COMM") {
+        let nodes = &rp.nodes[op.first as usize..=op.last as usize];
+        let body = nodes.iter().skip_while(|n| matches!(n, Node::Wait { .. }));
+        let waits_inside = body.clone().any(|n| matches!(n, Node::Wait { event, .. } if from_comm.contains(event)));
+        let (Some(s), Some(ms)) = (span(o), o.graph_ms) else { continue };
+        if waits_inside || overlap(&mirrors, s) > 0.0 || !(ms.is_finite() && o.ms.is_finite()) {
+            continue;
+        }
+        out.excess_ms += ms - o.ms;
+        out.overlap_ms += overlap(&batches, s);
+    }
+    Some(out)
+}
+
+/// The union of `spans` (start, end) as disjoint intervals in order.
+fn union(mut spans: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    spans.retain(|(a, b)| a.is_finite() && b.is_finite() && b > a);
+    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut out: Vec<(f64, f64)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// How long `(a, b)` overlaps the disjoint intervals `union`.
+fn overlap(union: &[(f64, f64)], (a, b): (f64, f64)) -> f64 {
+    union.iter().map(|iv| (iv.1.min(b) - iv.0.max(a)).max(0.0)).sum()
+}
+
+/// Total length of the union of `spans` (start, end).
+fn union_length(spans: Vec<(f64, f64)>) -> f64 {
+    union(spans).iter().map(|(a, b)| b - a).sum()
+}
+
+/// Where one rank's step goes, from the timed replays of the whole step as a graph.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Breakdown {
+    /// The replays' median wall time, ms.
+    pub step_ms: f64,
+    /// Time some compute op runs on either compute stream (the union of their spans), ms.
+    pub compute_busy_ms: f64,
+    /// The compute ops' summed durations in the whole step, and alone (`ms`: with
+    /// `timed_alone`, from the step without p2p), ms: the first exceeds the second by the
+    /// waits inside ops and by the GPU shared with the p2p kernels.
+    pub ops_in_step_ms: f64,
+    pub ops_alone_ms: f64,
+    /// Time the communication stream holds a p2p batch (waits for peers included), ms.
+    pub comm_busy_ms: f64,
+}
+
+/// Where `p`'s step goes, when it was replayed as a graph with every op timed.
+pub fn graph_breakdown(p: &RankProfile) -> Option<Breakdown> {
+    let step_ms = p.graph_step_ms?;
+    let spans = |compute: bool| -> Vec<(f64, f64)> {
+        p.ops
+            .iter()
+            .filter(|o| (o.kind != "COMM") == compute)
+            .filter_map(|o| Some((o.graph_start_ms?, o.graph_start_ms? + o.graph_ms?)))
+            .collect()
+    };
+    let compute = p.ops.iter().filter(|o| o.kind != "COMM");
+    let finite = |x: &f64| x.is_finite();
+    Some(Breakdown {
+        step_ms,
+        compute_busy_ms: union_length(spans(true)),
+        ops_in_step_ms: compute.clone().filter_map(|o| o.graph_ms).filter(finite).sum(),
+        ops_alone_ms: compute.map(|o| o.ms).filter(finite).sum(),
+        comm_busy_ms: union_length(spans(false)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_goes_through_the_fastest_batch_of_each_size() {
+        // Size 1: 0.3 (waited) and 0.15; size 2: 0.25; size 3: 0.35 — the line 0.05 + 0.1k.
+        let batches = [(1, 0.3), (1, 0.15), (2, 0.25), (3, 0.9), (3, 0.35), (0, 0.01)];
+        let (p2p, per) = fit_batches(&batches).unwrap();
+        assert!((p2p - 0.05).abs() < 1e-12 && (per - 0.1).abs() < 1e-12, "{p2p} {per}");
+        // One size: its fastest batch, nothing per transfer.
+        assert_eq!(fit_batches(&[(2, 0.4), (2, 0.3)]), Some((0.3, 0.0)));
+        // A line that would start below 0 goes through the origin; one falling with size is flat.
+        let (p2p, per) = fit_batches(&[(1, 0.05), (2, 0.2)]).unwrap();
+        assert_eq!(p2p, 0.0);
+        assert!((per - 0.09).abs() < 1e-12, "{per}");
+        let (p2p, per) = fit_batches(&[(1, 0.3), (2, 0.1)]).unwrap();
+        assert_eq!(per, 0.0);
+        assert!((p2p - 0.2).abs() < 1e-12, "{p2p}");
+        assert_eq!(fit_batches(&[(0, 1.0), (1, f64::NAN)]), None);
+    }
+
+    #[test]
+    fn overlaps_are_measured_on_the_union_of_spans() {
+        let u = union(vec![(0.0, 1.0), (0.5, 2.0), (3.0, 4.0), (f64::NAN, 1.0), (5.0, 5.0)]);
+        assert_eq!(u, vec![(0.0, 2.0), (3.0, 4.0)]);
+        assert_eq!(overlap(&u, (1.5, 3.5)), 1.0);
+        assert_eq!(union_length(vec![(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)]), 3.0);
+    }
+}
