@@ -49,16 +49,16 @@ pub struct CostModel {
     pub p2p: f64,
     /// Each transfer of a batch in its busier direction adds this (a batch of 2 sends and
     /// 2 receives, or of 2 sends, takes `p2p + 2·p2p_per_transfer`). Why: measured on
-    /// 2 × H200, DualPipe's batches of one 16 MiB transfer each way took 0.085–0.15 ms,
-    /// those of two 0.19–0.25 ms, and one number per batch cannot tell a few large batches
-    /// from many small ones.
+    /// 2 × H200, the fastest of DualPipe's and DualPipeV's batches of one 16 MiB transfer
+    /// each way took 0.08–0.09 ms, those of two 0.14–0.19 ms, and one number per batch
+    /// cannot tell a few large batches from many small ones.
     #[serde(default)]
     pub p2p_per_transfer: f64,
     /// While a batch is in flight on a rank's communication stream (async; from reaching it,
     /// through its wait for the peer, to its completion), the rank's compute runs this
     /// fraction slower: NCCL's kernels hold SMs (and memory bandwidth) beside the products.
-    /// Measured on 2 × H200 (`profile --graph-steps`): 0.10–0.19 at hidden 2048, 0.05–0.14
-    /// at 4096. The simulator stretches each compute op by this times its overlap with
+    /// Measured on 2 × H200 (`profile --graph-steps` on optimised DualPipe and DualPipeV
+    /// programs): 0.12–0.32 at hidden 2048, 0.02–0.11 at 4096. The simulator stretches each compute op by this times its overlap with
     /// the rank's batches in flight ([`crate::sim::finish_times`]).
     #[serde(default)]
     pub p2p_contention: f64,

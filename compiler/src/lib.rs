@@ -108,10 +108,9 @@ pub fn lower_and_simulate(
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
     let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
-    // Once a step, outside the programs: the step's own work, and where pipes are
-    // mirrored the part of the gradient exchange that outlasts them (the copies that
-    // finish early travel during the programs' tails).
-    // Each rank's own work follows its program's end and the exchange's.
+    // Once a step, outside the programs: each rank's own work, after its program's end
+    // and, where pipes are mirrored, after the gradient exchange (the copies that finish
+    // early travel during the programs' tails; what outlasts them counts).
     let exchange = mirror::exchange_end(&dag.layout, programs, &simulation, costs.mirror_sum).unwrap_or(0.0);
     let step = (simulation.timeline.iter().enumerate())
         .map(|(r, spans)| spans.iter().map(|s| s.end).fold(exchange, f64::max) + costs.per_step_of(r))

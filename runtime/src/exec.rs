@@ -297,8 +297,7 @@ pub fn run(
     if opts.profile && opts.profile_graph_steps > 0 {
         // The whole step with every op timed, from ranks lined up by a barrier, the first
         // replays untimed while they fall back into their usual skew.
-        let (g, timer) = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets, Some(op_spans(rp)))?;
-        let timer = timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?;
+        let (g, timer) = capture_timed(&mut gpu, plan, place.rank, comm, opts.keep_memsets)?;
         if let Some((c, _)) = comm {
             gpu.barrier(c, place.rank)?;
         }
@@ -334,8 +333,7 @@ pub fn run(
         // step, or in the whole graph, an op's span also holds the waits inside it (the
         // second half of an overlapped pair waiting for its input), which the simulator
         // adds again. Last: the training state is meaningless after it.
-        let (g, timer) = capture(&mut gpu, plan, place.rank, None, opts.keep_memsets, Some(op_spans(rp)))?;
-        let timer = timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?;
+        let (g, timer) = capture_timed(&mut gpu, plan, place.rank, None, opts.keep_memsets)?;
         for i in 0..opts.profile_alone_steps {
             dog.phase(format!("timed replay {i} of the step without its p2p (profile)"));
             g.launch()?;
@@ -399,6 +397,19 @@ fn capture(
     };
     g.upload()?;
     Ok((g, timer))
+}
+
+/// [`capture`] with every op of the rank's program timed.
+fn capture_timed(
+    gpu: &mut Gpu,
+    plan: &Plan,
+    rank: u32,
+    comm: Option<(&Communicator, &HostMark)>,
+    keep_memsets: bool,
+) -> Result<(crate::graph::Replay, OpTimer), RuntimeError> {
+    let spans = op_spans(&plan.ranks[rank as usize]);
+    let (g, timer) = capture(gpu, plan, rank, comm, keep_memsets, Some(spans))?;
+    Ok((g, timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?))
 }
 
 /// Issues every node of this rank's step, in order, on its stream.
