@@ -100,6 +100,12 @@ pub enum Command {
         /// The machine the profile was measured on, for the file's header.
         #[arg(long, default_value = "this machine")]
         device: String,
+        /// Take `p2p_contention` from these profiles instead (their evidence pooled):
+        /// PLAN_DIR, whose profile is PLAN_DIR/profile, or PLAN_DIR=PROFILE_DIR. Other plans
+        /// of the same model, e.g. the optimiser's programs, whose batches run beside
+        /// compute (a family's are mostly short transfers, too little to tell).
+        #[arg(long = "contention-from", value_name = "PLAN_DIR[=PROFILE_DIR]")]
+        contention_from: Vec<String>,
     },
     /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
     /// others.

@@ -91,8 +91,8 @@ fn main() -> ExitCode {
                 Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
             }
         }
-        Command::Costs { dir, profile, device } => {
-            costs(&dir, profile, &device).map_err(|e| RuntimeError::Environment(format!("{e:#}")))
+        Command::Costs { dir, profile, device, contention_from } => {
+            costs(&dir, profile, &device, &contention_from).map_err(|e| RuntimeError::Environment(format!("{e:#}")))
         }
         Command::Launch { gpus, dir, args } => match launch(gpus, &dir, &args) {
             Ok(code) => return code,
@@ -313,12 +313,35 @@ fn read_profiles(plan: &Plan, out: &Path) -> anyhow::Result<Vec<pipewright_runti
 
 /// `costs`: the `[costs]` table of a profile already measured, written again (what a newer
 /// pipewright derives from the same measurements), no GPU needed.
-fn costs(dir: &Path, profile: Option<PathBuf>, device: &str) -> anyhow::Result<()> {
+fn costs(dir: &Path, profile: Option<PathBuf>, device: &str, contention_from: &[String]) -> anyhow::Result<()> {
+    use pipewright_runtime::profile::{costs_toml_with, evidence, Contention};
     let out = profile.unwrap_or_else(|| dir.join("profile"));
     let (plan, _) = load(dir)?;
     let profiles = read_profiles(&plan, &out)?;
+    // Other profiles' contention evidence, pooled.
+    let mut pooled = Contention::default();
+    let mut names = Vec::new();
+    for source in contention_from {
+        let (plan_dir, profile_dir) = match source.split_once('=') {
+            Some((p, q)) => (PathBuf::from(p), PathBuf::from(q)),
+            None => (PathBuf::from(source), Path::new(source).join("profile")),
+        };
+        let (other, _) = load(&plan_dir)?;
+        let c = evidence(&other, &read_profiles(&other, &profile_dir)?);
+        println!(
+            "{}: compute {:.3} ms longer than alone beside {:.3} ms of batches in flight",
+            plan_dir.display(),
+            c.excess_ms,
+            c.overlap_ms
+        );
+        pooled.excess_ms += c.excess_ms;
+        pooled.overlap_ms += c.overlap_ms;
+        names.push(plan_dir.file_name().map_or(source.clone(), |n| n.to_string_lossy().into_owned()));
+    }
+    let what = format!("from the profiles of {}, pooled", names.join(", "));
+    let from = (!contention_from.is_empty()).then_some((pooled, what.as_str()));
     let path = out.join("costs.toml");
-    std::fs::write(&path, pipewright_runtime::profile::costs_toml(&plan, &profiles, device))
+    std::fs::write(&path, costs_toml_with(&plan, &profiles, device, from))
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())

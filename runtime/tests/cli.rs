@@ -141,6 +141,38 @@ fn costs_rederives_a_profiles_table_without_a_gpu() {
         text.contains("overlapped_pairs = [{ f = 0, b = 1, ms = 1.0000 }, { f = 1, b = 0, ms = 1.0000 }]"),
         "{text}"
     );
+    assert!(!text.contains("\np2p_contention ="), "no whole-step replays, no contention: {text}");
+    // The contention from another profile of the plan, with the whole step replayed: every
+    // compute op 0.5 ms alone and 0.6 beside batches in flight the whole time (mirror sums
+    // far away), so 0.1 of excess over 0.6 of overlap, whichever ops count.
+    let other = tempfile::tempdir().unwrap();
+    for r in &plan.ranks {
+        let ops: Vec<serde_json::Value> = r
+            .ops
+            .iter()
+            .map(|o| {
+                let (start, ms) = match o.kind.as_str() {
+                    "COMM" if o.label.starts_with("mirror-sum") => (100.0, 1.0),
+                    "COMM" => (0.0, 2.0),
+                    _ => (0.0, 0.6),
+                };
+                serde_json::json!({"label": o.label, "kind": o.kind, "stages": o.stages, "stream": o.stream,
+                    "bytes": o.bytes, "start_ms": 0.0, "ms": 0.5, "graph_start_ms": start, "graph_ms": ms})
+            })
+            .collect();
+        let rank = serde_json::json!({"rank": r.rank, "step_ms": 10.0, "compute_ms": 9.0, "timed_alone": true,
+            "graph_step_ms": 10.0, "ops": ops});
+        std::fs::write(other.path().join(format!("rank{}.json", r.rank)), rank.to_string()).unwrap();
+    }
+    let from = format!("{}={}", dir.path().display(), other.path().display());
+    let out = runtime(dir.path(), &["costs", "--profile", &profile, "--contention-from", &from], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(prof.path().join("costs.toml")).unwrap();
+    assert!(text.contains("p2p_contention = 0.1667") && text.contains("pooled"), "{text}");
+    // A source that is not a profile: exit 2, naming it.
+    let out = runtime(dir.path(), &["costs", "--profile", &profile, "--contention-from", "/nonexistent"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/nonexistent"), "{}", stderr(&out));
     // A profile missing a rank: exit 2, naming the file.
     std::fs::remove_file(prof.path().join("rank1.json")).unwrap();
     let out = runtime(dir.path(), &["costs", "--profile", &profile], &[]);

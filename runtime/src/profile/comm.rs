@@ -100,6 +100,19 @@ pub fn contention(rp: &RankPlan, p: &RankProfile) -> Option<Contention> {
     Some(out)
 }
 
+/// The contention evidence of a whole profile: every rank's whose compute ops were timed
+/// without p2p (`timed_alone`: their excess is over that), summed.
+pub fn evidence(plan: &pipewright_plan::Plan, profiles: &[RankProfile]) -> Contention {
+    let mut sum = Contention::default();
+    for (rp, p) in plan.ranks.iter().zip(profiles) {
+        if let Some(c) = contention(rp, p).filter(|_| p.timed_alone) {
+            sum.excess_ms += c.excess_ms;
+            sum.overlap_ms += c.overlap_ms;
+        }
+    }
+    sum
+}
+
 /// The union of `spans` (start, end) as disjoint intervals in order.
 fn union(mut spans: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
     spans.retain(|(a, b)| a.is_finite() && b.is_finite() && b > a);

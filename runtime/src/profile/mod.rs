@@ -30,7 +30,7 @@
 
 mod comm;
 
-pub use comm::{contention, fit_batches, graph_breakdown, transfers, Breakdown, Contention};
+pub use comm::{contention, evidence, fit_batches, graph_breakdown, transfers, Breakdown, Contention};
 
 use crate::exec::RunReport;
 use pipewright_plan::Plan;
@@ -300,19 +300,27 @@ pub const MIN_CONTENTION_EVIDENCE_MS: f64 = 2.0;
 
 /// The `[costs]` table of the measured ops (TOML text with a header comment).
 pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String {
+    costs_toml_with(plan, profiles, device, None)
+}
+
+/// [`costs_toml`] with the contention evidence of other profiles (`from`: it, and what
+/// they are, for the header) instead of this one's: a family's batches are mostly short
+/// transfers with little compute beside them, the optimiser's programs' are not.
+pub fn costs_toml_with(
+    plan: &Plan,
+    profiles: &[RankProfile],
+    device: &str,
+    from: Option<(Contention, &str)>,
+) -> String {
     let stages = plan.stages as usize;
     let mut by: BTreeMap<(&str, u32), Vec<f64>> = BTreeMap::new();
     // Each measured FB pair by (forward's stage, backward's stage).
     let mut pairs: BTreeMap<(u32, u32), Vec<f64>> = BTreeMap::new();
-    // Each p2p batch (transfers in its busier direction, ms), and the contention evidence.
+    // Each p2p batch (transfers in its busier direction, ms).
     let mut batches = Vec::new();
-    let mut contended = Contention::default();
+    let contended = from.map_or_else(|| evidence(plan, profiles), |(c, _)| c);
     for (p, rp) in profiles.iter().zip(&plan.ranks) {
         let scale = p.calibration();
-        if let Some(c) = contention(rp, p).filter(|_| p.timed_alone) {
-            contended.excess_ms += c.excess_ms;
-            contended.overlap_ms += c.overlap_ms;
-        }
         for (i, op) in p.ops.iter().enumerate() {
             match op.kind.as_str() {
                 "COMM" if op.label.starts_with('[') => batches.push((transfers(rp, i), op.ms)),
@@ -384,7 +392,7 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
          # milliseconds per op, medians: {}; p2p and p2p_per_transfer: a line through the\n\
          # fastest batch of each size (transfers in its busier direction) of the eager steps;\n\
          # p2p_contention: the compute ops' excess in the whole step replayed as a graph over\n\
-         # their overlap with batches in flight; each rank's compute ops scaled to its step\n\
+         # their overlap with batches in flight ({}); each rank's compute ops scaled to its step\n\
          # graph's compute without p2p (by {}, rank by rank). To simulate this machine:\n\
          # `[costs] from = \"<this file>\"` in the spec (whose own `comm` says how the plan\n\
          # communicates).\n\
@@ -400,6 +408,7 @@ pub fn costs_toml(plan: &Plan, profiles: &[RankProfile], device: &str) -> String
         } else {
             "every op over the profiled eager steps"
         },
+        from.map_or("this plan's", |(_, what)| what),
         scales.join(", "),
         list(&forward),
         list(&backward),
