@@ -293,9 +293,10 @@ fn profile(
         );
     }
     println!(
-        "ideal step (busiest rank's compute: its step graph without p2p) {ideal:.3} ms; wrote {}/costs.toml and \
-         measured-trace.json",
-        out.display()
+        "ideal step (busiest rank's compute: its step graph without p2p) {ideal:.3} ms; wrote {}/costs.toml, \
+         measured-trace.json{}",
+        out.display(),
+        if graph.is_some() { " and graph-trace.json" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
 }
