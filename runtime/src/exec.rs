@@ -301,16 +301,14 @@ pub fn run(
         if let Some((c, _)) = comm {
             gpu.barrier(c, place.rank)?;
         }
-        for i in 0..opts.profile_graph_steps + SETTLING_STEPS {
-            dog.phase(format!("timed replay {i} of the whole step (profile)"));
-            let began = Instant::now();
-            g.launch()?;
-            gpu.synchronize()?;
+        let what = "of the whole step, every op timed (profile)";
+        replay_each(&gpu, &g, opts.profile_graph_steps + SETTLING_STEPS, &dog, what, |i, ms| {
             if i >= SETTLING_STEPS {
-                report.graph_step_ms.push(began.elapsed().as_secs_f64() * 1e3);
+                report.graph_step_ms.push(ms);
                 report.graph_op_times.push(timer.times()?);
             }
-        }
+            Ok(())
+        })?;
         dog.done();
     }
     if opts.alone_steps > 0 {
@@ -334,12 +332,11 @@ pub fn run(
         // second half of an overlapped pair waiting for its input), which the simulator
         // adds again. Last: the training state is meaningless after it.
         let (g, timer) = capture_timed(&mut gpu, plan, place.rank, None, opts.keep_memsets)?;
-        for i in 0..opts.profile_alone_steps {
-            dog.phase(format!("timed replay {i} of the step without its p2p (profile)"));
-            g.launch()?;
-            gpu.synchronize()?;
+        let what = "of the step without its p2p, every op timed (profile)";
+        replay_each(&gpu, &g, opts.profile_alone_steps, &dog, what, |_, _| {
             report.alone_op_times.push(timer.times()?);
-        }
+            Ok(())
+        })?;
         dog.done();
     }
     Ok((report, gpu))
@@ -354,15 +351,32 @@ fn timed_replays(
     dog: &Watchdog,
     what: &str,
 ) -> Result<Vec<f64>, RuntimeError> {
-    (0..count)
-        .map(|i| {
-            dog.phase(format!("replay {i} {what}"));
-            let began = Instant::now();
-            g.launch()?;
-            gpu.synchronize()?;
-            Ok(began.elapsed().as_secs_f64() * 1e3)
-        })
-        .collect()
+    let mut times = Vec::with_capacity(count as usize);
+    replay_each(gpu, g, count, dog, what, |_, ms| {
+        times.push(ms);
+        Ok(())
+    })?;
+    Ok(times)
+}
+
+/// Replays `g` `count` times as [`timed_replays`] does, calling `each` with the replay's
+/// index and wall time (ms) after each one (while its timing events are readable).
+fn replay_each(
+    gpu: &Gpu,
+    g: &crate::graph::Replay,
+    count: u32,
+    dog: &Watchdog,
+    what: &str,
+    mut each: impl FnMut(u32, f64) -> Result<(), RuntimeError>,
+) -> Result<(), RuntimeError> {
+    for i in 0..count {
+        dog.phase(format!("replay {i} {what}"));
+        let began = Instant::now();
+        g.launch()?;
+        gpu.synchronize()?;
+        each(i, began.elapsed().as_secs_f64() * 1e3)?;
+    }
+    Ok(())
 }
 
 /// Captures this rank's whole step as a graph (without p2p when `comm` is none: see
