@@ -39,6 +39,14 @@ fn visible_gpus() -> u32 {
     }
 }
 
+/// DIR/plan.json, checked for what the profile's arithmetic indexes by (every op's nodes
+/// inside its rank's), without the job checks of [`checked`].
+fn load_valid(dir: &Path) -> Result<Plan, RuntimeError> {
+    let (plan, _) = load(dir)?;
+    plan.validate()?;
+    Ok(plan)
+}
+
 fn checked(dir: &Path, local_ranks: u32) -> Result<(Plan, Place), RuntimeError> {
     let (plan, sha) = load(dir)?;
     plan.validate()?;
@@ -245,7 +253,7 @@ fn profile(
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
-    let (plan, _) = load(dir)?;
+    let plan = load_valid(dir)?;
     let profiles = read_profiles(&plan, &out)?;
     std::fs::write(out.join("costs.toml"), costs_toml(&plan, &profiles, "this machine"))?;
     std::fs::write(out.join("nodes.md"), pipewright_runtime::profile::nodes_table(&profiles))?;
@@ -307,7 +315,18 @@ fn read_profiles(plan: &Plan, out: &Path) -> anyhow::Result<Vec<pipewright_runti
         .map(|r| {
             let path = out.join(format!("rank{r}.json"));
             let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{} is not a rank's profile", path.display()))
+            let profile: pipewright_runtime::profile::RankProfile =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a rank's profile", path.display()))?;
+            // Ops are matched to the plan's by index.
+            let ops = plan.ranks[r as usize].ops.len();
+            if profile.ops.len() != ops {
+                anyhow::bail!(
+                    "{} has {} ops, rank {r} of the plan {ops}: it is the profile of another plan",
+                    path.display(),
+                    profile.ops.len()
+                );
+            }
+            Ok(profile)
         })
         .collect()
 }
@@ -317,7 +336,7 @@ fn read_profiles(plan: &Plan, out: &Path) -> anyhow::Result<Vec<pipewright_runti
 fn costs(dir: &Path, profile: Option<PathBuf>, device: &str, contention_from: &[String]) -> anyhow::Result<()> {
     use pipewright_runtime::profile::{costs_toml_with, evidence, Contention};
     let out = profile.unwrap_or_else(|| dir.join("profile"));
-    let (plan, _) = load(dir)?;
+    let plan = load_valid(dir)?;
     let profiles = read_profiles(&plan, &out)?;
     // Other profiles' contention evidence, pooled.
     let mut pooled = Contention::default();
@@ -327,7 +346,7 @@ fn costs(dir: &Path, profile: Option<PathBuf>, device: &str, contention_from: &[
             Some((p, q)) => (PathBuf::from(p), PathBuf::from(q)),
             None => (PathBuf::from(source), Path::new(source).join("profile")),
         };
-        let (other, _) = load(&plan_dir)?;
+        let other = load_valid(&plan_dir)?;
         let c = evidence(&other, &read_profiles(&other, &profile_dir)?);
         println!(
             "{}: compute {:.3} ms longer than alone beside {:.3} ms of batches in flight",

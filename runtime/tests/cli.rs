@@ -173,6 +173,14 @@ fn costs_rederives_a_profiles_table_without_a_gpu() {
     let out = runtime(dir.path(), &["costs", "--profile", &profile, "--contention-from", "/nonexistent"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("/nonexistent"), "{}", stderr(&out));
+    // A profile of another plan (an op fewer): exit 2, naming the file, not a panic.
+    let path = other.path().join("rank0.json");
+    let mut rank: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    rank["ops"].as_array_mut().unwrap().pop();
+    std::fs::write(&path, rank.to_string()).unwrap();
+    let out = runtime(dir.path(), &["costs", "--profile", &profile, "--contention-from", &from], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rank0.json") && stderr(&out).contains("another plan"), "{}", stderr(&out));
     // A profile missing a rank: exit 2, naming the file.
     std::fs::remove_file(prof.path().join("rank1.json")).unwrap();
     let out = runtime(dir.path(), &["costs", "--profile", &profile], &[]);

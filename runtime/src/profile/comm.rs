@@ -9,11 +9,12 @@ use pipewright_plan::node::Node;
 use pipewright_plan::RankPlan;
 
 /// Transfers in the busier direction of the p2p groups of op `i` of `rp` (0 for an op
-/// without any): what a batch's time grows with ([`fit_batches`]).
+/// without any): what a batch's time grows with ([`fit_batches`]). `rp` is validated
+/// (`Plan::validate`: every op's nodes lie inside the rank's).
 pub fn transfers(rp: &RankPlan, i: usize) -> u32 {
     let op = &rp.ops[i];
     let (mut sends, mut recvs) = (0u32, 0u32);
-    for node in &rp.nodes[op.first as usize..=(op.last as usize).min(rp.nodes.len().saturating_sub(1))] {
+    for node in &rp.nodes[op.first as usize..=op.last as usize] {
         if let Node::Group { ops, .. } = node {
             sends += ops.iter().filter(|o| o.send).count() as u32;
             recvs += ops.iter().filter(|o| !o.send).count() as u32;
