@@ -14,6 +14,12 @@ fn load(dir: &Path, spec_text: &str) -> Result<spec::Spec, String> {
 
 const PIPELINE: &str = "[pipeline]\nschedule = \"1f1b\"\nranks = 2\nmicrobatches = 4\n";
 
+/// The error of a spec whose `[costs]` come from a file holding `[costs]` and `body`.
+fn error_from_file(dir: &Path, body: &str) -> String {
+    std::fs::write(dir.join("bad.toml"), format!("[costs]\n{body}\n")).unwrap();
+    load(dir, &format!("{PIPELINE}[costs]\nfrom = \"bad.toml\"\n")).unwrap_err()
+}
+
 #[test]
 fn the_file_gives_what_the_spec_does_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,8 +55,7 @@ fn the_step_time_adds_the_work_outside_the_programs() {
         assert!((report.step_time - report.makespan - outside).abs() < 1e-9, "{family}: {report:?}");
     }
     // A negative time is an error at its line.
-    std::fs::write(dir.path().join("bad.toml"), "[costs]\nper_step = -1.0\n").unwrap();
-    let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"bad.toml\"\n")).unwrap_err();
+    let e = error_from_file(dir.path(), "per_step = -1.0");
     assert!(e.contains("bad.toml:2:12") && e.contains("per_step must be ≥ 0"), "{e}");
 }
 
@@ -103,8 +108,7 @@ fn measured_pairs_come_from_the_file_and_are_checked_where_they_stand() {
         ("[{ f = 0, b = 1, ms = -1.0 }]", "has ms = -1"),
         ("[{ f = 0, b = 1, time = 1.0 }]", "unknown field `time`"),
     ] {
-        std::fs::write(dir.path().join("bad.toml"), format!("[costs]\noverlapped_pairs = {pairs}\n")).unwrap();
-        let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"bad.toml\"\n")).unwrap_err();
+        let e = error_from_file(dir.path(), &format!("overlapped_pairs = {pairs}"));
         assert!(e.contains("bad.toml:2:") && e.contains(says), "{pairs}: {e}");
     }
 }
@@ -140,8 +144,7 @@ fn communication_costs_and_each_ranks_own_work_are_read_and_checked() {
         ("per_step = [1.0, 2.0, 3.0]", "per_step lists 3 values, but this pipeline has 2 ranks"),
         ("per_step = [1.0, -2.0]", "per_step must be ≥ 0, got -2"),
     ] {
-        std::fs::write(dir.path().join("bad.toml"), format!("[costs]\n{line}\n")).unwrap();
-        let e = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"bad.toml\"\n")).unwrap_err();
+        let e = error_from_file(dir.path(), line);
         assert!(e.contains("bad.toml:2:") && e.contains(says), "{line}: {e}");
     }
 }
