@@ -22,26 +22,83 @@ __device__ __forceinline__ bf16 to_bf16(float f) {
 __device__ __forceinline__ void st(float* p, float f) { *p = f; }
 __device__ __forceinline__ void st(bf16* p, float f) { *p = to_bf16(f); }
 
-// GELU, tanh approximation (plan/src/math.rs), and its derivative.
-__device__ __forceinline__ float gelu_f(float x) {
-    const float c = 0.7978845608f;  // sqrt(2/pi)
-    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+// tanh for elements of type T. f32: tanhf. bf16: 1 - 2/(e^2u + 1) with the hardware
+// exponential and reciprocal (an absolute error near 1e-7, far below bf16's rounding of
+// 2^-9 relative), because tanhf is a software routine of some twenty instructions that made
+// the bf16 GELU passes compute-bound (hidden 4096 on an H200: 2.4-3.1 TB/s of the memory's
+// 4.8). e^2u overflowing to infinity gives 1, underflowing to 0 gives -1.
+template <typename T>
+__device__ __forceinline__ float tanh_of(float u) {
+    return tanhf(u);
+}
+template <>
+__device__ __forceinline__ float tanh_of<bf16>(float u) {
+    return 1.0f - __fdividef(2.0f, __expf(2.0f * u) + 1.0f);
 }
 
+// GELU, tanh approximation (plan/src/math.rs), and its derivative.
+template <typename T>
+__device__ __forceinline__ float gelu_f(float x) {
+    const float c = 0.7978845608f;  // sqrt(2/pi)
+    return 0.5f * x * (1.0f + tanh_of<T>(c * (x + 0.044715f * x * x * x)));
+}
+
+template <typename T>
 __device__ __forceinline__ float gelu_grad_f(float x) {
     const float c = 0.7978845608f;
-    float t = tanhf(c * (x + 0.044715f * x * x * x));
+    float t = tanh_of<T>(c * (x + 0.044715f * x * x * x));
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
 }
 
-template <typename T>
-__device__ void gelu_forward_body(const T* x, T* y, long long n) {
-    GRID_STRIDE(i, n) { st(&y[i], gelu_f(ld(x[i]))); }
+struct alignas(16) words16 {
+    unsigned int w[4];
+};
+
+__device__ __forceinline__ bool aligned16(const void* a, const void* b, const void* c) {
+    return ((((unsigned long long)a) | ((unsigned long long)b) | ((unsigned long long)c)) & 15ull) == 0;
 }
 
+// GELU and its gradient are memory-bound passes over a whole activation (64 Mi elements at
+// hidden 4096), run in place of a fused epilogue where the runtime measured that to pay:
+// 16-byte loads and stores where every pointer is 16-byte aligned (every buffer of a plan's
+// arena is), then the tail one element at a time. Per element the same arithmetic either
+// way, so the result does not depend on the path.
+template <typename T>
+__device__ void gelu_forward_body(const T* x, T* y, long long n) {
+    const int per = 16 / sizeof(T);
+    const long long vectors = aligned16(x, y, y) ? n / per : 0;
+    GRID_STRIDE(v, vectors) {
+        const words16 in = ((const words16*)x)[v];
+        words16 out;
+        const T* xs = (const T*)&in;
+        T* ys = (T*)&out;
+#pragma unroll
+        for (int j = 0; j < per; ++j) st(&ys[j], gelu_f<T>(ld(xs[j])));
+        ((words16*)y)[v] = out;
+    }
+    const long long done = vectors * per;
+    GRID_STRIDE(i, n - done) { st(&y[done + i], gelu_f<T>(ld(x[done + i]))); }
+}
+
+// dx = dy * gelu'(x); dx may be dy (in place: each element is read before it is written,
+// by the same thread).
 template <typename T>
 __device__ void gelu_backward_body(const T* x, const T* dy, T* dx, long long n) {
-    GRID_STRIDE(i, n) { st(&dx[i], ld(dy[i]) * gelu_grad_f(ld(x[i]))); }
+    const int per = 16 / sizeof(T);
+    const long long vectors = aligned16(x, dy, dx) ? n / per : 0;
+    GRID_STRIDE(v, vectors) {
+        const words16 in = ((const words16*)x)[v];
+        const words16 grad = ((const words16*)dy)[v];
+        words16 out;
+        const T* xs = (const T*)&in;
+        const T* gs = (const T*)&grad;
+        T* os = (T*)&out;
+#pragma unroll
+        for (int j = 0; j < per; ++j) st(&os[j], ld(gs[j]) * gelu_grad_f<T>(ld(xs[j])));
+        ((words16*)dx)[v] = out;
+    }
+    const long long done = vectors * per;
+    GRID_STRIDE(i, n - done) { st(&dx[done + i], ld(dy[done + i]) * gelu_grad_f<T>(ld(x[done + i]))); }
 }
 
 // The sum of every thread's `v` over the block, in a fixed order (a tree over `partial`,
@@ -118,10 +175,6 @@ __device__ void synth_data_body(T* x, const float* step, long long n, float tag,
         st(&x[i], (float)__dmul_rn(centred, 1.7320508075688772));
     }
 }
-
-struct alignas(16) words16 {
-    unsigned int w[4];
-};
 
 // Copies `bytes` bytes: 16 at a time where both pointers are 16-byte aligned (every
 // buffer of a plan's arena is), then the tail.

@@ -18,6 +18,8 @@ double __dmul_rn(double, double);
 double __dsub_rn(double, double);
 #include <cmath>
 inline float tanhf(float x) { return std::tanh(x); }
+float __expf(float);
+float __fdividef(float, float);
 inline float powf(float a, float b) { return std::pow(a, b); }
 inline float sqrtf(float a) { return std::sqrt(a); }
 inline float fmaxf(float a, float b) { return a > b ? a : b; }

@@ -15,16 +15,22 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 LOGS=$(mktemp -d); trap 'tar czf "$OUT/diag-logs.tgz" -C "$LOGS" .' EXIT
 source scripts/gpu-common.sh
 
-# DIAG_PRODUCTS=0 skips the products' rates (measured once per machine, they take minutes).
+# DIAG_PRODUCTS=0 skips the products' rates (measured once per machine, they take minutes);
+# DIAG_SETTINGS picks the settings (dtype,tokens,hidden,ffn words).
 [ "${DIAG_PRODUCTS:-1}" = 0 ] || echo "== products of each setting (dtype tokens hidden ffn), random data" | tee -a "$OUT/diag.txt"
-[ "${DIAG_PRODUCTS:-1}" = 0 ] || for setting in "bf16 4096 4096 16384" "bf16 4096 2048 8192" "f32 768 512 2048"; do
-  set -- $setting
+# A product with a GELU epilogue twice: as the runtime runs it (fused, or the plain product
+# and the kernel where that raced faster) and with --always-fuse.
+[ "${DIAG_PRODUCTS:-1}" = 0 ] || for setting in ${DIAG_SETTINGS:-bf16,4096,4096,16384 bf16,4096,2048,8192 f32,768,512,2048}; do
+  set -- ${setting//,/ }
   dt=$1 t=$2 h=$3 f=$4
-  for args in "--m $t --n $f --k $h" "--m $t --n $f --k $h --epilogue gelu" "--m $t --n $h --k $f" \
+  for args in "--m $t --n $f --k $h" "--m $t --n $f --k $h --epilogue gelu" \
+              "--m $t --n $f --k $h --epilogue gelu --always-fuse" "--m $t --n $h --k $f" \
               "--m $t --n $f --k $h --trans-b" "--m $t --n $f --k $h --trans-b --epilogue gelu-grad" \
+              "--m $t --n $f --k $h --trans-b --epilogue gelu-grad --always-fuse" \
               "--m $t --n $h --k $f --trans-b" "--m $f --n $h --k $t --trans-a --accumulate" \
               "--m $h --n $f --k $t --trans-a --accumulate"; do
-    "$RT" gemm-rate --dtype "$dt" $args --iters 20 2>&1 | tee -a "$OUT/diag.txt"
+    tag=""; [[ "$args" == *--always-fuse* ]] && tag="[--always-fuse] "
+    "$RT" gemm-rate --dtype "$dt" $args --iters 20 2>&1 | sed "s/^/$tag/" | tee -a "$OUT/diag.txt"
   done
 done
 

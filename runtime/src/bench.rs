@@ -66,9 +66,9 @@ impl GemmCase {
         format!("gemm {dtype} {m}x{n}x{k}{extra}")
     }
 
-    /// Times `iters` products after 3 warm-ups on GPU 0, on its SMs less `comm_sms`: the
+    /// Times `iters` products after 3 warm-ups on GPU 0, its SMs used per `sharing`: the
     /// line `gemm-rate` prints.
-    pub fn measure(&self, iters: u32, comm_sms: u32) -> Result<String, RuntimeError> {
+    pub fn measure(&self, iters: u32, sharing: crate::gpu::Sharing) -> Result<String, RuntimeError> {
         let (m, n, k) = self.mnk;
         let dt = self.dtype;
         let c_dtype = if self.accumulate { Dtype::F32 } else { dt };
@@ -86,7 +86,7 @@ impl GemmCase {
             buffer("step", 1, Dtype::F32),
         ];
         let cache = crate::cache_dir();
-        let mut gpu = Gpu::open(0, 1, 0, end, &cache, crate::gpu::Sharing { comm_first: false, comm_sms })?;
+        let mut gpu = Gpu::open(0, 1, 0, end, &cache, sharing)?;
         // Random operands (and pre-activation), from the plans' own generator.
         let synth = pipewright_plan::node::kernel_name("synth_data", dt);
         for (tag, b) in [&buffers[0], &buffers[1], &buffers[3]].into_iter().enumerate() {
@@ -113,8 +113,7 @@ impl GemmCase {
             epilogue,
         };
         gpu.prepare_gemms(&[pipewright_plan::Node::Gemm(gemm.clone())], &buffers)?;
-        let choice =
-            gpu.gemm_choice(&gemm, &buffers).unwrap_or("not fused: the product, then a GELU kernel").to_owned();
+        let choice = gpu.gemm_choice(&gemm, &buffers).unwrap_or_default();
         for _ in 0..3 {
             gpu.gemm(&gemm, &buffers)?;
         }

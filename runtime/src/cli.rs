@@ -89,6 +89,10 @@ pub enum Command {
         /// The product on the GPU's SMs less these (as `run --comm-sms`).
         #[arg(long, default_value_t = 0)]
         comm_sms: u32,
+        /// Keep the epilogue fused even where the plain product and the GELU kernel race
+        /// faster (as `run --always-fuse`).
+        #[arg(long)]
+        always_fuse: bool,
     },
     /// Write DIR/profile/costs.toml again from the per-rank profiles `profile` left there
     /// (rank<r>.json), with this version's derivation; no GPU needed.
@@ -173,6 +177,11 @@ pub struct RunArgs {
     /// receive launched beside it waiting until its blocks retire (0: products on every SM).
     #[arg(long, default_value_t = 0)]
     pub comm_sms: u32,
+    /// Fuse every GELU epilogue cuBLASLt can fuse, instead of racing each fused product
+    /// against the plain product and the GELU kernel at start-up and running the faster
+    /// (for comparison).
+    #[arg(long)]
+    pub always_fuse: bool,
     /// After the run, replay the step this many times without its p2p (each rank's compute
     /// with nothing to wait for: the bubble-free ideal step) and print the median; the
     /// training state is meaningless after it, so it comes after checkpoints and dumps.
@@ -196,6 +205,7 @@ impl RunArgs {
             keep_memsets: self.keep_memsets,
             comm_high_priority: self.comm_high_priority,
             comm_sms: self.comm_sms,
+            always_fuse: self.always_fuse,
             alone_steps: self.compute_alone,
         }
     }
@@ -224,6 +234,7 @@ impl RunArgs {
             (self.resume, "--resume"),
             (self.keep_memsets, "--keep-memsets"),
             (self.comm_high_priority, "--comm-high-priority"),
+            (self.always_fuse, "--always-fuse"),
         ];
         for (on, flag) in flags {
             if on {

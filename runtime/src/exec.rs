@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub comm_high_priority: bool,
     /// SMs the matrix products leave to the NCCL kernels ([`crate::gpu::Sharing`]).
     pub comm_sms: u32,
+    /// Fuse every epilogue cuBLASLt can, unraced ([`crate::gpu::Sharing::always_fuse`]).
+    pub always_fuse: bool,
     /// After the run (and its checkpoints and dumps), replay this many times the rank's
     /// step without its p2p groups, the rest of the graph as it is: the rank's compute
     /// with nothing to wait for, its bubble-free ideal step as the graph runs it. Its
@@ -69,9 +71,13 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// How the products leave SMs to the communication.
+    /// How the products use the GPU's SMs.
     pub fn sharing(&self) -> crate::gpu::Sharing {
-        crate::gpu::Sharing { comm_first: self.comm_high_priority, comm_sms: self.comm_sms }
+        crate::gpu::Sharing {
+            comm_first: self.comm_high_priority,
+            comm_sms: self.comm_sms,
+            always_fuse: self.always_fuse,
+        }
     }
 }
 

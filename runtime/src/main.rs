@@ -86,9 +86,10 @@ fn main() -> ExitCode {
                 place.world_size
             );
         }),
-        Command::GemmRate { dtype, m, n, k, iters, trans_a, trans_b, epilogue, accumulate, comm_sms } => {
+        Command::GemmRate { dtype, m, n, k, iters, trans_a, trans_b, epilogue, accumulate, comm_sms, always_fuse } => {
+            let sharing = pipewright_runtime::gpu::Sharing { comm_first: false, comm_sms, always_fuse };
             pipewright_runtime::bench::GemmCase::parse(&dtype, (m, n, k), (trans_a, trans_b), &epilogue, accumulate)
-                .and_then(|case| case.measure(iters, comm_sms))
+                .and_then(|case| case.measure(iters, sharing))
                 .map(|line| println!("{line}"))
         }
         Command::Run { dir, args } => run(&dir, &args),
@@ -246,6 +247,7 @@ fn profile(
         keep_memsets: false,
         comm_high_priority: false,
         comm_sms,
+        always_fuse: false,
         // Each rank's step graph without p2p, last: what its ops' costs are scaled to.
         compute_alone: 10,
     };

@@ -25,11 +25,41 @@ use std::path::{Path, PathBuf};
 /// An algorithm as cuBLASLt stores it (`cublasLtMatmulAlgo_t`'s opaque words).
 pub type Algo = [u64; 8];
 
-/// One product's algorithm.
+/// How one product runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Choice {
+    /// With this algorithm (its epilogue, if any, fused).
+    Algo(Algo),
+    /// A product with an epilogue: as the plain product, then the epilogue's kernel
+    /// (cuBLASLt cannot fuse it at this shape, or that measured faster than fused).
+    Unfused,
+}
+
+/// One product's choice, as written: its algorithm, or `unfused`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Tuned {
     pub shape: Shape,
+    /// Meaningless (zeros) when `unfused`.
     pub algo: Algo,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfused: bool,
+}
+
+impl Tuned {
+    pub fn new(shape: Shape, choice: Choice) -> Tuned {
+        match choice {
+            Choice::Algo(algo) => Tuned { shape, algo, unfused: false },
+            Choice::Unfused => Tuned { shape, algo: [0; 8], unfused: true },
+        }
+    }
+
+    pub fn choice(&self) -> Choice {
+        if self.unfused {
+            Choice::Unfused
+        } else {
+            Choice::Algo(self.algo)
+        }
+    }
 }
 
 /// Every product's algorithm on one rank, and what they are valid for.
@@ -84,32 +114,32 @@ impl Cache {
         self.dir.join(format!("{}.json", &crate::sha256_hex(key.as_bytes())[..24]))
     }
 
-    /// The algorithm published for `shape`, if any (an entry for another library or
+    /// The choice published for `shape`, if any (an entry for another library or
     /// product, or an unreadable one, counts as none).
-    pub fn get(&self, shape: &Shape) -> Option<Algo> {
+    pub fn get(&self, shape: &Shape) -> Option<Choice> {
         let record = load(&self.path(shape)).ok()?;
         match record.products.as_slice() {
-            [t] if record.library == self.library && t.shape == *shape => Some(t.algo),
+            [t] if record.library == self.library && t.shape == *shape => Some(t.choice()),
             _ => None,
         }
     }
 
-    /// Publishes `algo` as `shape`'s algorithm unless another was published first; returns
-    /// the one to use (the first published). The cache is an optimisation of
-    /// reproducibility, not a requirement: when it cannot be written, `algo`.
-    pub fn publish(&self, shape: &Shape, algo: Algo) -> Algo {
+    /// Publishes `choice` as `shape`'s unless another was published first; returns the one
+    /// to use (the first published). The cache is an optimisation of reproducibility, not
+    /// a requirement: when it cannot be written, `choice`.
+    pub fn publish(&self, shape: &Shape, choice: Choice) -> Choice {
         let path = self.path(shape);
-        let record = Record { library: self.library.clone(), products: vec![Tuned { shape: *shape, algo }] };
+        let record = Record { library: self.library.clone(), products: vec![Tuned::new(*shape, choice)] };
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|()| std::fs::write(&tmp, serde_json::to_string_pretty(&record).unwrap_or_default()));
         if written.is_err() {
-            return algo;
+            return choice;
         }
         // A hard link never replaces an existing file: exactly one publisher succeeds.
         let _ = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
-        self.get(shape).unwrap_or(algo)
+        self.get(shape).unwrap_or(choice)
     }
 }
 
@@ -137,13 +167,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path(), &library(130000, "NVIDIA H200"));
         assert_eq!(cache.get(&shape(4096)), None);
-        assert_eq!(cache.publish(&shape(4096), [1; 8]), [1; 8]);
+        assert_eq!(cache.publish(&shape(4096), Choice::Algo([1; 8])), Choice::Algo([1; 8]));
         // A second rank (or run) that tuned differently adopts the first choice.
-        assert_eq!(cache.publish(&shape(4096), [2; 8]), [1; 8]);
-        assert_eq!(cache.get(&shape(4096)), Some([1; 8]));
+        assert_eq!(cache.publish(&shape(4096), Choice::Algo([2; 8])), Choice::Algo([1; 8]));
+        assert_eq!(cache.get(&shape(4096)), Some(Choice::Algo([1; 8])));
         // Another product is another entry.
-        assert_eq!(cache.publish(&shape(2048), [3; 8]), [3; 8]);
-        assert_eq!(cache.get(&shape(4096)), Some([1; 8]));
+        assert_eq!(cache.publish(&shape(2048), Choice::Algo([3; 8])), Choice::Algo([3; 8]));
+        assert_eq!(cache.get(&shape(4096)), Some(Choice::Algo([1; 8])));
         // No temporary file is left behind.
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -155,13 +185,13 @@ mod tests {
     fn an_entry_of_another_library_or_gpu_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let h200 = Cache::new(dir.path(), &library(130000, "NVIDIA H200"));
-        h200.publish(&shape(4096), [1; 8]);
+        h200.publish(&shape(4096), Choice::Algo([1; 8]));
         let newer = Cache::new(dir.path(), &library(130100, "NVIDIA H200"));
         let h100 = Cache::new(dir.path(), &library(130000, "NVIDIA H100 80GB HBM3"));
         assert_eq!(newer.get(&shape(4096)), None);
         assert_eq!(h100.get(&shape(4096)), None);
-        assert_eq!(newer.publish(&shape(4096), [5; 8]), [5; 8]);
-        assert_eq!(h200.get(&shape(4096)), Some([1; 8]));
+        assert_eq!(newer.publish(&shape(4096), Choice::Algo([5; 8])), Choice::Algo([5; 8]));
+        assert_eq!(h200.get(&shape(4096)), Some(Choice::Algo([1; 8])));
     }
 
     #[test]
@@ -170,7 +200,7 @@ mod tests {
         let file = dir.path().join("not-a-directory");
         std::fs::write(&file, "x").unwrap();
         let cache = Cache::new(&file, &library(130000, "NVIDIA H200"));
-        assert_eq!(cache.publish(&shape(4096), [7; 8]), [7; 8]);
+        assert_eq!(cache.publish(&shape(4096), Choice::Algo([7; 8])), Choice::Algo([7; 8]));
         assert_eq!(cache.get(&shape(4096)), None);
     }
 
@@ -180,12 +210,38 @@ mod tests {
         let path = dir.path().join("checkpoints/rank0-tuning.json");
         let record = Record {
             library: library(130000, "NVIDIA H200"),
-            products: vec![Tuned { shape: shape(4096), algo: [9; 8] }, Tuned { shape: shape(1), algo: [0; 8] }],
+            products: vec![Tuned::new(shape(4096), Choice::Algo([9; 8])), Tuned::new(shape(1), Choice::Unfused)],
         };
         save(&path, &record).unwrap();
         assert_eq!(load(&path).unwrap(), record);
         std::fs::write(&path, "{\"library\": 3}").unwrap();
         let err = load(&path).unwrap_err().to_string();
         assert!(err.contains("rank0-tuning.json") && err.contains("not a tuning record"), "{err}");
+    }
+
+    #[test]
+    fn an_unfused_choice_is_published_and_kept_like_an_algorithm() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), &library(130000, "NVIDIA H200"));
+        assert_eq!(cache.publish(&shape(4096), Choice::Unfused), Choice::Unfused);
+        // A rank that measured fusion faster still runs it unfused, as the first did.
+        assert_eq!(cache.publish(&shape(4096), Choice::Algo([4; 8])), Choice::Unfused);
+        assert_eq!(cache.get(&shape(4096)), Some(Choice::Unfused));
+    }
+
+    #[test]
+    fn a_record_written_before_unfused_choices_existed_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rank0-tuning.json");
+        let mut value = serde_json::to_value(Record {
+            library: library(130000, "NVIDIA H200"),
+            products: vec![Tuned::new(shape(4096), Choice::Algo([3; 8]))],
+        })
+        .unwrap();
+        // An algorithm's entry is written without the flag, as before it existed.
+        assert!(value["products"][0].get("unfused").is_none(), "{value}");
+        value["products"][0].as_object_mut().unwrap().remove("unfused");
+        std::fs::write(&path, value.to_string()).unwrap();
+        assert_eq!(load(&path).unwrap().products[0].choice(), Choice::Algo([3; 8]));
     }
 }

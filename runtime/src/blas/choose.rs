@@ -1,15 +1,17 @@
 //! How a product's algorithm is chosen (see [`super`]'s doc): a recorded one that cuBLASLt
 //! accepts, else the heuristic's candidates timed on scratch operands and captured once to
 //! count the graph nodes each adds, the fastest that adds no memset winning within
-//! [`MEMSET_TOLERANCE`]; the choice then published to this machine's cache.
+//! [`MEMSET_TOLERANCE`]. (Whether a fused epilogue pays, and publishing the choice to this
+//! machine's cache, is `fusion.rs`'s.)
 
-use super::{destroy, Fused, Lt, Prepared, Shape, WORKSPACE_BYTES};
+use super::{destroy, Fused, Lt, Prepared, Ready, Shape, WORKSPACE_BYTES};
 use crate::error::driver;
-use crate::tuning::Algo;
+use crate::tuning::{Algo, Choice};
 use crate::RuntimeError;
 use cudarc::cublaslt::{result as lt, sys};
-use cudarc::driver::{CudaSlice, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use pipewright_plan::Dtype;
+use std::sync::Arc;
 
 /// cublasLtReductionScheme_t's mask of none: the sum over k is never split.
 const REDUCTION_NONE: u32 = 0;
@@ -21,6 +23,9 @@ pub const CANDIDATES: usize = 8;
 /// one that adds memset nodes.
 pub const MEMSET_TOLERANCE: f64 = 0.05;
 
+/// How long (ms) products run before any is timed ([`Lt::warm_up`]).
+const WARM_UP_MS: f64 = 30.0;
+
 /// One timed candidate: its algorithm, median ms, and the graph nodes it adds besides
 /// kernels (memsets).
 struct Tried {
@@ -30,23 +35,32 @@ struct Tried {
 }
 
 impl Lt {
-    /// Picks the algorithm of `s` (described by `desc` and `layouts`, which it then owns):
-    /// a recorded one that cuBLASLt accepts, else the tuned one (then published to the
-    /// cache, whose first published choice wins).
+    /// Picks how `s` (described by `desc` and `layouts`, which it then owns) runs: as a
+    /// recorded choice that cuBLASLt accepts (`true`: recorded), else with the tuned
+    /// algorithm; a product with an epilogue cuBLASLt cannot fuse at this shape runs
+    /// unfused. Deciding whether fusing pays, and publishing, is [`Lt::supports`]'s.
     pub(super) fn choose(
         &self,
         desc: sys::cublasLtMatmulDesc_t,
         layouts: [sys::cublasLtMatrixLayout_t; 3],
         s: Shape,
-    ) -> Result<Option<Prepared>, RuntimeError> {
+    ) -> Result<(Ready, bool), RuntimeError> {
         let recorded = [
             (self.known.get(&s).copied(), "the checkpoint's"),
             (self.cache.as_ref().and_then(|c| c.get(&s)), "this machine's earlier choice"),
         ];
-        for (algo, whence) in recorded {
-            if let Some(algo) = algo.filter(|a| self.accepts(desc, &layouts, a)) {
-                let algo = sys::cublasLtMatmulAlgo_t { data: algo };
-                return Ok(Some(Prepared { desc, layouts, algo, choice: format!("as recorded: {whence}") }));
+        for (choice, whence) in recorded {
+            match choice {
+                Some(Choice::Unfused) if s.epilogue != Fused::Nothing => {
+                    destroy(desc, &layouts);
+                    return Ok((Ready::Unfused(format!("as recorded: {whence}")), true));
+                }
+                Some(Choice::Algo(algo)) if self.accepts(desc, &layouts, &algo) => {
+                    let algo = sys::cublasLtMatmulAlgo_t { data: algo };
+                    let choice = format!("as recorded: {whence}");
+                    return Ok((Ready::Run(Prepared { desc, layouts, algo, choice }), true));
+                }
+                _ => {}
             }
         }
         // Candidates that may use the workspace and any split-K reduction; those that use
@@ -66,34 +80,24 @@ impl Lt {
         if results.is_empty() {
             destroy(desc, &layouts);
             return if s.epilogue != Fused::Nothing {
-                Ok(None)
+                Ok((Ready::Unfused("cuBLASLt cannot fuse it at this shape".into()), false))
             } else {
                 Err(RuntimeError::Blas(format!("cuBLASLt has no algorithm for {s:?}")))
             };
         }
         let mut prepared = Prepared { desc, layouts, algo: results[0].algo, choice: "the heuristic's first".into() };
         if results.len() > 1 {
-            match self.tune(&mut prepared, s, &results) {
-                Ok(()) => {}
-                Err(e) => {
-                    destroy(desc, &layouts);
-                    return Err(e);
-                }
+            if let Err(e) = self.tune(&mut prepared, s, &results) {
+                destroy(desc, &layouts);
+                return Err(e);
             }
         }
-        if let Some(cache) = &self.cache {
-            let first = cache.publish(&s, prepared.algo.data);
-            if first != prepared.algo.data && self.accepts(desc, &layouts, &first) {
-                prepared.algo = sys::cublasLtMatmulAlgo_t { data: first };
-                prepared.choice = "as recorded: another rank's choice, published first".into();
-            }
-        }
-        Ok(Some(prepared))
+        Ok((Ready::Run(prepared), false))
     }
 
     /// Whether cuBLASLt runs `algo` for the product of `desc` and `layouts` within the
     /// workspace.
-    fn accepts(
+    pub(super) fn accepts(
         &self,
         desc: sys::cublasLtMatmulDesc_t,
         layouts: &[sys::cublasLtMatrixLayout_t; 3],
@@ -187,44 +191,24 @@ impl Lt {
         candidates: &[sys::cublasLtMatmulHeuristicResult_t],
     ) -> Result<(), RuntimeError> {
         let stream = &self.streams[0];
-        let size = |rows: u64, cols: u64, d: Dtype| (rows * cols * d.size()) as usize;
-        let c_dtype = s.dtypes.2;
-        let bytes =
-            [size(s.m, s.k, s.dtypes.0), size(s.k, s.n, s.dtypes.1), size(s.m, s.n, c_dtype), size(s.m, s.n, c_dtype)];
-        let scratch = bytes
-            .iter()
-            .map(|&b| stream.alloc_zeros::<u8>(b.max(1)))
-            .collect::<Result<Vec<CudaSlice<u8>>, _>>()
-            .map_err(driver)?;
-        let ptr = |i: usize| scratch[i].device_ptr(stream).0;
-        // Operands of small magnitude, not zeros (a product of zeros runs faster than real
-        // data): bytes 0x3c make 0.0115 as a bf16 and as an f32.
-        for (i, &b) in bytes.iter().enumerate().take(2) {
-            // SAFETY: the scratch buffer holds `b` bytes.
-            unsafe { cudarc::driver::result::memset_d8_async(ptr(i), 0x3c, b, stream.cu_stream()) }.map_err(driver)?;
-        }
-        let operands = (ptr(0), ptr(1), ptr(2));
-        let pre = (s.epilogue != Fused::Nothing).then(|| ptr(3));
-        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let beta = if s.accumulate { 1.0 } else { 0.0 };
+        let scratch = Scratch::new(stream, s)?;
+        p.algo = candidates[0].algo;
+        self.warm_up(p, &scratch)?;
         let mut tried = Vec::new();
         for c in candidates {
             p.algo = c.algo;
             // Candidates that fail at run time (they may, for odd shapes) are skipped.
-            if self.matmul_with(p, 0, operands, pre, 1.0, beta).is_err() {
+            if self.run_on(p, &scratch).is_err() {
                 continue;
             }
             let mut times = Vec::new();
             for _ in 0..3 {
-                let a = stream.record_event(timed).map_err(driver)?;
-                self.matmul_with(p, 0, operands, pre, 1.0, beta)?;
-                let b = stream.record_event(timed).map_err(driver)?;
-                times.push(a.elapsed_ms(&b).map_err(driver)? as f64);
+                times.push(self.time_once(p, &scratch)?);
             }
             times.sort_by(|a, b| a.total_cmp(b));
             let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
             stream.begin_capture(mode).map_err(driver)?;
-            let issued = self.matmul_with(p, 0, operands, pre, 1.0, beta);
+            let issued = self.run_on(p, &scratch);
             let graph = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0)).map_err(driver)?;
             issued?;
             let census = match &graph {
@@ -255,5 +239,127 @@ impl Lt {
             None => p.algo = candidates[0].algo,
         }
         Ok(())
+    }
+}
+
+/// Operands of one product's shape on the GPU, to time it on.
+pub(super) struct Scratch {
+    /// A, B, C and the pre-activation (kept alive while in use).
+    _buffers: Vec<CudaSlice<u8>>,
+    operands: (u64, u64, u64),
+    pre: Option<u64>,
+    beta: f32,
+}
+
+impl Scratch {
+    /// Operands for `s` on `stream`.
+    pub(super) fn new(stream: &Arc<CudaStream>, s: Shape) -> Result<Scratch, RuntimeError> {
+        let size = |rows: u64, cols: u64, d: Dtype| (rows * cols * d.size()) as usize;
+        let c_dtype = s.dtypes.2;
+        let bytes =
+            [size(s.m, s.k, s.dtypes.0), size(s.k, s.n, s.dtypes.1), size(s.m, s.n, c_dtype), size(s.m, s.n, c_dtype)];
+        let buffers = bytes
+            .iter()
+            .map(|&b| stream.alloc_zeros::<u8>(b.max(1)))
+            .collect::<Result<Vec<CudaSlice<u8>>, _>>()
+            .map_err(driver)?;
+        let ptr = |i: usize| buffers[i].device_ptr(stream).0;
+        // Random operands and pre-activation, as real data: a product of zeros or of one
+        // repeated value runs faster (it draws less power, so the clocks stay higher), and
+        // not by the same factor for every algorithm and epilogue (on an H200 at hidden
+        // 4096, on bytes 0x3c the GELU-gradient product raced faster unfused, on random
+        // data it ran 2.7% slower that way).
+        for (i, dtype) in [(0, s.dtypes.0), (1, s.dtypes.1), (3, c_dtype)] {
+            let b = bytes[i];
+            let words = random_operand(b, dtype, i as u64);
+            // SAFETY: the scratch buffer holds `b` bytes, `words` as many; synchronous.
+            unsafe { cudarc::driver::result::memcpy_htod_sync(ptr(i), &words) }.map_err(driver)?;
+        }
+        let operands = (ptr(0), ptr(1), ptr(2));
+        let pre = (s.epilogue != Fused::Nothing).then(|| ptr(3));
+        Ok(Scratch { operands, pre, beta: if s.accumulate { 1.0 } else { 0.0 }, _buffers: buffers })
+    }
+}
+
+impl Lt {
+    /// Issues `p`'s product on `scratch` (stream 0).
+    fn run_on(&self, p: &Prepared, scratch: &Scratch) -> Result<(), RuntimeError> {
+        self.matmul_with(p, 0, scratch.operands, scratch.pre, 1.0, scratch.beta)
+    }
+
+    /// Runs `p` on `scratch` for about [`WARM_UP_MS`], so that what is timed next runs at
+    /// the clocks of a busy GPU: an idle one waits at its lowest clocks (an H200 at 345 MHz)
+    /// and takes a while to raise them, and the candidates timed first would seem slower.
+    /// Failures are left to the timing that follows.
+    pub(super) fn warm_up(&self, p: &Prepared, scratch: &Scratch) -> Result<(), RuntimeError> {
+        let Ok(once) = self.time_once(p, scratch) else { return Ok(()) };
+        let runs = (WARM_UP_MS / once.max(1e-3)).ceil().min(10_000.0) as usize;
+        for _ in 0..runs {
+            self.run_on(p, scratch)?;
+        }
+        self.streams[0].synchronize().map_err(driver)
+    }
+
+    /// The time of one product of `p` on `scratch` (stream 0), in ms.
+    pub(super) fn time_once(&self, p: &Prepared, scratch: &Scratch) -> Result<f64, RuntimeError> {
+        let stream = &self.streams[0];
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = stream.record_event(timed).map_err(driver)?;
+        self.run_on(p, scratch)?;
+        let b = stream.record_event(timed).map_err(driver)?;
+        Ok(a.elapsed_ms(&b).map_err(driver)? as f64)
+    }
+}
+
+/// `bytes` bytes of uniform values on (-√3, √3) (unit variance, as the plans' data) of
+/// `dtype`, as 16-bit words, from a splitmix64 stream seeded by `stream`.
+fn random_operand(bytes: usize, dtype: Dtype, stream: u64) -> Vec<u16> {
+    let mut state = stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let uniform = |bits: u64| ((bits as f32 + 0.5) / 65536.0 * 2.0 - 1.0) * 1.732_050_8;
+    let mut words = Vec::with_capacity(bytes / 2);
+    while words.len() < bytes / 2 {
+        let h = next();
+        let lanes = [h & 0xffff, (h >> 16) & 0xffff, (h >> 32) & 0xffff, h >> 48];
+        match dtype {
+            Dtype::Bf16 => words.extend(lanes.map(|l| crate::gpu::bf16_bits(uniform(l)))),
+            Dtype::F32 => {
+                for pair in lanes.chunks(2) {
+                    let bits = uniform(pair[0]).to_bits();
+                    words.extend([bits as u16, (bits >> 16) as u16]);
+                }
+            }
+        }
+    }
+    words.truncate(bytes / 2);
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_operands_have_unit_variance_and_fill_exactly() {
+        for dtype in [Dtype::Bf16, Dtype::F32] {
+            let words = random_operand(1 << 16, dtype, 1);
+            assert_eq!(words.len(), 1 << 15);
+            let values: Vec<f32> = match dtype {
+                Dtype::Bf16 => words.iter().map(|&w| f32::from_bits((w as u32) << 16)).collect(),
+                Dtype::F32 => words.chunks(2).map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16)).collect(),
+            };
+            let mean = values.iter().sum::<f32>() / values.len() as f32;
+            let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / values.len() as f32;
+            assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "{dtype:?}: mean {mean}, variance {var}");
+            assert!(values.iter().all(|v| v.abs() <= 1.735), "{dtype:?}"); // √3, and bf16 rounds it up
+        }
+        // Another stream, other values.
+        assert_ne!(random_operand(64, Dtype::Bf16, 1), random_operand(64, Dtype::Bf16, 2));
     }
 }

@@ -5,16 +5,18 @@
 //! and by the graph capture.
 //!
 //! The algorithm is tuned, not guessed (`choose.rs`): the heuristic's best [`CANDIDATES`]
-//! (and its best with no workspace, and with no split-K reduction) are timed on scratch
-//! operands of the product's shape, and each is captured once to count the graph nodes it
-//! adds. Split-K and stream-K algorithms clear their workspace with a memset before each
+//! (and its best with no workspace, and with no split-K reduction) are timed on random
+//! scratch operands of the product's shape, on a GPU warmed up first, and each is captured
+//! once to count the graph nodes it adds. Split-K and stream-K algorithms clear their workspace with a memset before each
 //! product, and a replayed graph pays host time for every memset node (measured: 3 µs to
 //! launch a 470-node graph of kernels, 220–270 µs with 128–176 memsets among 400), so the
 //! fastest algorithm that adds only its kernel wins unless another is more than
 //! [`MEMSET_TOLERANCE`] faster (at the bf16 shapes every candidate adds one; the graph's
-//! memset nodes are rewritten as kernel nodes since, [`crate::graph`]). A choice, once made, is kept ([`crate::tuning`]): a product
-//! whose algorithm a checkpoint or this machine's cache records uses it, untimed, so that
-//! runs of a plan, and a resumed run, compute the same bits.
+//! memset nodes are rewritten as kernel nodes since, [`crate::graph`]). A product with a
+//! GELU epilogue is then raced against the plain product and the GELU kernel, and runs the
+//! faster way (`fusion.rs`). A choice, once made, is kept ([`crate::tuning`]): a product
+//! whose choice a checkpoint or this machine's cache records uses it, untimed, so that runs
+//! of a plan, and a resumed run, compute the same bits.
 //!
 //! Plans are row-major, cuBLASLt column-major: row-major `C = op(A)·op(B)` (m × n) is
 //! column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so B's memory is cuBLASLt's first operand and A's the
@@ -22,10 +24,12 @@
 //! pre-activation.
 
 mod choose;
+mod fusion;
 
 pub use choose::{CANDIDATES, MEMSET_TOLERANCE};
+pub use fusion::{fusion_pays, FUSION_MARGIN};
 
-use crate::tuning::{Algo, Cache, Record, Tuned};
+use crate::tuning::{Cache, Choice, Record, Tuned};
 use crate::RuntimeError;
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
@@ -90,19 +94,29 @@ struct Prepared {
     choice: String,
 }
 
+/// How a product runs, once prepared.
+enum Ready {
+    /// One cuBLASLt call (its epilogue, if any, fused).
+    Run(Prepared),
+    /// The plain product (prepared under its own shape), then the epilogue's kernel; why.
+    Unfused(String),
+}
+
 /// The cuBLASLt handle of one GPU.
 pub struct Lt {
     handle: sys::cublasLtHandle_t,
     streams: Vec<Arc<CudaStream>>,
     workspaces: Vec<CudaSlice<u8>>,
-    prepared: HashMap<Shape, Option<Prepared>>,
+    prepared: HashMap<Shape, Ready>,
     /// The cuBLASLt version and GPU model the algorithms are valid for (and the SM count
     /// target, when there is one: an algorithm is tuned for the SMs it gets).
     library: String,
     /// cuBLASLt's SM count target for every product (`None`: every SM).
     sm_target: Option<u32>,
-    /// Algorithms to use without tuning (a checkpoint's, [`Lt::adopt`]).
-    known: HashMap<Shape, Algo>,
+    /// Fuse every epilogue cuBLASLt can, unraced (`fusion.rs`).
+    always_fuse: bool,
+    /// Choices to use without tuning (a checkpoint's, [`Lt::adopt`]).
+    known: HashMap<Shape, Choice>,
     /// This machine's choices (none: tune every product, keep nothing).
     cache: Option<Cache>,
 }
@@ -146,12 +160,13 @@ unsafe fn set<T>(
 impl Lt {
     /// A handle on the GPU of `streams` (named `gpu`) and one workspace for each of
     /// `streams` (those that run products), whose products run on `sm_target` SMs (`None`:
-    /// all), keeping its choices in the cache directory `cache` when given
-    /// ([`crate::tuning`]).
+    /// all), with every fusable epilogue fused when `always_fuse` (else where it pays),
+    /// keeping its choices in the cache directory `cache` when given ([`crate::tuning`]).
     pub fn new(
         streams: &[Arc<CudaStream>],
         gpu: &str,
         sm_target: Option<u32>,
+        always_fuse: bool,
         cache: Option<&std::path::Path>,
     ) -> Result<Lt, RuntimeError> {
         let handle = lt::create_handle().map_err(blas)?;
@@ -159,6 +174,10 @@ impl Lt {
         let mut library = crate::tuning::library(unsafe { sys::cublasLtGetVersion() }, gpu);
         if let Some(sms) = sm_target {
             library.push_str(&format!(", products on {sms} SMs"));
+        }
+        // Kept apart: a product recorded unfused runs fused under `always_fuse`.
+        if always_fuse {
+            library.push_str(", epilogues always fused");
         }
         let workspaces = streams
             .iter()
@@ -174,6 +193,7 @@ impl Lt {
             prepared: HashMap::new(),
             library,
             sm_target,
+            always_fuse,
             known: HashMap::new(),
             cache,
         })
@@ -186,32 +206,26 @@ impl Lt {
         if record.library != self.library {
             return Err(format!("recorded for {}, this is {}", record.library, self.library));
         }
-        self.known.extend(record.products.into_iter().map(|t| (t.shape, t.algo)));
+        self.known.extend(record.products.into_iter().map(|t| (t.shape, t.choice())));
         Ok(())
     }
 
-    /// The algorithm of every product prepared so far.
+    /// The choice of every product prepared so far.
     pub fn record(&self) -> Record {
         let mut products: Vec<Tuned> = self
             .prepared
             .iter()
-            .filter_map(|(shape, p)| p.as_ref().map(|p| Tuned { shape: *shape, algo: p.algo.data }))
+            .map(|(shape, ready)| match ready {
+                Ready::Run(p) => Tuned::new(*shape, Choice::Algo(p.algo.data)),
+                Ready::Unfused(_) => Tuned::new(*shape, Choice::Unfused),
+            })
             .collect();
         products.sort_by_key(|t| format!("{:?}", t.shape));
         Record { library: self.library.clone(), products }
     }
 
-    /// Prepares `shape` (once): `false` when cuBLASLt has no algorithm for it (an epilogue
-    /// it cannot fuse at this shape and dtype), so the caller runs it unfused.
-    pub fn supports(&mut self, shape: Shape) -> Result<bool, RuntimeError> {
-        if !self.prepared.contains_key(&shape) {
-            let p = self.prepare(shape)?;
-            self.prepared.insert(shape, p);
-        }
-        Ok(self.prepared[&shape].is_some())
-    }
-
-    fn prepare(&self, s: Shape) -> Result<Option<Prepared>, RuntimeError> {
+    /// Describes `s` and picks how it runs ([`Lt::choose`]; `true`: as recorded).
+    fn prepare(&self, s: Shape) -> Result<(Ready, bool), RuntimeError> {
         let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
             .map_err(blas)?;
         let mut layouts = [std::ptr::null_mut(); 3];
@@ -264,9 +278,12 @@ impl Lt {
         Ok(())
     }
 
-    /// How the algorithm of `shape` was chosen, once prepared.
-    pub fn choice(&self, shape: &Shape) -> Option<&str> {
-        self.prepared.get(shape).and_then(|p| p.as_ref()).map(|p| p.choice.as_str())
+    /// How `shape`'s algorithm was chosen, or why its epilogue runs unfused, once prepared.
+    pub fn choice(&self, shape: &Shape) -> Option<String> {
+        self.prepared.get(shape).map(|ready| match ready {
+            Ready::Run(p) => p.choice.clone(),
+            Ready::Unfused(why) => format!("not fused: the product, then the epilogue's kernel ({why})"),
+        })
     }
 
     /// `C = alpha·op(A)·op(B) + beta·C` with `shape`'s epilogue (its pre-activation at
@@ -285,8 +302,11 @@ impl Lt {
         let p = self
             .prepared
             .get(&shape)
-            .and_then(|p| p.as_ref())
-            .ok_or_else(|| RuntimeError::Blas(format!("{shape:?} was not prepared")))?;
+            .and_then(|ready| match ready {
+                Ready::Run(p) => Some(p),
+                Ready::Unfused(_) => None,
+            })
+            .ok_or_else(|| RuntimeError::Blas(format!("{shape:?} was not prepared to run as one product")))?;
         self.matmul_with(p, stream, operands, pre, alpha, beta)
     }
 
@@ -351,8 +371,10 @@ fn destroy(desc: sys::cublasLtMatmulDesc_t, layouts: &[sys::cublasLtMatrixLayout
 
 impl Drop for Lt {
     fn drop(&mut self) {
-        for p in self.prepared.drain().filter_map(|(_, p)| p) {
-            destroy(p.desc, &p.layouts);
+        for (_, ready) in self.prepared.drain() {
+            if let Ready::Run(p) = ready {
+                destroy(p.desc, &p.layouts);
+            }
         }
         // SAFETY: created in `new`, destroyed once; no product is in flight on a dropped
         // runtime (the streams are synchronised before the GPU is dropped).

@@ -1,8 +1,13 @@
 //! The kernels of `kernels/`, built into the binary: which file defines which function,
-//! and their compilation for sm_90 with NVRTC, cached on disk.
+//! their compilation for sm_90 with NVRTC, cached on disk, and their launch.
 
+use crate::blas::{Fused, Shape};
+use crate::error::driver;
 use crate::RuntimeError;
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The kernel sources, built into the binary; `common.cuh` (what the f32 and bf16 kernels
 /// share) goes in front of the files that use it, as NVRTC compiles one source at a time.
@@ -50,4 +55,91 @@ pub(super) fn compile_cached(file: &str, source: &str, cache: &std::path::Path) 
         }
     }
     Ok(ptx)
+}
+
+/// Launches `f` (kernel `name`) on `stream` over `elements`, with the device pointers
+/// `ptrs` and `scalars` as its arguments.
+pub(super) fn launch(
+    stream: &Arc<CudaStream>,
+    f: &CudaFunction,
+    name: &str,
+    ptrs: &[u64],
+    elements: u64,
+    scalars: &[f32],
+) -> Result<(), RuntimeError> {
+    let n = elements as i64;
+    let threads = 256u32;
+    // The loss reduction has a fixed grid (its partials buffer holds one value per block).
+    let blocks = if name.starts_with("mse_loss") {
+        pipewright_plan::node::MSE_BLOCKS as u32
+    } else {
+        (elements.div_ceil(threads as u64)).clamp(1, 4096) as u32
+    };
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = stream.launch_builder(f);
+    for p in ptrs {
+        launch.arg(p);
+    }
+    let index: i32;
+    match name {
+        "tick" => {}
+        "mse_loss" | "mse_loss_bf16" => {
+            index = scalars.get(1).copied().unwrap_or(0.0) as i32;
+            launch.arg(&n);
+            launch.arg(&scalars[0]);
+            launch.arg(&index);
+        }
+        _ => {
+            launch.arg(&n);
+            for s in scalars {
+                launch.arg(s);
+            }
+        }
+    }
+    // SAFETY: the argument list matches the kernel's signature in kernels/*.cu (buffers,
+    // then the element count, then the scalars), and every buffer holds the elements its
+    // caller says (a validated plan's buffers, or scratch of that size).
+    unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
+}
+
+/// The time (ms) of one run of the kernel that computes product `s`'s epilogue when it is
+/// not fused (`gelu_forward` or `gelu_backward`, of C's dtype, over C's m × n elements), on
+/// scratch operands kept in `scratch` between calls of the same shape.
+pub(super) fn epilogue_kernel_ms(
+    stream: &Arc<CudaStream>,
+    kernels: &HashMap<String, CudaFunction>,
+    s: Shape,
+    scratch: &mut Option<(Shape, CudaSlice<u8>, CudaSlice<u8>)>,
+) -> Result<f64, RuntimeError> {
+    let base = match s.epilogue {
+        Fused::Gelu => "gelu_forward",
+        Fused::GeluGrad => "gelu_backward",
+        Fused::Nothing => return Ok(0.0),
+    };
+    let name = pipewright_plan::node::kernel_name(base, s.dtypes.2);
+    let f = kernels.get(&name).ok_or_else(|| RuntimeError::Driver(format!("kernel {name} not loaded")))?;
+    let elements = s.m * s.n;
+    if scratch.as_ref().is_none_or(|(shape, _, _)| *shape != s) {
+        let bytes = (elements * s.dtypes.2.size()) as usize;
+        let fresh = |fill: u8| -> Result<CudaSlice<u8>, RuntimeError> {
+            let buffer = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(driver)?;
+            // Any values: the kernel does not branch on them.
+            // SAFETY: the buffer holds `bytes` bytes.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(buffer.device_ptr(stream).0, fill, bytes, stream.cu_stream())
+            }
+            .map_err(driver)?;
+            Ok(buffer)
+        };
+        *scratch = Some((s, fresh(0x3c)?, fresh(0x3c)?));
+    }
+    let Some((_, pre, c)) = scratch.as_ref() else { unreachable!("set above") };
+    let (pre, c) = (pre.device_ptr(stream).0, c.device_ptr(stream).0);
+    // gelu_forward(pre, c); gelu_backward(pre, c, c): the gradient in place, as run.
+    let ptrs: Vec<u64> = if s.epilogue == Fused::Gelu { vec![pre, c] } else { vec![pre, c, c] };
+    let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let a = stream.record_event(timed).map_err(driver)?;
+    launch(stream, f, &name, &ptrs, elements, &[])?;
+    let b = stream.record_event(timed).map_err(driver)?;
+    Ok(a.elapsed_ms(&b).map_err(driver)? as f64)
 }

@@ -40,7 +40,8 @@ pub fn require_all() -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// How the products and the communication share a GPU's SMs (see [`Gpu::open`]).
+/// How the products use the GPU's SMs, and share them with the communication (see
+/// [`Gpu::open`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Sharing {
     /// The communication stream (2) gets the device's greatest priority, so that its NCCL
@@ -51,6 +52,9 @@ pub struct Sharing {
     /// is the GPU's SMs less these (0: every SM). A product already holding every SM keeps
     /// an NCCL kernel launched beside it waiting for SMs until its blocks retire.
     pub comm_sms: u32,
+    /// Fuse every GELU epilogue cuBLASLt can fuse, unraced ([`crate::blas`]'s fusion: by
+    /// default a fused product runs unfused where that measured faster).
+    pub always_fuse: bool,
 }
 
 /// One GPU with what a rank's plan needs on it.
@@ -61,7 +65,7 @@ pub struct Gpu {
     pub streams: Vec<Arc<CudaStream>>,
     pub events: Vec<Option<CudaEvent>>,
     lt: Lt,
-    /// Products whose epilogue cuBLASLt cannot fuse (said once each).
+    /// Products whose epilogue runs unfused (said once each).
     unfused: HashSet<Shape>,
     kernels: HashMap<String, CudaFunction>,
     pub arena: CudaSlice<f32>,
@@ -110,7 +114,13 @@ impl Gpu {
                 )))
             }
         };
-        let lt = Lt::new(&streams[..streams.len().min(2)], &name, product_sms, Some(&cache.join("tuning")))?;
+        let lt = Lt::new(
+            &streams[..streams.len().min(2)],
+            &name,
+            product_sms,
+            sharing.always_fuse,
+            Some(&cache.join("tuning")),
+        )?;
         let arena = streams[0].alloc_zeros::<f32>((arena_bytes / 4) as usize).map_err(driver)?;
         let mut kernels = HashMap::new();
         for (file, source) in KERNEL_SOURCES {
@@ -187,8 +197,9 @@ impl Gpu {
 
     /// The plan's matrix product `g` (row-major `C = alpha·op(A)·op(B) + beta·C`, then its
     /// epilogue) on its stream, through cuBLASLt with f32 accumulation; `buffers` is the
-    /// rank's buffer table. An epilogue cuBLASLt cannot fuse at this shape runs as the
-    /// plain product followed by the GELU kernel (said once per shape).
+    /// rank's buffer table. An epilogue runs as the plain product followed by the GELU
+    /// kernel where cuBLASLt cannot fuse it, or that measured faster (`crate::blas`;
+    /// said once per shape).
     pub fn gemm(&mut self, g: &Gemm, buffers: &[Buffer]) -> Result<(), RuntimeError> {
         let buf = |b: u32| {
             buffers.get(b as usize).ok_or_else(|| RuntimeError::Blas(format!("GEMM operand {b} is not a buffer")))
@@ -201,14 +212,14 @@ impl Gpu {
             Some(p) => Some(self.addr(buf(p)?.offset)),
             None => None,
         };
-        if self.lt.supports(shape)? {
+        if self.ready(shape)? {
             return self.lt.matmul(stream, shape, (pa, pb, pc), pre, g.alpha, g.beta);
         }
         if self.unfused.insert(shape) {
-            eprintln!("note: cuBLASLt cannot fuse {:?} into {shape:?}; running it as a kernel", g.epilogue);
+            let why = self.lt.choice(&shape).unwrap_or_default();
+            eprintln!("note: {:?} of the {}x{}x{} product: {why}", shape.epilogue, g.m, g.n, g.k);
         }
         shape.epilogue = Fused::Nothing;
-        self.lt.supports(shape)?;
         let kernel = |base: &str| pipewright_plan::node::kernel_name(base, c.dtype);
         let elements = g.m * g.n;
         match g.epilogue {
@@ -226,6 +237,14 @@ impl Gpu {
         }
     }
 
+    /// Prepares product `shape` (once, [`Lt::supports`]), racing a fused epilogue against
+    /// the plain product and the epilogue's kernel: whether it runs as one product.
+    fn ready(&mut self, shape: Shape) -> Result<bool, RuntimeError> {
+        let (stream, kernels) = (&self.streams[0], &self.kernels);
+        let mut scratch = None;
+        self.lt.supports(shape, &mut |s| kernels::epilogue_kernel_ms(stream, kernels, s, &mut scratch))
+    }
+
     /// The loaded kernel `name` (the plan's, or the runtime's own).
     pub fn function(&self, name: &str) -> Result<&CudaFunction, RuntimeError> {
         self.kernels.get(name).ok_or_else(|| RuntimeError::Driver(format!("kernel {name} not loaded")))
@@ -236,10 +255,7 @@ impl Gpu {
     pub fn prepare_gemms(&mut self, nodes: &[pipewright_plan::Node], buffers: &[Buffer]) -> Result<(), RuntimeError> {
         for node in nodes {
             if let pipewright_plan::Node::Gemm(g) = node {
-                let shape = shape_in(g, buffers);
-                if !self.lt.supports(shape)? {
-                    self.lt.supports(Shape { epilogue: Fused::Nothing, ..shape })?;
-                }
+                self.ready(shape_in(g, buffers))?;
             }
         }
         Ok(())
@@ -257,11 +273,12 @@ impl Gpu {
     }
 
     /// How the algorithm of product `g` was chosen (after [`Gpu::prepare_gemms`]).
-    pub fn gemm_choice(&self, g: &Gemm, buffers: &[Buffer]) -> Option<&str> {
+    pub fn gemm_choice(&self, g: &Gemm, buffers: &[Buffer]) -> Option<String> {
         self.lt.choice(&shape_in(g, buffers))
     }
 
-    /// Launches kernel `name` over `elements` with buffer offsets `buffers` and `scalars`.
+    /// Launches kernel `name` over `elements` with buffer offsets `buffers` and `scalars`
+    /// ([`kernels::launch`]).
     pub fn kernel(
         &self,
         stream: usize,
@@ -272,40 +289,7 @@ impl Gpu {
     ) -> Result<(), RuntimeError> {
         let f = self.function(name)?;
         let ptrs: Vec<u64> = buffers.iter().map(|&o| self.addr(o)).collect();
-        let n = elements as i64;
-        let threads = 256u32;
-        // The loss reduction has a fixed grid (its partials buffer holds one value per block).
-        let blocks = if name.starts_with("mse_loss") {
-            pipewright_plan::node::MSE_BLOCKS as u32
-        } else {
-            (elements.div_ceil(threads as u64)).clamp(1, 4096) as u32
-        };
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        let stream = &self.streams[stream];
-        let mut launch = stream.launch_builder(f);
-        for p in &ptrs {
-            launch.arg(p);
-        }
-        let index: i32;
-        match name {
-            "tick" => {}
-            "mse_loss" | "mse_loss_bf16" => {
-                index = scalars.get(1).copied().unwrap_or(0.0) as i32;
-                launch.arg(&n);
-                launch.arg(&scalars[0]);
-                launch.arg(&index);
-            }
-            _ => {
-                launch.arg(&n);
-                for s in scalars {
-                    launch.arg(s);
-                }
-            }
-        }
-        // SAFETY: the argument list matches the kernel's signature in kernels/elementwise.cu
-        // (buffers, then the element count, then the scalars), and every buffer holds the
-        // elements the validated plan says it does.
-        unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
+        kernels::launch(&self.streams[stream], f, name, &ptrs, elements, scalars)
     }
 
     /// Records event `event` on `stream`.
