@@ -20,18 +20,6 @@ for plan in $PLANS; do
     case "$setting" in --*) flags=("$setting") ;; *=*) envs=("$setting") ;; esac
     log="$LOGS/$plan-$name.log"
     env "${envs[@]}" timeout 200 "$RT" launch --gpus "$ranks" "$dir" --steps 15 --compute-alone 10 "${flags[@]}" > "$log" 2>&1
-    python3 - "$plan" "$name" "$log" <<'PY' | tee -a "$OUT/sweep.txt"
-import re, sys
-plan, name, text = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
-num = lambda pattern: [float(x) for x in re.findall(pattern, text)]
-graph = num(r"graph: median step (\S+) ms")
-alone = num(r"without its p2p\): median step (\S+) ms")
-after = num(r"right after the compute alone: median step (\S+) ms")
-if not (graph and alone and after):
-    print(f"{plan} {name}: FAILED: {text.strip().splitlines()[-1:]}")
-else:
-    print(f"{plan} {name}: step {max(graph):.3f} ms (15-step median); compute alone {max(alone):.3f} ms, "
-          f"step after it {max(after):.3f} ms: efficiency {max(alone) / max(after):.3f}")
-PY
+    python3 scripts/step-efficiency.py "$plan" "$name" "$log" | tee -a "$OUT/sweep.txt"
   done
 done
