@@ -16,7 +16,7 @@
 
 use super::choose::Scratch;
 use super::{destroy, Fused, Lt, Prepared, Ready, Shape};
-use crate::tuning::Choice;
+use crate::tuning::{Algo, Choice};
 use crate::RuntimeError;
 
 /// How much faster (fraction of the fused time) the plain product and the kernel must be
@@ -134,29 +134,54 @@ impl Lt {
     }
 
     /// How `s` runs once `first` (the first choice published, this one's `choice` if none
-    /// before) is known: `ready` as prepared, switched to `first` when they differ.
+    /// before) is known ([`settled`]): `ready` as prepared, or switched to `first`.
     fn settle(&self, ready: Ready, choice: Choice, first: Choice, race: Option<Race>) -> Ready {
         let published_first = "as recorded: another rank's choice, published first";
-        match (ready, first) {
-            (Ready::Run(p), Choice::Unfused) => {
+        let fusable = matches!(ready, Ready::Run(_));
+        match (settled(choice, first, fusable), ready) {
+            (Settled::Unfused { raced }, Ready::Run(p)) => {
                 destroy(p.desc, &p.layouts);
-                Ready::Unfused(match (race, choice) {
-                    (Some(race), Choice::Unfused) => format!("it raced faster: {race}"),
+                Ready::Unfused(match race {
+                    Some(race) if raced => format!("it raced faster: {race}"),
                     _ => published_first.into(),
                 })
             }
-            (Ready::Run(mut p), Choice::Algo(algo)) => {
-                if choice != first && self.accepts(p.desc, &p.layouts, &algo) {
-                    p.algo = cudarc::cublaslt::sys::cublasLtMatmulAlgo_t { data: algo };
-                    p.choice = published_first.into();
-                } else if let Some(race) = race {
+            (Settled::Fused { adopt: Some(algo) }, Ready::Run(mut p)) if self.accepts(p.desc, &p.layouts, &algo) => {
+                p.algo = cudarc::cublaslt::sys::cublasLtMatmulAlgo_t { data: algo };
+                p.choice = published_first.into();
+                Ready::Run(p)
+            }
+            (_, Ready::Run(mut p)) => {
+                if let Some(race) = race {
                     p.choice = format!("{}; {race}", p.choice);
                 }
                 Ready::Run(p)
             }
-            // Not fusable here: whatever another rank found, this one runs it unfused.
-            (unfused @ Ready::Unfused(_), _) => unfused,
+            // Settled::CannotFuse: as prepared.
+            (_, unfused) => unfused,
         }
+    }
+}
+
+/// What a rank does with a product once the first choice published for it is known.
+#[derive(Debug, PartialEq)]
+enum Settled {
+    /// Fused, with the first publisher's algorithm where it differs from this rank's.
+    Fused { adopt: Option<Algo> },
+    /// Unfused; `raced`: this rank's own race said so (else another rank's did).
+    Unfused { raced: bool },
+    /// Unfused because cuBLASLt cannot fuse it here, whatever was published.
+    CannotFuse,
+}
+
+/// The first published choice wins (every rank and run computes the same bits), except
+/// that a rank that cannot fuse the product (`fusable`: cuBLASLt had an algorithm for it)
+/// runs it unfused; `mine` is this rank's own choice.
+fn settled(mine: Choice, first: Choice, fusable: bool) -> Settled {
+    match (fusable, first) {
+        (false, _) => Settled::CannotFuse,
+        (true, Choice::Unfused) => Settled::Unfused { raced: mine == Choice::Unfused },
+        (true, Choice::Algo(algo)) => Settled::Fused { adopt: (mine != first).then_some(algo) },
     }
 }
 
@@ -173,5 +198,19 @@ mod tests {
         // Within the margin fusing is kept.
         assert!(fusion_pays(1.0, 0.90, 0.085));
         assert!(!fusion_pays(1.0, 0.90, 0.075));
+    }
+
+    #[test]
+    fn the_first_published_choice_wins_unless_this_rank_cannot_fuse() {
+        let (a, b) = (Choice::Algo([1; 8]), Choice::Algo([2; 8]));
+        // Alone, or agreeing with the first: as raced.
+        assert_eq!(settled(a, a, true), Settled::Fused { adopt: None });
+        assert_eq!(settled(Choice::Unfused, Choice::Unfused, true), Settled::Unfused { raced: true });
+        // Another rank published first: its choice, algorithm or not.
+        assert_eq!(settled(a, b, true), Settled::Fused { adopt: Some([2; 8]) });
+        assert_eq!(settled(Choice::Unfused, b, true), Settled::Fused { adopt: Some([2; 8]) });
+        assert_eq!(settled(a, Choice::Unfused, true), Settled::Unfused { raced: false });
+        // A product cuBLASLt cannot fuse here runs unfused whatever was published.
+        assert_eq!(settled(Choice::Unfused, a, false), Settled::CannotFuse);
     }
 }
