@@ -60,6 +60,24 @@ for setting in "h512 512 256 3 20 f32" "h2048 2048 2048 2 16 bf16" "h4096 4096 4
   done
 done
 
+# Host launch time against the microbatch count (issue 4: under 100 µs per replayed step
+# whatever the count): a small model (hidden 256, seq 64, f32, async p2p) so that steps are
+# short, dualpipe and dualpipev at 8 to 512 microbatches, on 1, 2 and 4 GPUs.
+mkdir -p target/gpu/launch
+for ranks in 1 2 4; do
+  for fam in dualpipev dualpipe; do
+    [ "$ranks" = 1 ] && [ "$fam" = dualpipe ] && continue
+    for mbs in 8 32 128 512; do
+      name="$fam-r$ranks-m$mbs"
+      spec "target/gpu/launch/$name.toml" "$fam" "$ranks" "$mbs" "hidden=256" "ffn=1024" "seq=64" \
+        "microbatch_size=1" "layers_per_stage=1" "checkpoint_every=0" "comm=\"async\""
+      ./target/release/pipewright compile "target/gpu/launch/$name.toml" -o "target/gpu/launch/$name" >/dev/null
+      # What the runtime does not read (the device tool carries 64 MiB at most).
+      rm -f "target/gpu/launch/$name/schedule.svg" "target/gpu/launch/$name/trace.json"
+    done
+  done
+done
+
 # Async p2p (the compute stream waits for a batch only where it uses its buffers) against
 # blocking, same programs' families, hidden 512, 2 GPUs.
 for fam in zb-v 1f1b; do

@@ -10,14 +10,35 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
-# watchdog) or bench (GEMM rates, then the benchmarks).
+# watchdog), bench (GEMM rates, then the benchmarks) or launch (host launch time against
+# the microbatch count, $OUT/launch.txt).
 PART="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 LOGS=$(mktemp -d); trap 'tar czf "$OUT/logs.tgz" -C "$LOGS" .' EXIT
 source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 
-if [ "$PART" != bench ]; then
+if [ "$PART" = all ] || [ "$PART" = launch ]; then
+echo "== host launch per replayed step against the microbatch count (hidden 256, seq 64, f32)" | tee -a "$OUT/launch.txt"
+for plan in target/gpu/launch/*/; do
+  fits "$plan" "$OUT/launch.txt" || continue
+  name=$(basename "$plan"); ranks=$(ranks_of "$plan")
+  timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 30 > "$LOGS/launch-$name.log" 2>&1
+  python3 - "$name" "$LOGS/launch-$name.log" <<'PY' | tee -a "$OUT/launch.txt"
+import re, sys
+name, log = sys.argv[1], open(sys.argv[2]).read()
+nodes = [int(n) for n in re.findall(r"graph of (\d+) nodes", log)]
+runs = re.findall(r"median step (\S+) ms .*median host launch (\S+) µs", log)
+if not (nodes and runs):
+    print(f"{name}: FAILED: {log.strip().splitlines()[-1:]}")
+else:
+    print(f"{name}: graph of up to {max(nodes)} nodes a rank; median step {max(float(r[0]) for r in runs):.3f} ms; "
+          f"host launch {max(float(r[1]) for r in runs):.1f} µs (the larger rank's median)")
+PY
+done
+fi
+
+if [ "$PART" != bench ] && [ "$PART" != launch ]; then
 echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CPU executor" | tee -a "$OUT/summary.txt"
 for plan in target/gpu/plans/*/; do
   fits "$plan" || continue
@@ -78,7 +99,7 @@ done
 for r in $(seq 0 $((W - 2))); do kill -9 "${pids[$r]}" 2>/dev/null; done
 
 fi
-if [ "$PART" != correctness ]; then
+if [ "$PART" != correctness ] && [ "$PART" != launch ]; then
 echo "== GEMM rates (the FLOP floor)" | tee -a "$OUT/summary.txt"
 for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf16 8192 8192 8192" "f32 8192 8192 8192"; do
   set -- $shape

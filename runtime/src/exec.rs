@@ -116,6 +116,8 @@ pub struct RunReport {
     pub node_ms: Vec<f64>,
     /// The captured graph's nodes by type (empty when eager).
     pub graph_nodes: std::collections::BTreeMap<String, usize>,
+    /// Whether the step's graph was instantiated for device launch (see [`crate::graph`]).
+    pub graph_device_launch: bool,
     /// With `profile`: the untimed steps before the timed ones.
     pub warmup_steps: u32,
     /// Per replay of the step without p2p ([`RunOptions::alone_steps`]), ms.
@@ -236,6 +238,7 @@ pub fn run(
         graph_step_ms: Vec::new(),
         node_ms: Vec::new(),
         graph_nodes: Default::default(),
+        graph_device_launch: false,
         alone_ms: Vec::new(),
         after_alone_ms: Vec::new(),
         warmup_steps: if opts.profile { opts.profile_warmup.min(steps.saturating_sub(first_step + 1)) } else { 0 },
@@ -261,6 +264,7 @@ pub fn run(
             if graph.is_none() {
                 let (g, _) = capture(&mut gpu, plan, place.rank, comm, opts.keep_memsets, None)?;
                 report.graph_nodes = crate::graph::graph_census(g.graph())?;
+                report.graph_device_launch = g.device_launch();
                 graph = Some(g);
             }
             if let Some(g) = &graph {
@@ -406,14 +410,15 @@ fn capture(
         Ok::<_, RuntimeError>(timer)
     })();
     // Ended whatever happened, so that the streams leave capture mode.
-    let captured = gpu.streams[0].end_capture(crate::graph::INSTANTIATE_FLAGS);
+    let flags = crate::graph::instantiate_flags(gpu.sharing.comm_first);
+    let captured = gpu.streams[0].end_capture(flags);
     let timer = issued?;
     let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
     let g = if keep_memsets {
         crate::graph::Replay::captured(g)
     } else {
         let fill = gpu.function(crate::gpu::FILL_KERNEL)?.cu_function();
-        crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream())?.0
+        crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream(), flags)?.0
     };
     g.upload()?;
     Ok((g, timer))

@@ -144,10 +144,11 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     if !report.graph_nodes.is_empty() {
         let kinds: Vec<String> = report.graph_nodes.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!(
-            "rank {}: graph of {} nodes ({})",
+            "rank {}: graph of {} nodes ({}){}",
             place.rank,
             report.graph_nodes.values().sum::<usize>(),
-            kinds.join(", ")
+            kinds.join(", "),
+            if report.graph_device_launch { ", instantiated for device launch" } else { "" }
         );
     }
     if report.step_ms.len() > 2 {

@@ -54,6 +54,7 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         op_times,
         node_ms,
         graph_nodes: Default::default(),
+        graph_device_launch: false,
         warmup_steps: 0,
         alone_ms: vec![],
         alone_op_times: vec![],

@@ -69,6 +69,8 @@ pub struct Gpu {
     unfused: HashSet<Shape>,
     kernels: HashMap<String, CudaFunction>,
     pub arena: CudaSlice<f32>,
+    /// As opened.
+    pub sharing: Sharing,
 }
 
 impl Gpu {
@@ -139,6 +141,7 @@ impl Gpu {
             unfused: HashSet::new(),
             kernels,
             arena,
+            sharing,
         })
     }
 
