@@ -398,6 +398,24 @@ fn mismatched_plans_are_refused_with_the_reason() {
     let n = bad.ranks[1].nodes.len() as u32;
     bad.ranks[1].ops.last_mut().unwrap().last = n;
     assert!(bad.validate().unwrap_err().to_string().contains("spans nodes"));
+    // A kernel with a scalar missing (the runtime would launch it with a parameter unset)
+    // or one buffer too many.
+    fn kernel<'a>(plan: &'a mut Plan, name: &str) -> &'a mut pipewright_plan::node::Kernel {
+        plan.ranks[1]
+            .nodes
+            .iter_mut()
+            .find_map(|n| match n {
+                pipewright_plan::Node::Kernel(k) if k.name == name => Some(k),
+                _ => None,
+            })
+            .unwrap()
+    }
+    let mut bad = plan.clone();
+    kernel(&mut bad, "mse_loss").scalars.pop();
+    assert!(bad.validate().unwrap_err().to_string().contains("kernel mse_loss takes 2 scalars, got 1"));
+    let mut bad = plan.clone();
+    kernel(&mut bad, "sgd_update").buffers.push(0);
+    assert!(bad.validate().unwrap_err().to_string().contains("kernel sgd_update takes 2 buffers, got 3"));
 }
 
 #[test]

@@ -3,43 +3,57 @@
 use crate::{Dtype, RankPlan};
 use serde::{Deserialize, Serialize};
 
-/// The element-wise kernels a plan may name: their buffers, and which of them hold one
-/// value per element (the others hold one value). Their sources are `kernels/<name>.cu`
-/// (compiled for sm_90 with NVRTC by the runtime).
-pub const KERNELS: &[(&str, &[bool])] = &[
+/// An element-wise kernel a plan may name: its buffers, which of them hold one value per
+/// element (the others hold one value), and how many f32 scalars follow its element count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelSig {
+    pub name: &'static str,
+    pub per_element: &'static [bool],
+    pub scalars: usize,
+}
+
+/// The element-wise kernels a plan may name. Their sources are in `kernels/` (compiled for
+/// sm_90 with NVRTC by the runtime; `runtime/tests/kernel_sources.rs` checks each
+/// signature against its source).
+pub const KERNELS: &[KernelSig] = &[
     // y = gelu(x)                              (x, y)
-    ("gelu_forward", &[true, true]),
+    KernelSig { name: "gelu_forward", per_element: &[true, true], scalars: 0 },
     // dx = dy · gelu'(x)                       (x, dy, dx)
-    ("gelu_backward", &[true, true, true]),
+    KernelSig { name: "gelu_backward", per_element: &[true, true, true], scalars: 0 },
     // loss[i] += scale·Σ(y − t)²; dy = 2·scale·(y − t)  (y, t, dy, loss, partials, counter);
     // partials holds one f32 per block (at most MSE_BLOCKS), counter one u32
-    ("mse_loss", &[true, true, true, false, false, false]),
+    KernelSig { name: "mse_loss", per_element: &[true, true, true, false, false, false], scalars: 2 },
     // acc(f32) += g                            (g, acc)
-    ("accumulate", &[true, true]),
+    KernelSig { name: "accumulate", per_element: &[true, true], scalars: 0 },
     // w −= lr · g(f32)                         (w, g)
-    ("sgd_update", &[true, true]),
+    KernelSig { name: "sgd_update", per_element: &[true, true], scalars: 1 },
     // AdamW on w with f32 moments m, v and the step count  (w, g, m, v, step)
-    ("adamw_update", &[true, true, true, true, false]),
+    KernelSig { name: "adamw_update", per_element: &[true, true, true, true, false], scalars: 5 },
     // step += 1                                (step)
-    ("tick", &[false]),
+    KernelSig { name: "tick", per_element: &[false], scalars: 0 },
     // y = x                                    (x, y)
-    ("copy", &[true, true]),
+    KernelSig { name: "copy", per_element: &[true, true], scalars: 0 },
     // x = 0                                    (x)
-    ("zero", &[true]),
+    KernelSig { name: "zero", per_element: &[true], scalars: 0 },
     // x = the synthetic dataset's array (tag, index) of the step held in `step`
     // (data::synth_value); scalars [tag, index, seed in four 16-bit pieces]  (x, step)
-    ("synth_data", &[true, false]),
+    KernelSig { name: "synth_data", per_element: &[true, false], scalars: 6 },
     // bf16 variants (kernels/bf16.cu): the same, on bf16 activations (f32 arithmetic).
-    ("gelu_forward_bf16", &[true, true]),
-    ("gelu_backward_bf16", &[true, true, true]),
-    ("mse_loss_bf16", &[true, true, true, false, false, false]),
-    ("copy_bf16", &[true, true]),
-    ("synth_data_bf16", &[true, false]),
+    KernelSig { name: "gelu_forward_bf16", per_element: &[true, true], scalars: 0 },
+    KernelSig { name: "gelu_backward_bf16", per_element: &[true, true, true], scalars: 0 },
+    KernelSig { name: "mse_loss_bf16", per_element: &[true, true, true, false, false, false], scalars: 2 },
+    KernelSig { name: "copy_bf16", per_element: &[true, true], scalars: 0 },
+    KernelSig { name: "synth_data_bf16", per_element: &[true, false], scalars: 6 },
     // w(bf16) = master(f32)                     (master, w)
-    ("cast_bf16", &[true, true]),
+    KernelSig { name: "cast_bf16", per_element: &[true, true], scalars: 0 },
     // acc(f32) += g(bf16)                      (g, acc)
-    ("accumulate_bf16", &[true, true]),
+    KernelSig { name: "accumulate_bf16", per_element: &[true, true], scalars: 0 },
 ];
+
+/// The signature of kernel `name`, if a plan may name it.
+pub fn kernel_sig(name: &str) -> Option<&'static KernelSig> {
+    KERNELS.iter().find(|k| k.name == name)
+}
 
 /// The element-wise kernel `base` of [`KERNELS`] for activations of `dtype`: its `_bf16`
 /// variant in bf16.
@@ -185,11 +199,11 @@ impl Node {
             }
             Node::Kernel(k) => {
                 stream(k.stream)?;
-                let per_element = KERNELS
-                    .iter()
-                    .find(|(n, _)| *n == k.name)
-                    .map(|(_, a)| *a)
-                    .ok_or_else(|| format!("unknown kernel {}", k.name))?;
+                let sig = kernel_sig(&k.name).ok_or_else(|| format!("unknown kernel {}", k.name))?;
+                let per_element = sig.per_element;
+                if k.scalars.len() != sig.scalars {
+                    return Err(format!("kernel {} takes {} scalars, got {}", k.name, sig.scalars, k.scalars.len()));
+                }
                 if k.buffers.len() != per_element.len() {
                     return Err(format!(
                         "kernel {} takes {} buffers, got {}",

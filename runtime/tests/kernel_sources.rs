@@ -17,11 +17,37 @@ fn every_kernel_the_runtime_loads_is_defined_in_its_file() {
         }
     }
     // Every element-wise kernel of the plan format has a home.
-    for (name, _) in pipewright_plan::node::KERNELS {
+    for k in pipewright_plan::node::KERNELS {
         assert!(
-            KERNEL_SOURCES.iter().any(|(file, _)| functions_of(file).contains(name)),
-            "no kernel file defines {name}"
+            KERNEL_SOURCES.iter().any(|(file, _)| functions_of(file).contains(&k.name)),
+            "no kernel file defines {}",
+            k.name
         );
+    }
+}
+
+/// The parameters of kernel `name` as `source` declares it.
+fn parameters<'a>(source: &'a str, name: &str) -> Vec<&'a str> {
+    let head = format!("__global__ void {name}(");
+    let start = source.find(&head).unwrap_or_else(|| panic!("{name} not defined")) + head.len();
+    let end = start + source[start..].find(')').unwrap();
+    source[start..end].split(',').map(str::trim).filter(|p| !p.is_empty()).collect()
+}
+
+#[test]
+fn every_plan_kernel_takes_the_buffers_and_scalars_its_signature_says() {
+    // What the runtime passes (gpu/kernels.rs, `launch`): the buffers' pointers, the element
+    // count (a long long; `tick` takes none), then the scalars. A plan validated against a
+    // signature that disagreed with its kernel would launch it with the wrong arguments.
+    for k in pipewright_plan::node::KERNELS {
+        let (_, source) = KERNEL_SOURCES.iter().find(|(file, _)| functions_of(file).contains(&k.name)).unwrap();
+        let params = parameters(source, k.name);
+        let pointers = params.iter().filter(|p| p.contains('*')).count();
+        let counts = params.iter().filter(|p| p.starts_with("long long")).count();
+        let scalars = params.len() - pointers - counts;
+        assert_eq!(pointers, k.per_element.len(), "{}: buffers of {params:?}", k.name);
+        assert_eq!(scalars, k.scalars, "{}: scalars of {params:?}", k.name);
+        assert_eq!(counts, usize::from(k.name != "tick"), "{}: element count in {params:?}", k.name);
     }
 }
 

@@ -32,8 +32,8 @@ pub fn functions_of(file: &str) -> Vec<&'static str> {
     match file {
         "progress.cu" => vec![MARK_KERNEL],
         "fill.cu" => vec![FILL_KERNEL],
-        "bf16.cu" => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| n.ends_with("_bf16")).collect(),
-        _ => pipewright_plan::node::KERNELS.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_bf16")).collect(),
+        "bf16.cu" => pipewright_plan::node::KERNELS.iter().map(|k| k.name).filter(|n| n.ends_with("_bf16")).collect(),
+        _ => pipewright_plan::node::KERNELS.iter().map(|k| k.name).filter(|n| !n.ends_with("_bf16")).collect(),
     }
 }
 
@@ -67,6 +67,17 @@ pub(super) fn launch(
     elements: u64,
     scalars: &[f32],
 ) -> Result<(), RuntimeError> {
+    if let Some(sig) = pipewright_plan::node::kernel_sig(name) {
+        if (sig.per_element.len(), sig.scalars) != (ptrs.len(), scalars.len()) {
+            return Err(RuntimeError::Driver(format!(
+                "kernel {name} takes {} buffers and {} scalars, given {} and {}",
+                sig.per_element.len(),
+                sig.scalars,
+                ptrs.len(),
+                scalars.len()
+            )));
+        }
+    }
     let n = elements as i64;
     let threads = 256u32;
     // The loss reduction has a fixed grid (its partials buffer holds one value per block).
@@ -97,8 +108,10 @@ pub(super) fn launch(
         }
     }
     // SAFETY: the argument list matches the kernel's signature in kernels/*.cu (buffers,
-    // then the element count, then the scalars), and every buffer holds the elements its
-    // caller says (a validated plan's buffers, or scratch of that size).
+    // then the element count, then the scalars: counted above against the plan format's
+    // signature, which runtime/tests/kernel_sources.rs checks against the source), and
+    // every buffer holds the elements its caller says (a validated plan's buffers, or
+    // scratch of that size).
     unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
 }
 

@@ -133,7 +133,7 @@ fn describe(rp: &pipewright_plan::RankPlan, node: &pipewright_plan::Node) -> Opt
             Some((what, 2.0 * (g.m * g.n * g.k) as f64, "TFLOP/s"))
         }
         Node::Kernel(k) => {
-            let full = pipewright_plan::node::KERNELS.iter().find(|(n, _)| *n == k.name).map(|(_, f)| *f)?;
+            let full = pipewright_plan::node::kernel_sig(&k.name)?.per_element;
             let bytes: u64 = k
                 .buffers
                 .iter()
