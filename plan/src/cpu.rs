@@ -139,6 +139,23 @@ fn run_rank(
     Ok(())
 }
 
+/// Runs the element-wise kernel node `k` on `buffers` (what `k.buffers` index; every buffer
+/// held in f32, as this executor holds bf16 ones): the semantics the GPU kernels must have.
+pub fn run_kernel(k: &Kernel, buffers: &mut [Vec<f32>]) -> Result<(), String> {
+    let mut mem: HashMap<String, Vec<f32>> =
+        buffers.iter().enumerate().map(|(i, b)| (i.to_string(), b.clone())).collect();
+    if let Some(b) = k.buffers.iter().find(|&&b| b as usize >= buffers.len()) {
+        return Err(format!("kernel {} names buffer {b} of {}", k.name, buffers.len()));
+    }
+    kernel(k, &mut mem, &|b| b.to_string())?;
+    for (i, b) in buffers.iter_mut().enumerate() {
+        if let Some(v) = mem.remove(&i.to_string()) {
+            *b = v;
+        }
+    }
+    Ok(())
+}
+
 fn kernel(k: &Kernel, mem: &mut HashMap<String, Vec<f32>>, name: &dyn Fn(u32) -> String) -> Result<(), String> {
     let n = k.elements as usize;
     let get = |mem: &HashMap<String, Vec<f32>>, i: usize| mem[&name(k.buffers[i])].clone();

@@ -1,48 +1,9 @@
-// Runs the GELU kernels of kernels/ on the CPU (runtime/tests/kernel_sources.rs): the
-// kernel file, assembled as the runtime hands it to NVRTC, is compiled after
-// kernels/host-syntax.h and before this file; this file defines the CUDA built-ins the GELU
-// kernels use and runs each kernel's grid one thread at a time (they have no barriers and
-// no shared memory), as the runtime launches it: blocks of 256, at most 4096 of them.
-//
+// Runs the GELU kernels on the CPU (runtime/tests/kernel_sources.rs), after host/emulate.h.
 // Compiled with PW_BF16 after bf16.cu, without it after elementwise.cu. Usage: run_gelu N.
-// Prints, per input element at an aligned and at a misaligned
-// start (the kernels' 16-byte path and their one-element path), the input x, the upstream
-// gradient dy, gelu(x), dy * gelu'(x) out of place and in place, as raw bits in hex.
-#include <cstdio>
+// Prints, per input element at an aligned and at a misaligned start (the kernels' 16-byte
+// path and their one-element path), the input x, the upstream gradient dy, gelu(x),
+// dy * gelu'(x) out of place and in place, as raw bits in hex.
 #include <cstdlib>
-#include <cstring>
-#include <vector>
-
-float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-float __expf(float x) { return std::exp(x); }
-float __fdividef(float a, float b) { return a / b; }
-void __syncthreads() {}
-void __threadfence() {}
-void __threadfence_system() {}
-unsigned atomicInc(unsigned* p, unsigned limit) { unsigned old = *p; *p = old >= limit ? 0 : old + 1; return old; }
-double __dmul_rn(double a, double b) { return a * b; }
-double __dsub_rn(double a, double b) { return a - b; }
-
-template <typename F>
-void grid(long long n, F kernel) {
-    long long blocks = (n + 255) / 256;
-    gridDim.x = blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks);
-    blockDim.x = 256;
-    for (unsigned b = 0; b < gridDim.x; ++b)
-        for (unsigned t = 0; t < blockDim.x; ++t) {
-            blockIdx.x = b;
-            threadIdx.x = t;
-            kernel();
-        }
-}
-
-template <typename T> T from_float(float f);
-template <> float from_float<float>(float f) { return f; }
-template <> bf16 from_float<bf16>(float f) { return to_bf16(f); }
-template <typename T> unsigned bits(T v);
-template <> unsigned bits<float>(float v) { return __float_as_uint(v); }
-template <> unsigned bits<bf16>(bf16 v) { return v; }
 
 template <typename T, typename Fwd, typename Bwd>
 void run(long long n, Fwd forward, Bwd backward) {
