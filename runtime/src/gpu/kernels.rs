@@ -133,20 +133,13 @@ pub(super) fn epilogue_kernel_ms(
     let f = kernels.get(&name).ok_or_else(|| RuntimeError::Driver(format!("kernel {name} not loaded")))?;
     let elements = s.m * s.n;
     if scratch.as_ref().is_none_or(|(shape, _, _)| *shape != s) {
-        let bytes = (elements * s.dtypes.2.size()) as usize;
-        let fresh = |fill: u8| -> Result<CudaSlice<u8>, RuntimeError> {
-            let buffer = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(driver)?;
-            // Any values: the kernel does not branch on them.
-            // SAFETY: the buffer holds `bytes` bytes.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(buffer.device_ptr(stream).0, fill, bytes, stream.cu_stream())
-            }
-            .map_err(driver)?;
-            Ok(buffer)
-        };
-        *scratch = Some((s, fresh(0x3c)?, fresh(0x3c)?));
+        // Any values: the kernel does not branch on them.
+        let zeros = || stream.alloc_zeros::<u8>(((elements * s.dtypes.2.size()) as usize).max(1)).map_err(driver);
+        *scratch = Some((s, zeros()?, zeros()?));
     }
-    let Some((_, pre, c)) = scratch.as_ref() else { unreachable!("set above") };
+    let Some((_, pre, c)) = scratch.as_ref() else {
+        return Err(RuntimeError::Driver("no scratch for the epilogue kernel".into()));
+    };
     let (pre, c) = (pre.device_ptr(stream).0, c.device_ptr(stream).0);
     // gelu_forward(pre, c); gelu_backward(pre, c, c): the gradient in place, as run.
     let ptrs: Vec<u64> = if s.epilogue == Fused::Gelu { vec![pre, c] } else { vec![pre, c, c] };
