@@ -52,7 +52,8 @@
 //! dtype = "f32"            # or "bf16" (gradients accumulate in f32 either way)
 //! seed = 0
 //! gelu = "auto"            # fused into the GEMMs (cuBLASLt epilogues), "kernel", or auto:
-//!                          # fused in bf16, a kernel in f32
+//!                          # fused in bf16, a kernel in f32 (the runtime runs a fused
+//!                          # product unfused where that races faster on the GPU)
 //! mirror_sum = "f32"       # DualPipe: the dtype mirrored gradient copies travel in; "bf16"
 //!                          # (bf16 models only) halves the exchange's bytes, each copy
 //!                          # rounded to bf16 once before it is added in f32
