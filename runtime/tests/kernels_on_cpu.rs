@@ -150,27 +150,35 @@ fn every_element_wise_kernel_runs_on_the_cpu_as_the_cpu_executor_computes() {
                     .map(|x| stored(elem, x).1)
                     .collect();
                 let ty = &p[..p.rfind('*').unwrap() + 1];
-                let store = if elem == Elem::Bf16 { "bf16" } else { "float" };
-                let words: Vec<String> = values.iter().map(|&v| format!("0x{:x}u", stored(elem, v).0)).collect();
-                main += &format!(
-                    "  static const unsigned {n}_w{j}[] = {{{w}}};\n  {store}* {n}_p{j} = ({store}*)aligned({len} * sizeof({store}));\n  \
-                     for (int i = 0; i < {len}; ++i) {{ unsigned w = {n}_w{j}[i]; std::memcpy(&{n}_p{j}[i], &w, sizeof({store})); }}\n",
-                    n = sig.name,
-                    w = words.join(","),
-                );
                 buffers.push((elem, values, ty.to_owned()));
             }
             let scalars = test_scalars(base);
             assert_eq!(scalars.len(), sig.scalars, "{}", sig.name);
-            let mut args: Vec<String> =
-                buffers.iter().enumerate().map(|(j, (_, _, ty))| format!("({ty}){}_p{j}", sig.name)).collect();
-            if base != "tick" {
-                args.push(format!("(long long){elements}"));
-            }
-            args.extend(scalars.iter().map(|s| format!("__uint_as_float(0x{:x}u)", s.to_bits())));
-            main += &format!("  grid({elements}, [&] {{ {}({}); }});\n", sig.name, args.join(", "));
-            for (j, (_, values, _)) in buffers.iter().enumerate() {
-                main += &format!("  dump(\"{0}\", {j}, {0}_p{j}, {1});\n", sig.name, values.len());
+            // Twice: every buffer 16-byte aligned (the kernels' vector path), and every buffer
+            // one element off (their one-element path).
+            for shift in 0..2 {
+                main += "  {\n";
+                for (j, (elem, values, _)) in buffers.iter().enumerate() {
+                    let store = if *elem == Elem::Bf16 { "bf16" } else { "float" };
+                    let words: Vec<String> = values.iter().map(|&v| format!("0x{:x}u", stored(*elem, v).0)).collect();
+                    let len = values.len();
+                    main += &format!(
+                        "  static const unsigned w{j}[] = {{{w}}};\n  {store}* p{j} = ({store}*)aligned(({len} + 1) * sizeof({store})) + {shift};\n  \
+                         for (int i = 0; i < {len}; ++i) {{ unsigned w = w{j}[i]; std::memcpy(&p{j}[i], &w, sizeof({store})); }}\n",
+                        w = words.join(","),
+                    );
+                }
+                let mut args: Vec<String> =
+                    buffers.iter().enumerate().map(|(j, (_, _, ty))| format!("({ty})p{j}")).collect();
+                if base != "tick" {
+                    args.push(format!("(long long){elements}"));
+                }
+                args.extend(scalars.iter().map(|s| format!("__uint_as_float(0x{:x}u)", s.to_bits())));
+                main += &format!("  grid({elements}, [&] {{ {}({}); }});\n", sig.name, args.join(", "));
+                for (j, (_, values, _)) in buffers.iter().enumerate() {
+                    main += &format!("  dump(\"{}@{shift}\", {j}, p{j}, {});\n", sig.name, values.len());
+                }
+                main += "  }\n";
             }
             cases.push((sig, elements, buffers, scalars));
         }
@@ -209,24 +217,26 @@ fn every_element_wise_kernel_runs_on_the_cpu_as_the_cpu_executor_computes() {
             let mut want: Vec<Vec<f32>> = buffers.iter().map(|(_, v, _)| v.clone()).collect();
             pipewright_plan::cpu::run_kernel(&node, &mut want).unwrap();
             for (j, ((elem, _, _), want)) in buffers.iter().zip(&want).enumerate() {
-                let got = &got[&(sig.name.to_owned(), j)];
-                assert_eq!(got.len(), want.len(), "{}: buffer {j}", sig.name);
-                for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-                    let (w_bits, w) = stored(*elem, w);
-                    let g_value = if *elem == Elem::Bf16 { f32::from_bits(g << 16) } else { f32::from_bits(g) };
-                    let ok = if sig.name.starts_with("synth_data") {
-                        g == w_bits // the dataset is equal bit for bit (plan/src/data.rs)
-                    } else if *elem == Elem::Bf16 {
-                        let step = (f32::from_bits((w_bits + 1) << 16) - w).abs();
-                        (g_value - w).abs() <= step.max(1e-6)
-                    } else {
-                        (g_value - w).abs() <= 1e-5 * w.abs().max(1.0)
-                    };
-                    assert!(
+                for shift in 0..2 {
+                    let got = &got[&(format!("{}@{shift}", sig.name), j)];
+                    assert_eq!(got.len(), want.len(), "{} (shifted {shift}): buffer {j}", sig.name);
+                    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+                        let (w_bits, w) = stored(*elem, w);
+                        let g_value = if *elem == Elem::Bf16 { f32::from_bits(g << 16) } else { f32::from_bits(g) };
+                        let ok = if sig.name.starts_with("synth_data") {
+                            g == w_bits // the dataset is equal bit for bit (plan/src/data.rs)
+                        } else if *elem == Elem::Bf16 {
+                            let step = (f32::from_bits((w_bits + 1) << 16) - w).abs();
+                            (g_value - w).abs() <= step.max(1e-6)
+                        } else {
+                            (g_value - w).abs() <= 1e-5 * w.abs().max(1.0)
+                        };
+                        assert!(
                         ok,
-                        "{}: buffer {j}, element {i}: the kernel gives {g_value}, the CPU executor {w}",
+                        "{} (shifted {shift}): buffer {j}, element {i}: the kernel gives {g_value}, the CPU executor {w}",
                         sig.name
                     );
+                    }
                 }
             }
             tested += 1;
