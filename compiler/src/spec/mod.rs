@@ -72,14 +72,18 @@
 //! ```
 
 mod costs;
+mod model;
+mod moe;
 
 pub use costs::load_costs;
+pub use moe::{load_moe, MoeSpec};
 
 use crate::cost::{CostModel, MemoryModel};
 use crate::diag::SourceError;
-use crate::eplb::{self, Loads, Params, Policy};
 use crate::families::Family;
 use costs::{given_costs, resolve_costs, weight_exceeds, GivenCosts, RawCosts};
+use model::{model, RawModel, RawTraining};
+use moe::{moe, RawMoe};
 use serde::Deserialize;
 use std::ops::Range;
 use toml::Spanned;
@@ -118,21 +122,6 @@ pub struct CostsFrom {
     pub span: Range<usize>,
     /// The keys the spec's own `[costs]` gives, which win over the file's.
     own: GivenCosts,
-}
-
-/// The `[moe]` section: what EPLB places, and with what.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MoeSpec {
-    pub experts: usize,
-    pub top_k: usize,
-    /// The load statistics file as written in the spec.
-    pub load: String,
-    /// Where `load` stands in the spec (for errors about the file's contents).
-    pub load_span: Range<usize>,
-    pub params: Params,
-    pub policy: Policy,
-    /// The loads, once [`load_moe`] has read them.
-    pub loads: Option<Loads>,
 }
 
 impl Spec {
@@ -207,48 +196,11 @@ struct RawSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawModel {
-    kind: Spanned<String>,
-    hidden: Spanned<i64>,
-    ffn: Option<Spanned<i64>>,
-    seq: Spanned<i64>,
-    microbatch_size: Spanned<i64>,
-    layers_per_stage: Option<Spanned<i64>>,
-    dtype: Option<Spanned<String>>,
-    seed: Option<Spanned<i64>>,
-    gelu: Option<Spanned<String>>,
-    mirror_sum: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTraining {
-    optimizer: Option<Spanned<String>>,
-    lr: Option<Spanned<f64>>,
-    steps: Option<Spanned<i64>>,
-    checkpoint_every: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOptimize {
     time_limit: Option<Spanned<f64>>,
     node_limit: Option<Spanned<i64>>,
     window: Option<Spanned<i64>>,
     objective: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMoe {
-    experts: Spanned<i64>,
-    top_k: Spanned<i64>,
-    load: Spanned<String>,
-    replicas: Spanned<i64>,
-    groups: Spanned<i64>,
-    nodes: Spanned<i64>,
-    gpus: Spanned<i64>,
-    policy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -366,76 +318,8 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
     Ok(Spec { family, ranks, microbatches, chunks_per_rank, costs, memory, moe, optimize, model, costs_from })
 }
 
-fn moe(file: &str, source: &str, raw: &RawMoe) -> Result<MoeSpec, SourceError> {
-    let count = |key: &str, v: &Spanned<i64>| -> Result<usize, SourceError> {
-        positive(v.get_ref(), 1 << 24).map(|x| x as usize).ok_or_else(|| {
-            SourceError::new(
-                file,
-                source,
-                Some(v.span()),
-                format!("{key} must be a positive integer, got {}", v.get_ref()),
-            )
-        })
-    };
-    let experts = count("experts", &raw.experts)?;
-    let top_k = count("top_k", &raw.top_k)?;
-    if top_k > experts {
-        return Err(SourceError::new(
-            file,
-            source,
-            Some(raw.top_k.span()),
-            format!("top_k ({top_k}) exceeds experts ({experts})"),
-        ));
-    }
-    let params = Params {
-        replicas: count("replicas", &raw.replicas)?,
-        groups: count("groups", &raw.groups)?,
-        nodes: count("nodes", &raw.nodes)?,
-        gpus: count("gpus", &raw.gpus)?,
-    };
-    params.check(experts).map_err(|e| {
-        SourceError::new(file, source, Some(raw.replicas.span()), e.to_string())
-            .with_help("replicas must be a multiple of gpus and ≥ experts; gpus a multiple of nodes; experts of groups")
-    })?;
-    let policy = match &raw.policy {
-        None => Policy::Balanced,
-        Some(p) => Policy::from_name(p.get_ref()).ok_or_else(|| {
-            SourceError::new(file, source, Some(p.span()), format!("unknown policy \"{}\"", p.get_ref()))
-                .with_help("use deepseek, balanced or balanced-global")
-        })?,
-    };
-    Ok(MoeSpec {
-        experts,
-        top_k,
-        load: raw.load.get_ref().clone(),
-        load_span: raw.load.span(),
-        params,
-        policy,
-        loads: None,
-    })
-}
-
-/// Reads the `[moe]` load statistics named by `spec` (relative to `base`, the spec's
-/// directory); errors point at the `load` key.
-pub fn load_moe(spec: &mut Spec, file: &str, source: &str, base: &std::path::Path) -> Result<(), SourceError> {
-    let Some(moe) = spec.moe.as_mut() else { return Ok(()) };
-    let err = |msg: String| SourceError::new(file, source, Some(moe.load_span.clone()), msg);
-    let input = eplb::io::read(&base.join(&moe.load))
-        .map_err(|e| err(e).with_help("load names a .json, .csv or .npy file of per-layer expert loads"))?;
-    let loads = Loads::new(input.rows).map_err(|e| err(format!("{}: {e}", moe.load)))?;
-    if loads.experts() != moe.experts {
-        return Err(err(format!(
-            "{} has {} experts per layer, but experts = {}",
-            moe.load,
-            loads.experts(),
-            moe.experts
-        )));
-    }
-    moe.loads = Some(loads);
-    Ok(())
-}
-
-fn positive(v: &i64, max: i64) -> Option<u32> {
+/// `v` as a u32 when it is in 1..=max.
+pub(super) fn positive(v: &i64, max: i64) -> Option<u32> {
     (*v >= 1 && *v <= max).then_some(*v as u32)
 }
 
@@ -550,125 +434,4 @@ fn optimize_options(file: &str, source: &str, raw: &RawOptimize) -> Result<crate
         };
     }
     Ok(o)
-}
-
-fn model(
-    file: &str,
-    source: &str,
-    raw: &RawModel,
-    training: Option<&RawTraining>,
-) -> Result<(pipewright_plan::Model, pipewright_plan::Training), SourceError> {
-    let count = |v: &Spanned<i64>, key: &str, max: i64| -> Result<u32, SourceError> {
-        let x = *v.get_ref();
-        if x < 1 || x > max {
-            return Err(SourceError::new(file, source, Some(v.span()), format!("{key} must be in 1..={max}, got {x}")));
-        }
-        Ok(x as u32)
-    };
-    if raw.kind.get_ref() != "mlp" {
-        return Err(SourceError::new(
-            file,
-            source,
-            Some(raw.kind.span()),
-            format!("unknown model kind \"{}\"", raw.kind.get_ref()),
-        )
-        .with_help("the runtime trains kind = \"mlp\" (Linear → GELU → Linear per layer)"));
-    }
-    let hidden = count(&raw.hidden, "hidden", 65_536)?;
-    let ffn = match &raw.ffn {
-        Some(f) => count(f, "ffn", 262_144)?,
-        None => 4 * hidden,
-    };
-    let dtype = match raw.dtype.as_ref().map(|d| d.get_ref().as_str()) {
-        None | Some("f32") => pipewright_plan::Dtype::F32,
-        Some("bf16") => pipewright_plan::Dtype::Bf16,
-        Some(other) => {
-            let span = raw.dtype.as_ref().map(|d| d.span());
-            return Err(SourceError::new(file, source, span, format!("unknown dtype \"{other}\""))
-                .with_help("use \"f32\" or \"bf16\""));
-        }
-    };
-    let seed = match &raw.seed {
-        Some(v) if *v.get_ref() < 0 => {
-            return Err(SourceError::new(
-                file,
-                source,
-                Some(v.span()),
-                format!("seed must be ≥ 0, got {}", v.get_ref()),
-            ))
-        }
-        Some(v) => *v.get_ref() as u64,
-        None => 0,
-    };
-    // Fused by default in bf16; in f32 cuBLASLt's GELU epilogue costs an order of magnitude
-    // of gradient accuracy (measured: 4.7e-6 against 4.7e-7 relative) for little time.
-    let fuse_gelu = match raw.gelu.as_ref().map(|g| g.get_ref().as_str()) {
-        None | Some("auto") => dtype == pipewright_plan::Dtype::Bf16,
-        Some("fused") => true,
-        Some("kernel") => false,
-        Some(other) => {
-            let span = raw.gelu.as_ref().map(|g| g.span());
-            return Err(SourceError::new(file, source, span, format!("unknown gelu \"{other}\""))
-                .with_help("use \"auto\" (fused in bf16), \"fused\" (in the GEMMs' epilogues) or \"kernel\""));
-        }
-    };
-    let mirror_bf16 = match raw.mirror_sum.as_ref().map(|m| m.get_ref().as_str()) {
-        None | Some("f32") => false,
-        Some("bf16") if dtype == pipewright_plan::Dtype::Bf16 => true,
-        Some(other) => {
-            let span = raw.mirror_sum.as_ref().map(|m| m.span());
-            let why = if other == "bf16" {
-                "mirror_sum = \"bf16\" needs dtype = \"bf16\"".to_owned()
-            } else {
-                format!("unknown mirror_sum \"{other}\"")
-            };
-            return Err(SourceError::new(file, source, span, why)
-                .with_help("use \"f32\" (the default) or, in a bf16 model, \"bf16\""));
-        }
-    };
-    let model = pipewright_plan::Model {
-        kind: "mlp".into(),
-        hidden,
-        ffn,
-        seq: count(&raw.seq, "seq", 1 << 20)?,
-        microbatch_size: count(&raw.microbatch_size, "microbatch_size", 1 << 16)?,
-        layers_per_stage: match &raw.layers_per_stage {
-            Some(l) => count(l, "layers_per_stage", 1024)?,
-            None => 1,
-        },
-        dtype,
-        seed,
-        fuse_gelu,
-        mirror_bf16,
-    };
-    let optimizer = match training.and_then(|t| t.optimizer.as_ref()) {
-        None => "sgd".to_owned(),
-        Some(o) if o.get_ref() == "sgd" || o.get_ref() == "adamw" => o.get_ref().clone(),
-        Some(o) => {
-            return Err(SourceError::new(
-                file,
-                source,
-                Some(o.span()),
-                format!("unknown optimizer \"{}\"", o.get_ref()),
-            )
-            .with_help("use \"sgd\" or \"adamw\""))
-        }
-    };
-    let lr = match training.and_then(|t| t.lr.as_ref()) {
-        Some(v) if !v.get_ref().is_finite() || *v.get_ref() <= 0.0 => {
-            return Err(SourceError::new(file, source, Some(v.span()), format!("lr must be > 0, got {}", v.get_ref())))
-        }
-        Some(v) => *v.get_ref(),
-        None => 1e-3,
-    };
-    let steps = match training.and_then(|t| t.steps.as_ref()) {
-        Some(v) => count(v, "steps", 1 << 30)?,
-        None => 10,
-    };
-    let checkpoint_every = match training.and_then(|t| t.checkpoint_every.as_ref()) {
-        Some(v) if *v.get_ref() == 0 => 0,
-        Some(v) => count(v, "checkpoint_every", 1 << 30)?,
-        None => 0,
-    };
-    Ok((model, pipewright_plan::Training { optimizer, lr, steps, checkpoint_every }))
 }
