@@ -22,6 +22,7 @@ use crate::dag::{Dep, NodeKind, PlanDag, PlanError, UnitKey};
 use crate::ir::{ProgramSet, UnitKind};
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
+use pipewright_plan::intervals;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -124,7 +125,7 @@ pub fn finish_times(dag: &PlanDag) -> Vec<f64> {
 /// durations, or under contention ([`PlanDag::contention`]) the compute nodes stretched by
 /// the time a batch of their rank was in flight beside them (see the module's doc).
 pub fn timed(dag: &PlanDag) -> (Vec<f64>, Vec<f64>) {
-    let own: Vec<f64> = dag.graph.node_weights().map(|n| n.duration).collect();
+    let own = own_durations(dag);
     let end = longest_paths(dag, false, &own);
     if dag.contention <= 0.0 {
         return (own, end);
@@ -141,21 +142,14 @@ fn stretch(dag: &PlanDag, duration: &[f64], end: &[f64]) -> Vec<f64> {
     let g = &dag.graph;
     let mut out = duration.to_vec();
     for events in &dag.nodes {
-        let mut flight: Vec<(f64, f64)> = events
-            .iter()
-            .filter(|en| g[en.first].kind == NodeKind::Post)
-            .map(|en| (end[en.ready.index()], end[en.last.index()]))
-            .filter(|(a, b)| a.is_finite() && b.is_finite() && b > a)
-            .collect();
-        flight.sort_by(|x, y| x.0.total_cmp(&y.0));
-        let mut union: Vec<(f64, f64)> = Vec::with_capacity(flight.len());
-        for (a, b) in flight {
-            match union.last_mut() {
-                Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                _ => union.push((a, b)),
-            }
-        }
-        if union.is_empty() {
+        let flight = intervals::union(
+            events
+                .iter()
+                .filter(|en| g[en.first].kind == NodeKind::Post)
+                .map(|en| (end[en.ready.index()], end[en.last.index()]))
+                .collect(),
+        );
+        if flight.is_empty() {
             continue;
         }
         for en in events.iter().filter(|en| g[en.first].kind == NodeKind::Compute) {
@@ -164,11 +158,7 @@ fn stretch(dag: &PlanDag, duration: &[f64], end: &[f64]) -> Vec<f64> {
             if !(a.is_finite() && b.is_finite()) {
                 continue;
             }
-            // The first interval that ends after `a`, then those that start before `b`.
-            let from = union.partition_point(|iv| iv.1 <= a);
-            let overlap: f64 =
-                union[from..].iter().take_while(|iv| iv.0 < b).map(|iv| (iv.1.min(b) - iv.0.max(a)).max(0.0)).sum();
-            out[i] += dag.contention * overlap;
+            out[i] += dag.contention * intervals::overlap(&flight, (a, b));
         }
     }
     out
@@ -178,8 +168,12 @@ fn stretch(dag: &PlanDag, duration: &[f64], end: &[f64]) -> Vec<f64> {
 /// node left NaN here may hang on real hardware. Deadlock-freedom is decided with this
 /// (the nodes' own durations: contention changes when nodes finish, not whether they do).
 pub fn finish_times_strict(dag: &PlanDag) -> Vec<f64> {
-    let own: Vec<f64> = dag.graph.node_weights().map(|n| n.duration).collect();
-    longest_paths(dag, true, &own)
+    longest_paths(dag, true, &own_durations(dag))
+}
+
+/// Every node's own duration, by index.
+fn own_durations(dag: &PlanDag) -> Vec<f64> {
+    dag.graph.node_weights().map(|n| n.duration).collect()
 }
 
 fn longest_paths(dag: &PlanDag, strict: bool, duration: &[f64]) -> Vec<f64> {

@@ -14,6 +14,7 @@
 
 pub mod cpu;
 pub mod data;
+pub mod intervals;
 pub mod math;
 pub mod node;
 pub mod reference;

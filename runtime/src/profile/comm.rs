@@ -5,6 +5,7 @@
 //! ([`graph_breakdown`]).
 
 use super::RankProfile;
+use pipewright_plan::intervals::{overlap, union, union_length};
 use pipewright_plan::node::Node;
 use pipewright_plan::RankPlan;
 
@@ -114,30 +115,6 @@ pub fn evidence(plan: &pipewright_plan::Plan, profiles: &[RankProfile]) -> Conte
     sum
 }
 
-/// The union of `spans` (start, end) as disjoint intervals in order.
-fn union(mut spans: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
-    spans.retain(|(a, b)| a.is_finite() && b.is_finite() && b > a);
-    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let mut out: Vec<(f64, f64)> = Vec::with_capacity(spans.len());
-    for (a, b) in spans {
-        match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
-/// How long `(a, b)` overlaps the disjoint intervals `union`.
-fn overlap(union: &[(f64, f64)], (a, b): (f64, f64)) -> f64 {
-    union.iter().map(|iv| (iv.1.min(b) - iv.0.max(a)).max(0.0)).sum()
-}
-
-/// Total length of the union of `spans` (start, end).
-fn union_length(spans: Vec<(f64, f64)>) -> f64 {
-    union(spans).iter().map(|(a, b)| b - a).sum()
-}
-
 /// Where one rank's step goes, from the timed replays of the whole step as a graph.
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub struct Breakdown {
@@ -195,13 +172,5 @@ mod tests {
         assert_eq!(per, 0.0);
         assert!((p2p - 0.2).abs() < 1e-12, "{p2p}");
         assert_eq!(fit_batches(&[(0, 1.0), (1, f64::NAN)]), None);
-    }
-
-    #[test]
-    fn overlaps_are_measured_on_the_union_of_spans() {
-        let u = union(vec![(0.0, 1.0), (0.5, 2.0), (3.0, 4.0), (f64::NAN, 1.0), (5.0, 5.0)]);
-        assert_eq!(u, vec![(0.0, 2.0), (3.0, 4.0)]);
-        assert_eq!(overlap(&u, (1.5, 3.5)), 1.0);
-        assert_eq!(union_length(vec![(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)]), 3.0);
     }
 }
