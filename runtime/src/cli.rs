@@ -212,22 +212,20 @@ impl RunArgs {
 
     /// The same options as command-line arguments of `run`.
     pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        let mut out: Vec<std::ffi::OsString> = vec![
-            "--steps".into(),
-            self.steps.to_string().into(),
-            "--watchdog".into(),
-            self.watchdog.to_string().into(),
-            "--profile-warmup".into(),
-            self.profile_warmup.to_string().into(),
-            "--profile-alone".into(),
-            self.profile_alone.to_string().into(),
-            "--profile-graph".into(),
-            self.profile_graph.to_string().into(),
-            "--compute-alone".into(),
-            self.compute_alone.to_string().into(),
-            "--comm-sms".into(),
-            self.comm_sms.to_string().into(),
+        let mut out: Vec<std::ffi::OsString> = Vec::new();
+        let values = [
+            ("--steps", self.steps.to_string()),
+            ("--watchdog", self.watchdog.to_string()),
+            ("--profile-warmup", self.profile_warmup.to_string()),
+            ("--profile-alone", self.profile_alone.to_string()),
+            ("--profile-graph", self.profile_graph.to_string()),
+            ("--compute-alone", self.compute_alone.to_string()),
+            ("--comm-sms", self.comm_sms.to_string()),
         ];
+        for (flag, value) in values {
+            out.push(flag.into());
+            out.push(value.into());
+        }
         let flags = [
             (self.reference, "--reference"),
             (self.eager, "--eager"),

@@ -39,8 +39,8 @@ fn visible_gpus() -> u32 {
     }
 }
 
-/// DIR/plan.json, checked for what the profile's arithmetic indexes by (every op's nodes
-/// inside its rank's), without the job checks of [`checked`].
+/// DIR/plan.json, validated (for the profile's arithmetic, what it indexes by: every op's
+/// nodes inside its rank's), without the job checks of [`checked`].
 fn load_valid(dir: &Path) -> Result<Plan, RuntimeError> {
     let (plan, _) = load(dir)?;
     plan.validate()?;
@@ -357,8 +357,7 @@ fn costs(dir: &Path, profile: Option<PathBuf>, device: &str, contention_from: &[
             c.excess_ms,
             c.overlap_ms
         );
-        pooled.excess_ms += c.excess_ms;
-        pooled.overlap_ms += c.overlap_ms;
+        pooled += c;
         names.push(plan_dir.file_name().map_or(source.clone(), |n| n.to_string_lossy().into_owned()));
     }
     let what = format!("from the profiles of {}, pooled", names.join(", "));
@@ -376,12 +375,9 @@ fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e}");
         Ok(ExitCode::from(e.exit_code()))
     };
-    match load(dir) {
+    match load_valid(dir) {
         Err(e) => return refuse(e),
-        Ok((plan, _)) => {
-            if let Err(e) = plan.validate() {
-                return refuse(e.into());
-            }
+        Ok(plan) => {
             if plan.world_size != gpus {
                 return refuse(RuntimeError::Environment(format!(
                     "{} is a plan for {} ranks, not --gpus {gpus}; use --gpus {} or recompile with ranks = {gpus}",

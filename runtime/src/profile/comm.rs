@@ -69,6 +69,14 @@ pub struct Contention {
     pub overlap_ms: f64,
 }
 
+/// Evidence pooled: both sums added.
+impl std::ops::AddAssign for Contention {
+    fn add_assign(&mut self, other: Contention) {
+        self.excess_ms += other.excess_ms;
+        self.overlap_ms += other.overlap_ms;
+    }
+}
+
 /// [`Contention`] of rank `rp`'s profile `p`; none without timed graph replays.
 pub fn contention(rp: &RankPlan, p: &RankProfile) -> Option<Contention> {
     p.graph_step_ms?;
@@ -108,8 +116,7 @@ pub fn evidence(plan: &pipewright_plan::Plan, profiles: &[RankProfile]) -> Conte
     let mut sum = Contention::default();
     for (rp, p) in plan.ranks.iter().zip(profiles) {
         if let Some(c) = contention(rp, p).filter(|_| p.timed_alone) {
-            sum.excess_ms += c.excess_ms;
-            sum.overlap_ms += c.overlap_ms;
+            sum += c;
         }
     }
     sum
