@@ -11,6 +11,7 @@ use crate::RuntimeError;
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use pipewright_plan::Dtype;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// cublasLtReductionScheme_t's mask of none: the sum over k is never split.
@@ -191,7 +192,7 @@ impl Lt {
         candidates: &[sys::cublasLtMatmulHeuristicResult_t],
     ) -> Result<(), RuntimeError> {
         let stream = &self.streams[0];
-        let scratch = Scratch::new(stream, s)?;
+        let scratch = self.scratch(s)?;
         p.algo = candidates[0].algo;
         self.warm_up(p, &scratch)?;
         let mut tried = Vec::new();
@@ -245,15 +246,19 @@ impl Lt {
 /// Operands of one product's shape on the GPU, to time it on.
 pub(super) struct Scratch {
     /// A, B, C and the pre-activation (kept alive while in use).
-    _buffers: Vec<CudaSlice<u8>>,
+    _buffers: Rc<Vec<CudaSlice<u8>>>,
     operands: (u64, u64, u64),
     pre: Option<u64>,
     beta: f32,
 }
 
+/// The scratch buffers of one product's shape, whatever its epilogue: a fused product,
+/// its plain twin and their race use the same ([`Lt::scratch`]).
+pub(super) type ScratchBuffers = Rc<Vec<CudaSlice<u8>>>;
+
 impl Scratch {
-    /// Operands for `s` on `stream`.
-    pub(super) fn new(stream: &Arc<CudaStream>, s: Shape) -> Result<Scratch, RuntimeError> {
+    /// A, B, C and a pre-activation for `s` on `stream`, filled.
+    fn buffers(stream: &Arc<CudaStream>, s: Shape) -> Result<ScratchBuffers, RuntimeError> {
         let size = |rows: u64, cols: u64, d: Dtype| (rows * cols * d.size()) as usize;
         let c_dtype = s.dtypes.2;
         let bytes =
@@ -275,13 +280,40 @@ impl Scratch {
             // SAFETY: the scratch buffer holds `b` bytes, `words` as many; synchronous.
             unsafe { cudarc::driver::result::memcpy_htod_sync(ptr(i), &words) }.map_err(driver)?;
         }
-        let operands = (ptr(0), ptr(1), ptr(2));
-        let pre = (s.epilogue != Fused::Nothing).then(|| ptr(3));
-        Ok(Scratch { operands, pre, beta: if s.accumulate { 1.0 } else { 0.0 }, _buffers: buffers })
+        Ok(Rc::new(buffers))
     }
 }
 
 impl Lt {
+    /// Operands for `s` on stream 0: the buffers of the last shape asked for when they are
+    /// `s`'s (a product with an epilogue and its plain twin share them, so that preparing
+    /// and racing the two fills them once), else new ones, kept for the next ask until
+    /// [`Lt::release_scratch`].
+    pub(super) fn scratch(&self, s: Shape) -> Result<Scratch, RuntimeError> {
+        let stream = &self.streams[0];
+        let key = Shape { epilogue: Fused::Nothing, ..s };
+        let kept = self.scratch.borrow().as_ref().filter(|(k, _)| *k == key).map(|(_, b)| b.clone());
+        let buffers = match kept {
+            Some(b) => b,
+            None => {
+                // The previous shape's go first: two products' operands need not fit at once.
+                *self.scratch.borrow_mut() = None;
+                let b = Scratch::buffers(stream, s)?;
+                *self.scratch.borrow_mut() = Some((key, b.clone()));
+                b
+            }
+        };
+        let ptr = |i: usize| buffers[i].device_ptr(stream).0;
+        let operands = (ptr(0), ptr(1), ptr(2));
+        let pre = (s.epilogue != Fused::Nothing).then(|| ptr(3));
+        Ok(Scratch { operands, pre, beta: if s.accumulate { 1.0 } else { 0.0 }, _buffers: buffers })
+    }
+
+    /// Frees the scratch buffers kept by [`Lt::scratch`] (once products are prepared).
+    pub fn release_scratch(&self) {
+        *self.scratch.borrow_mut() = None;
+    }
+
     /// Issues `p`'s product on `scratch` (stream 0).
     fn run_on(&self, p: &Prepared, scratch: &Scratch) -> Result<(), RuntimeError> {
         self.matmul_with(p, 0, scratch.operands, scratch.pre, 1.0, scratch.beta)

@@ -14,7 +14,6 @@
 //! ([`crate::tuning`]): every rank and every later run on the machine, and a resumed run,
 //! runs the product the same way (the two ways round differently).
 
-use super::choose::Scratch;
 use super::{destroy, Fused, Lt, Prepared, Ready, Shape};
 use crate::tuning::{Algo, Choice};
 use crate::RuntimeError;
@@ -118,8 +117,7 @@ impl Lt {
         let Some(Ready::Run(plain)) = self.prepared.get(&plain_shape) else {
             return Err(RuntimeError::Blas(format!("the plain product of {s:?} was not prepared")));
         };
-        let stream = &self.streams[0];
-        let (fused_ops, plain_ops) = (Scratch::new(stream, s)?, Scratch::new(stream, plain_shape)?);
+        let (fused_ops, plain_ops) = (self.scratch(s)?, self.scratch(plain_shape)?);
         self.warm_up(fused, &fused_ops)?;
         let (mut f, mut p, mut k) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..=ROUNDS {

@@ -119,6 +119,8 @@ pub struct Lt {
     known: HashMap<Shape, Choice>,
     /// This machine's choices (none: tune every product, keep nothing).
     cache: Option<Cache>,
+    /// The scratch operands of the shape last prepared ([`Lt::scratch`]).
+    scratch: std::cell::RefCell<Option<(Shape, choose::ScratchBuffers)>>,
 }
 
 impl std::fmt::Debug for Lt {
@@ -194,6 +196,7 @@ impl Lt {
             library,
             sm_target,
             always_fuse,
+            scratch: Default::default(),
             known: HashMap::new(),
             cache,
         })

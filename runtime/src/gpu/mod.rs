@@ -245,7 +245,9 @@ impl Gpu {
     fn ready(&mut self, shape: Shape) -> Result<bool, RuntimeError> {
         let (stream, kernels) = (&self.streams[0], &self.kernels);
         let mut scratch = None;
-        self.lt.supports(shape, &mut |s| kernels::epilogue_kernel_ms(stream, kernels, s, &mut scratch))
+        let ready = self.lt.supports(shape, &mut |s| kernels::epilogue_kernel_ms(stream, kernels, s, &mut scratch));
+        self.lt.release_scratch();
+        ready
     }
 
     /// The loaded kernel `name` (the plan's, or the runtime's own).
