@@ -11,10 +11,10 @@ use common::{cxx, parameters};
 use pipewright_runtime::gpu::{functions_of, KERNEL_SOURCES};
 use std::process::Command;
 
-/// f32 → the nearest bf16 (ties to even), as bits: what `kernels/common.cuh`'s `to_bf16` does.
+/// f32 → the nearest bf16 (ties to even), as bits: the runtime's rounding, which is
+/// `kernels/common.cuh`'s `to_bf16`.
 fn bf16_bits(x: f32) -> u32 {
-    let u = x.to_bits();
-    (u + 0x7fff + ((u >> 16) & 1)) >> 16
+    u32::from(pipewright_runtime::gpu::bf16_bits(x))
 }
 
 #[test]
