@@ -13,12 +13,30 @@ extern "C" __global__ void copy_bf16(const bf16* x, bf16* y, long long n) { copy
 
 // acc (f32) += g (bf16): a mirrored gradient copy that travelled as bf16.
 extern "C" __global__ void accumulate_bf16(const bf16* g, float* acc, long long n) {
-    GRID_STRIDE(i, n) { acc[i] += ld(g[i]); }
+    const long long vectors = aligned16(g, acc, acc) ? n / 4 : 0;
+    GRID_STRIDE(q, vectors) {
+        const bf16x4 a = ((const bf16x4*)g)[q];
+        floats4 b = ((floats4*)acc)[q];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b.v[j] += ld(a.v[j]);
+        ((floats4*)acc)[q] = b;
+    }
+    const long long done = vectors * 4;
+    GRID_STRIDE(i, n - done) { acc[done + i] += ld(g[done + i]); }
 }
 
 // w (bf16) = master (f32), after each optimizer step.
 extern "C" __global__ void cast_bf16(const float* master, bf16* w, long long n) {
-    GRID_STRIDE(i, n) { st(&w[i], master[i]); }
+    const long long vectors = aligned16(master, w, w) ? n / 4 : 0;
+    GRID_STRIDE(q, vectors) {
+        const floats4 a = ((const floats4*)master)[q];
+        bf16x4 b;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) st(&b.v[j], a.v[j]);
+        ((bf16x4*)w)[q] = b;
+    }
+    const long long done = vectors * 4;
+    GRID_STRIDE(i, n - done) { st(&w[done + i], master[done + i]); }
 }
 
 extern "C" __global__ void mse_loss_bf16(const bf16* y, const bf16* t, bf16* dy, float* loss, float* partials,

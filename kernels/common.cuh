@@ -54,6 +54,14 @@ struct alignas(16) words16 {
     unsigned int w[4];
 };
 
+// Four f32 (16 bytes) and four bf16 (8 bytes), for the vectorised passes below.
+struct alignas(16) floats4 {
+    float v[4];
+};
+struct alignas(8) bf16x4 {
+    bf16 v[4];
+};
+
 __device__ __forceinline__ bool aligned16(const void* a, const void* b, const void* c) {
     return ((((unsigned long long)a) | ((unsigned long long)b) | ((unsigned long long)c)) & 15ull) == 0;
 }

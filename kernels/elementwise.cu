@@ -13,14 +13,35 @@ extern "C" __global__ void mse_loss(const float* y, const float* t, float* dy, f
     mse_loss_body(y, t, dy, loss, partials, counter, n, scale, index);
 }
 
+// The optimizer's and the gradient sum's passes move 16 bytes per load and store where every
+// pointer is 16-byte aligned (every buffer of a plan's arena is), then the tail one element
+// at a time; per element the same arithmetic either way.
 extern "C" __global__ void accumulate(const float* g, float* acc, long long n) {
-    GRID_STRIDE(i, n) { acc[i] += g[i]; }
+    const long long vectors = aligned16(g, acc, acc) ? n / 4 : 0;
+    GRID_STRIDE(q, vectors) {
+        const floats4 a = ((const floats4*)g)[q];
+        floats4 b = ((floats4*)acc)[q];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b.v[j] += a.v[j];
+        ((floats4*)acc)[q] = b;
+    }
+    const long long done = vectors * 4;
+    GRID_STRIDE(i, n - done) { acc[done + i] += g[done + i]; }
 }
 
 extern "C" __global__ void copy(const float* x, float* y, long long n) { copy_bytes(x, y, n * 4); }
 
 extern "C" __global__ void sgd_update(float* w, const float* g, long long n, float lr) {
-    GRID_STRIDE(i, n) { w[i] -= lr * g[i]; }
+    const long long vectors = aligned16(w, g, g) ? n / 4 : 0;
+    GRID_STRIDE(q, vectors) {
+        floats4 a = ((floats4*)w)[q];
+        const floats4 b = ((const floats4*)g)[q];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) a.v[j] -= lr * b.v[j];
+        ((floats4*)w)[q] = a;
+    }
+    const long long done = vectors * 4;
+    GRID_STRIDE(i, n - done) { w[done + i] -= lr * g[done + i]; }
 }
 
 extern "C" __global__ void tick(float* step) {
@@ -31,7 +52,23 @@ extern "C" __global__ void adamw_update(float* w, const float* g, float* m, floa
                                         float lr, float b1, float b2, float eps, float wd) {
     float t = fmaxf(step[0], 1.0f);
     float c1 = 1.0f - powf(b1, t), c2 = 1.0f - powf(b2, t);
-    GRID_STRIDE(i, n) {
+    const long long vectors = aligned16(w, g, m) && aligned16(v, v, v) ? n / 4 : 0;
+    GRID_STRIDE(q, vectors) {
+        floats4 w4 = ((floats4*)w)[q], m4 = ((floats4*)m)[q], v4 = ((floats4*)v)[q];
+        const floats4 g4 = ((const floats4*)g)[q];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            m4.v[j] = b1 * m4.v[j] + (1.0f - b1) * g4.v[j];
+            v4.v[j] = b2 * v4.v[j] + (1.0f - b2) * g4.v[j] * g4.v[j];
+            w4.v[j] -= lr * (wd * w4.v[j] + (m4.v[j] / c1) / (sqrtf(v4.v[j] / c2) + eps));
+        }
+        ((floats4*)w)[q] = w4;
+        ((floats4*)m)[q] = m4;
+        ((floats4*)v)[q] = v4;
+    }
+    const long long done = vectors * 4;
+    GRID_STRIDE(k, n - done) {
+        const long long i = done + k;
         m[i] = b1 * m[i] + (1.0f - b1) * g[i];
         v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
         w[i] -= lr * (wd * w[i] + (m[i] / c1) / (sqrtf(v[i] / c2) + eps));
@@ -39,7 +76,11 @@ extern "C" __global__ void adamw_update(float* w, const float* g, float* m, floa
 }
 
 extern "C" __global__ void zero(float* x, long long n) {
-    GRID_STRIDE(i, n) { x[i] = 0.0f; }
+    const long long vectors = aligned16(x, x, x) ? n / 4 : 0;
+    const floats4 zeros = {{0.0f, 0.0f, 0.0f, 0.0f}};
+    GRID_STRIDE(q, vectors) { ((floats4*)x)[q] = zeros; }
+    const long long done = vectors * 4;
+    GRID_STRIDE(i, n - done) { x[done + i] = 0.0f; }
 }
 
 extern "C" __global__ void synth_data(float* x, const float* step, long long n, float tag, float index, float s0,
