@@ -13,6 +13,7 @@ unsigned __float_as_uint(float);
 void __syncthreads();
 void __threadfence();
 void __threadfence_system();
+void __nanosleep(unsigned int);
 unsigned atomicInc(unsigned*, unsigned);
 double __dmul_rn(double, double);
 double __dsub_rn(double, double);

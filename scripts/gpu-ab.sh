@@ -7,7 +7,8 @@
 # the algorithms the first published), each run a graph run with its efficiency measured at
 # the same clocks (as gpu-sweep.sh). AB_PLANS: plan names under target/gpu/bench;
 # AB_A, AB_B: the binaries (default target/gpu/old-runtime and target/gpu/pipewright-runtime);
-# AB_ROUNDS (default 2). Results in $OUT/ab.txt.
+# AB_A_ARGS, AB_B_ARGS: options of each side's runs (e.g. one binary twice, AB_B_ARGS="--p2p
+# copy"); AB_ROUNDS (default 2). Results in $OUT/ab.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -19,10 +20,10 @@ for plan in ${AB_PLANS:-dualpipe-r2-h4096 dualpipev-r2-h2048}; do
   dir=target/gpu/bench/$plan; fits "$dir" "$OUT/ab.txt" || continue; ranks=$(ranks_of "$dir")
   for round in $(seq "${AB_ROUNDS:-2}"); do
     for side in A B; do
-      bin=$A; [ "$side" = B ] && bin=$B
+      bin=$A args=${AB_A_ARGS:-}; [ "$side" = B ] && bin=$B args=${AB_B_ARGS:-}
       log="$LOGS/$plan-$side-$round.log"
-      PIPEWRIGHT_CACHE_DIR="$CACHES/$side" timeout 200 "$bin" launch --gpus "$ranks" "$dir" --steps 15 --compute-alone 10 > "$log" 2>&1
-      python3 scripts/step-efficiency.py "$plan" "$side ($bin) round $round" "$log" | tee -a "$OUT/ab.txt"
+      PIPEWRIGHT_CACHE_DIR="$CACHES/$side" timeout 200 "$bin" launch --gpus "$ranks" "$dir" --steps 15 --compute-alone 10 $args > "$log" 2>&1
+      python3 scripts/step-efficiency.py "$plan" "$side ($bin $args) round $round" "$log" | tee -a "$OUT/ab.txt"
     done
   done
 done

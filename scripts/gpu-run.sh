@@ -39,11 +39,14 @@ done
 fi
 
 if [ "$PART" != bench ] && [ "$PART" != launch ]; then
-echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CPU executor" | tee -a "$OUT/summary.txt"
+echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CPU executor;" \
+  "plans of more than one rank with each p2p transport (NCCL, and the copy engines: [copy])" | tee -a "$OUT/summary.txt"
 for plan in target/gpu/plans/*/; do
   fits "$plan" || continue
-  name=$(basename "$plan"); ranks=$(ranks_of "$plan")
-  timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference > "$LOGS/$name.log" 2>&1
+  ranks=$(ranks_of "$plan"); transports="nccl"; [ "$ranks" -gt 1 ] && transports="nccl copy"
+  for p2p in $transports; do
+  name=$(basename "$plan"); [ "$p2p" = copy ] && name="$name[copy]"
+  timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference --p2p "$p2p" > "$LOGS/$name.log" 2>&1
   echo "exit $?" >> "$LOGS/$name.log"
   python3 - "$name" "$LOGS/$name.log" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
@@ -54,6 +57,7 @@ worst = [max(e[i] for e in errs) for i in range(3)] if errs else [float("nan")] 
 ok = errs and all(w <= limit for w in worst) and "exit 0" in log
 print(f"{'PASS' if ok else 'FAIL'} {name}: worst loss {worst[0]:.2e}, gradient {worst[1]:.2e}, weights {worst[2]:.2e} (limit {limit:g}, {len(errs)} ranks)")
 PY
+  done
 done
 
 echo "== PyTorch (float64 autograd) on the runtime's first step" | tee -a "$OUT/summary.txt"
@@ -81,12 +85,13 @@ print(f"checkpoint/resume: steps 2-3 losses {'bitwise equal' if same else 'DIFFE
 PY
 
 W=$((GPUS >= 4 ? 4 : 2)); victim=$((W - 1))
-echo "== watchdog: rank $victim of $W killed mid-run; every other rank must end within 60 s, naming its op" | tee -a "$OUT/summary.txt"
+for p2p in nccl copy; do
+echo "== watchdog ($p2p p2p): rank $victim of $W killed mid-run; every other rank must end within 60 s, naming its op" | tee -a "$OUT/summary.txt"
 plan=target/gpu/bench/dualpipe-r$W-h512
-pids=()
+pids=(); port=29533; [ "$p2p" = copy ] && port=29543
 for r in $(seq 0 $((W - 1))); do
-  RANK=$r WORLD_SIZE=$W LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 \
-    "$RT" run "$plan" --steps 100000000 --watchdog 20 > "$LOGS/kill-rank$r.log" 2>&1 &
+  RANK=$r WORLD_SIZE=$W LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "$RT" run "$plan" --steps 100000000 --watchdog 20 --p2p "$p2p" > "$LOGS/kill-$p2p-rank$r.log" 2>&1 &
   pids+=($!)
 done
 sleep 12
@@ -94,9 +99,10 @@ kill -9 "${pids[$victim]}"; killed=$(date +%s.%N)
 for r in $(seq 0 $((W - 2))); do
   timeout 90 tail --pid="${pids[$r]}" -f /dev/null; wait "${pids[$r]}"; code=$?
   took=$(python3 -c "import time; print(f'{time.time() - $killed:.1f}')")
-  echo "rank $r: exit $code, $took s after the kill: $(grep -m1 '^error' "$LOGS/kill-rank$r.log" | cut -c1-400)" | tee -a "$OUT/summary.txt"
+  echo "rank $r: exit $code, $took s after the kill: $(grep -m1 '^error' "$LOGS/kill-$p2p-rank$r.log" | cut -c1-400)" | tee -a "$OUT/summary.txt"
 done
 for r in $(seq 0 $((W - 2))); do kill -9 "${pids[$r]}" 2>/dev/null; done
+done
 
 fi
 if [ "$PART" != correctness ] && [ "$PART" != launch ]; then
@@ -121,9 +127,12 @@ for plan in target/gpu/bench/*/; do
   [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+(-opt)?$} ]] || continue
   fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
-  for mode in graph eager; do
+  modes="graph eager"; [ "$ranks" -gt 1 ] && modes="graph eager copy"
+  for mode in $modes; do
     # The graph run ends with 10 replays of each rank's step without its p2p: the ideal.
+    # `copy`: the graph run again with the copy-engine transport.
     flag="--steps 15 --compute-alone 10"; [ "$mode" = eager ] && flag="--eager --steps 12"
+    [ "$mode" = copy ] && flag="$flag --p2p copy"
     timeout 200 "$RT" launch --gpus "$ranks" "$plan" $flag > "$LOGS/bench-$name-$mode.log" 2>&1
     grep -E "median|graph of|error|note" "$LOGS/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
   done

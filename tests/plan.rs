@@ -418,6 +418,76 @@ fn mismatched_plans_are_refused_with_the_reason() {
     assert!(bad.validate().unwrap_err().to_string().contains("kernel sgd_update takes 2 buffers, got 3"));
 }
 
+/// Every send of a plan meets a receive of its size (what NCCL needs, and what the
+/// runtime's copy-engine transport writes straight into); a plan where one does not is
+/// refused, naming the op.
+#[test]
+fn every_send_meets_a_receive_of_its_size() {
+    use pipewright_plan::transfers::transfers;
+    use pipewright_plan::Node;
+    for (family, ranks, m) in
+        [(Family::DualPipe, 4, 8), (Family::DualPipeV, 4, 8), (Family::ZbH1, 4, 8), (Family::OneFOneB, 2, 4)]
+    {
+        let plan = emit(&family.generate(ranks, m, 2), &model(1), &training(), hashes()).unwrap();
+        let all = transfers(&plan).unwrap();
+        let ops: usize = plan
+            .ranks
+            .iter()
+            .flat_map(|r| &r.nodes)
+            .map(|n| if let Node::Group { ops, .. } = n { ops.len() } else { 0 })
+            .sum();
+        assert_eq!(all.len() * 2, ops, "{}: every op in exactly one transfer", family.name());
+        for t in &all {
+            let (s, r) = (&plan.ranks[t.send.rank as usize], &plan.ranks[t.recv.rank as usize]);
+            let Node::Group { ops: sent, .. } = &s.nodes[t.send.node] else { panic!("not a group") };
+            let Node::Group { ops: got, .. } = &r.nodes[t.recv.node] else { panic!("not a group") };
+            assert!(sent[t.send.op].send && !got[t.recv.op].send);
+            assert_eq!((sent[t.send.op].peer, got[t.recv.op].peer), (t.recv.rank, t.send.rank));
+            assert_eq!(s.buffers[t.send.buffer as usize].bytes, r.buffers[t.recv.buffer as usize].bytes);
+        }
+        // Slots number each rank's p2p ops in program order.
+        for r in &plan.ranks {
+            let mut slots: Vec<u32> =
+                all.iter().flat_map(|t| [t.send, t.recv]).filter(|e| e.rank == r.rank).map(|e| e.slot).collect();
+            slots.sort_unstable();
+            assert!(slots.iter().enumerate().all(|(i, &s)| s == i as u32));
+        }
+    }
+    let plan = emit(&Family::DualPipe.generate(4, 8, 2), &model(1), &training(), hashes()).unwrap();
+    // A receive dropped from rank 2's first group that has one: rank 1 or 3 sends into nothing.
+    let mut bad = plan.clone();
+    let (node, ops) = bad.ranks[2]
+        .nodes
+        .iter_mut()
+        .enumerate()
+        .find_map(|(i, n)| match n {
+            Node::Group { ops, .. } if ops.len() > 1 && ops.iter().any(|o| !o.send) => Some((i, ops)),
+            _ => None,
+        })
+        .unwrap();
+    let at = ops.iter().position(|o| !o.send).unwrap();
+    let from = ops.remove(at).peer;
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains(&format!("rank {from}")) && err.contains("has no receive there"), "{err} (node {node})");
+    // A receive into a buffer of another size.
+    let mut bad = plan.clone();
+    let r = &mut bad.ranks[1];
+    let recv = r
+        .nodes
+        .iter_mut()
+        .find_map(|n| match n {
+            Node::Group { ops, .. } => ops.iter_mut().find(|o| !o.send),
+            _ => None,
+        })
+        .unwrap();
+    let size = r.buffers[recv.buffer as usize].bytes;
+    let other = r.buffers.iter().position(|b| b.bytes != size).unwrap();
+    let peer = recv.peer;
+    recv.buffer = other as u32;
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains(&format!("rank {peer}")) && err.contains("the sizes differ"), "{err}");
+}
+
 #[test]
 fn dualpipe_exchanges_mirrored_gradients_in_finishing_order_while_the_tail_computes() {
     // DualPipe on 2 ranks: each rank holds both stages, one copy per pipe. On both ranks

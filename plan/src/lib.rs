@@ -18,6 +18,7 @@ pub mod intervals;
 pub mod math;
 pub mod node;
 pub mod reference;
+pub mod transfers;
 
 pub use node::{Epilogue, Gemm, Kernel, Node};
 use serde::{Deserialize, Serialize};
@@ -184,7 +185,8 @@ pub enum PlanRefusal {
 impl Plan {
     /// Checks that the plan is internally consistent: one rank plan per rank, buffers
     /// inside the arena and not overlapping, every node naming existing buffers, streams,
-    /// events and peers, and every GEMM's operands large enough for its shape.
+    /// events and peers, every GEMM's operands large enough for its shape, and every send
+    /// meeting a receive of its size on its peer ([`transfers::transfers`]).
     pub fn validate(&self) -> Result<(), PlanRefusal> {
         if self.version != PLAN_VERSION {
             return Err(PlanRefusal::Version { found: self.version, supported: PLAN_VERSION });
@@ -233,6 +235,8 @@ impl Plan {
                 }
             }
         }
+        // Every send meets a receive of its size (see [`transfers`]).
+        transfers::transfers(self)?;
         Ok(())
     }
 

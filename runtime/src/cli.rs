@@ -57,6 +57,10 @@ pub enum Command {
         /// are those of the runs with the same setting).
         #[arg(long, default_value_t = 0)]
         comm_sms: u32,
+        /// How p2p groups move their bytes, as `run --p2p` (the costs are those of runs
+        /// with the same transport).
+        #[arg(long, value_enum, default_value_t = pipewright_runtime::gpu::Transport::Nccl)]
+        p2p: pipewright_runtime::gpu::Transport,
         /// Output directory (default: DIR/profile).
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -182,6 +186,11 @@ pub struct RunArgs {
     /// (for comparison).
     #[arg(long)]
     pub always_fuse: bool,
+    /// How p2p groups move their bytes: `nccl` (NCCL's send/receive kernels, any hosts) or
+    /// `copy` (the GPUs' copy engines through CUDA IPC, straight into the receiver's
+    /// buffer: no SM taken from the products; every rank on one host).
+    #[arg(long, value_enum, default_value_t = pipewright_runtime::gpu::Transport::Nccl)]
+    pub p2p: pipewright_runtime::gpu::Transport,
     /// After the run, replay the step this many times without its p2p (each rank's compute
     /// with nothing to wait for: the bubble-free ideal step) and print the median; the
     /// training state is meaningless after it, so it comes after checkpoints and dumps.
@@ -206,6 +215,7 @@ impl RunArgs {
             comm_high_priority: self.comm_high_priority,
             comm_sms: self.comm_sms,
             always_fuse: self.always_fuse,
+            p2p: self.p2p,
             alone_steps: self.compute_alone,
         }
     }
@@ -221,6 +231,10 @@ impl RunArgs {
             ("--profile-graph", self.profile_graph.to_string()),
             ("--compute-alone", self.compute_alone.to_string()),
             ("--comm-sms", self.comm_sms.to_string()),
+            (
+                "--p2p",
+                clap::ValueEnum::to_possible_value(&self.p2p).map_or_else(String::new, |v| v.get_name().to_owned()),
+            ),
         ];
         for (flag, value) in values {
             out.push(flag.into());
@@ -292,10 +306,15 @@ mod tests {
             "4",
             "--comm-sms",
             "16",
+            "--p2p",
+            "copy",
         ];
         let parsed = Just::parse_from(given).args;
         assert!(parsed.comm_high_priority && parsed.keep_memsets && parsed.resume && parsed.compute_alone == 4);
-        assert_eq!((parsed.comm_sms, parsed.profile_graph), (16, 6));
+        assert_eq!(
+            (parsed.comm_sms, parsed.profile_graph, parsed.p2p),
+            (16, 6, pipewright_runtime::gpu::Transport::Copy)
+        );
         let again = Just::parse_from(std::iter::once("x".into()).chain(parsed.to_args())).args;
         assert_eq!(again, parsed);
         let plain = Just::parse_from(["x"]).args;

@@ -60,6 +60,9 @@ pub struct RunOptions {
     pub comm_sms: u32,
     /// Fuse every epilogue cuBLASLt can, unraced ([`crate::gpu::Sharing::always_fuse`]).
     pub always_fuse: bool,
+    /// How p2p groups move their bytes: NCCL's kernels, or the copy engines (every peer on
+    /// this host; see [`crate::gpu::Transport`]).
+    pub p2p: crate::gpu::Transport,
     /// After the run (and its checkpoints and dumps), replay this many times the rank's
     /// step without its p2p groups, the rest of the graph as it is: the rank's compute
     /// with nothing to wait for, its bubble-free ideal step as the graph runs it. Its
@@ -216,6 +219,10 @@ pub fn run(
         let id = exchange_id(place, id, Duration::from_secs(60))?;
         dog.phase(format!("joining the NCCL communicator of {} ranks", plan.world_size));
         let comm = Arc::new(gpu.communicator(place.rank, plan.world_size, id)?);
+        if opts.p2p == crate::gpu::Transport::Copy {
+            dog.phase("mapping the peers' memory for copy-engine p2p");
+            gpu.connect_peers(&comm, plan, place.rank)?;
+        }
         dog.done();
         dog.watch_comm(comm.clone());
         let mark = Arc::new(HostMark::new(&gpu.ctx)?);
@@ -476,7 +483,7 @@ fn issue(
                             (o.send, o.peer, b.offset, b.bytes as usize)
                         })
                         .collect();
-                    gpu.group(comm, rank, &ops)?;
+                    gpu.group(comm, rank, i, &ops)?;
                     gpu.mark(2, mark, i as u32 + 1)?
                 }
             }

@@ -93,9 +93,9 @@ fn main() -> ExitCode {
                 .map(|line| println!("{line}"))
         }
         Command::Run { dir, args } => run(&dir, &args),
-        Command::Profile { gpus, dir, steps, warmup, alone_steps, graph_steps, comm_sms, out } => {
+        Command::Profile { gpus, dir, steps, warmup, alone_steps, graph_steps, comm_sms, p2p, out } => {
             let replays = Replays { alone: alone_steps, graph: graph_steps };
-            match profile(gpus, &dir, steps, warmup, replays, comm_sms, out) {
+            match profile(gpus, &dir, steps, warmup, replays, (comm_sms, p2p), out) {
                 Ok(code) => return code,
                 Err(e) => Err(RuntimeError::Environment(format!("{e:#}"))),
             }
@@ -228,7 +228,7 @@ fn profile(
     steps: u32,
     warmup: u32,
     replays: Replays,
-    comm_sms: u32,
+    (comm_sms, p2p): (u32, pipewright_runtime::gpu::Transport),
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use pipewright_runtime::profile::{chrome_trace, costs_toml, graph_breakdown, with_simulated, Timeline};
@@ -249,6 +249,7 @@ fn profile(
         comm_high_priority: false,
         comm_sms,
         always_fuse: false,
+        p2p,
         // Each rank's step graph without p2p, last: what its ops' costs are scaled to.
         compute_alone: 10,
     };

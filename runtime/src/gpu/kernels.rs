@@ -17,12 +17,17 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
         concat!(include_str!("../../../kernels/common.cuh"), include_str!("../../../kernels/elementwise.cu")),
     ),
     ("progress.cu", include_str!("../../../kernels/progress.cu")),
+    ("peer.cu", include_str!("../../../kernels/peer.cu")),
     ("fill.cu", concat!(include_str!("../../../kernels/common.cuh"), include_str!("../../../kernels/fill.cu"))),
     ("bf16.cu", concat!(include_str!("../../../kernels/common.cuh"), include_str!("../../../kernels/bf16.cu"))),
 ];
 
 /// The watchdog's progress kernel (`kernels/progress.cu`), beside the plan's kernels.
 pub(super) const MARK_KERNEL: &str = "mark_progress";
+
+/// The copy-engine transport's flags (`kernels/peer.cu`, [`super::peer`]).
+pub(super) const PEER_FLAG_SET: &str = "peer_flag_set";
+pub(super) const PEER_FLAG_WAIT: &str = "peer_flag_wait";
 
 /// A memset as a kernel (`kernels/fill.cu`, [`crate::graph`]).
 pub const FILL_KERNEL: &str = "fill_memset";
@@ -31,6 +36,7 @@ pub const FILL_KERNEL: &str = "fill_memset";
 pub fn functions_of(file: &str) -> Vec<&'static str> {
     match file {
         "progress.cu" => vec![MARK_KERNEL],
+        "peer.cu" => vec![PEER_FLAG_SET, PEER_FLAG_WAIT],
         "fill.cu" => vec![FILL_KERNEL],
         "bf16.cu" => pipewright_plan::node::KERNELS.iter().map(|k| k.name).filter(|n| n.ends_with("_bf16")).collect(),
         _ => pipewright_plan::node::KERNELS.iter().map(|k| k.name).filter(|n| !n.ends_with("_bf16")).collect(),

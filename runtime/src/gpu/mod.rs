@@ -1,18 +1,20 @@
 //! The one module that touches CUDA (through cudarc): library checks, the device, its
 //! streams and events, the arena, the matrix products (through [`crate::blas`]), the kernels
-//! of `kernels/` and NCCL.
+//! of `kernels/`, NCCL and the copy-engine p2p transport (`peer`).
 
 mod kernels;
 mod nccl;
+mod peer;
 
 pub use kernels::{functions_of, FILL_KERNEL, KERNEL_SOURCES};
 pub use nccl::{nccl_abort, nccl_async_error, Communicator, HostMark};
+pub use peer::Transport;
 
 use crate::blas::{Fused, Lt, Shape};
 use crate::error::driver;
 use crate::RuntimeError;
 use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 use kernels::{compile_cached, MARK_KERNEL};
 use pipewright_plan::{Buffer, Dtype, Epilogue, Gemm, COMM_STREAM};
@@ -68,9 +70,14 @@ pub struct Gpu {
     /// Products whose epilogue runs unfused (said once each).
     unfused: HashSet<Shape>,
     kernels: HashMap<String, CudaFunction>,
-    pub arena: CudaSlice<f32>,
+    /// Every buffer of the rank's plan, at its offset (exportable: the copy-engine
+    /// transport's peers write into it).
+    arena: peer::Exportable,
     /// As opened.
     pub sharing: Sharing,
+    /// The copy-engine transport, once connected ([`Gpu::connect_peers`]); p2p groups go
+    /// through NCCL without it.
+    peers: Option<peer::Peers>,
 }
 
 impl Gpu {
@@ -123,7 +130,7 @@ impl Gpu {
             sharing.always_fuse,
             Some(&cache.join("tuning")),
         )?;
-        let arena = streams[0].alloc_zeros::<f32>((arena_bytes / 4) as usize).map_err(driver)?;
+        let arena = peer::Exportable::zeroed(&ctx, arena_bytes as usize)?;
         let mut kernels = HashMap::new();
         for (file, source) in KERNEL_SOURCES {
             let ptx = compile_cached(file, source, cache)?;
@@ -142,13 +149,13 @@ impl Gpu {
             kernels,
             arena,
             sharing,
+            peers: None,
         })
     }
 
     /// Device address of byte `offset` of the arena.
     fn addr(&self, offset: u64) -> u64 {
-        let (base, _sync) = cudarc::driver::DevicePtr::device_ptr(&self.arena, &self.streams[0]);
-        base + offset
+        self.arena.addr() + offset
     }
 
     /// Copies `data` into `buffer` (at most its elements), converted to its dtype.
@@ -323,14 +330,19 @@ impl Gpu {
         Ok(Communicator { raw: unsafe { raw.assume_init() } })
     }
 
-    /// One NCCL group of p2p ops on the communication stream: (send?, peer, byte offset,
-    /// bytes). Buffers move as bytes, whatever their dtype.
+    /// One group of p2p ops (node `node` of the rank's program) on the communication
+    /// stream: (send?, peer, byte offset, bytes). Buffers move as bytes, whatever their
+    /// dtype; through NCCL, or the copy engines once [`Gpu::connect_peers`] has run.
     pub fn group(
         &mut self,
         comm: &Communicator,
         rank: u32,
+        node: usize,
         ops: &[(bool, u32, u64, usize)],
     ) -> Result<(), RuntimeError> {
+        if let Some(peers) = &self.peers {
+            return self.copy_group(peers, rank, node, ops.len());
+        }
         let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("{e:?}") };
         let stream = self.streams[COMM_STREAM as usize].cu_stream() as nccl_sys::cudaStream_t;
         nccl_result::group_start().map_err(nccl)?;

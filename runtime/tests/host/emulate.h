@@ -14,6 +14,7 @@ float __fdividef(float a, float b) { return a / b; }
 void __syncthreads() {}
 void __threadfence() {}
 void __threadfence_system() {}
+void __nanosleep(unsigned int) {}
 unsigned atomicInc(unsigned* p, unsigned limit) { unsigned old = *p; *p = old >= limit ? 0 : old + 1; return old; }
 double __dmul_rn(double a, double b) { return a * b; }
 double __dsub_rn(double a, double b) { return a - b; }

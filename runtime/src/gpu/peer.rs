@@ -1,0 +1,338 @@
+//! Copy-engine p2p (`run --p2p copy`): ranks on one host move their transfers with the
+//! GPUs' copy engines, straight into the receiver's buffer, instead of NCCL's kernels.
+//!
+//! Why: an NCCL send or receive is a kernel. It takes SMs from the matrix products running
+//! beside it, and spins on them while it waits for its peer (on 2 × H200 the products ran
+//! 4–10% slower with a batch in flight, README). A copy engine moves the bytes without an
+//! SM, and a wait is one thread of one block, asleep between reads of its flag
+//! (`kernels/peer.cu`), beside the products' blocks. (Stream memory operations,
+//! `cuStreamWaitValue32`, would take no thread at all, but as graph nodes they cost
+//! 2–3 µs each to launch — a DualPipe step's 120 put its host launch at 250–350 µs — and
+//! keep the graph from being instantiated for device launch.)
+//!
+//! The protocol. Each transfer is a send at rank s meeting a receive at rank r, paired as
+//! NCCL pairs them ([`pipewright_plan::transfers`]); each has two flags, one u32 each in
+//! the flag table of the rank that waits on it, at that rank's slot for the op:
+//! - r, reaching the receive's group, writes 1 into s's *ready* flag: its buffer is free;
+//! - s, reaching the send's group, waits for ready = 1 and resets it, copies its buffer
+//!   into r's with a copy engine (r's arena is mapped here by CUDA IPC), then writes 1
+//!   into r's *done* flag, after a system-wide fence, so that the bytes land first;
+//! - r, once its group's sends are done, waits for done = 1 and resets it.
+//!
+//! Every flag is back at 0 when a step ends, so a captured graph replays the same writes
+//! and waits every step. A group posts its receives before any of its sends waits, and
+//! its sends to different peers run on streams of their own (forked from the communication
+//! stream, joined back), so that, as in an NCCL group, no op of a group waits behind
+//! another: an order the verifier proves free of deadlock for NCCL groups is free of it
+//! here too.
+
+use super::kernels::{PEER_FLAG_SET, PEER_FLAG_WAIT};
+use super::{driver, Communicator, Gpu};
+use crate::RuntimeError;
+use cudarc::driver::sys::{self, CUdeviceptr};
+use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
+use pipewright_plan::transfers::Transfer;
+use pipewright_plan::{Plan, COMM_STREAM};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// How a plan's p2p groups move their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// NCCL send/receive kernels (any ranks, any hosts).
+    #[default]
+    Nccl,
+    /// The copy engines, through CUDA IPC (every peer on this host; see [`crate::gpu::peer`]).
+    Copy,
+}
+
+/// Device memory from `cuMemAlloc`, zeroed: unlike the stream-ordered pool's allocations,
+/// CUDA IPC can export it to the other ranks of the host.
+#[derive(Debug)]
+pub struct Exportable {
+    ctx: Arc<CudaContext>,
+    ptr: CUdeviceptr,
+}
+
+impl Exportable {
+    /// `bytes` (at least 4) in `ctx`, zeroed.
+    pub fn zeroed(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Exportable, RuntimeError> {
+        ctx.bind_to_thread().map_err(driver)?;
+        let bytes = bytes.max(4);
+        // SAFETY: a plain allocation in the current context; owned (and freed) by the value.
+        let ptr = unsafe { cudarc::driver::result::malloc_sync(bytes) }.map_err(driver)?;
+        let out = Exportable { ctx: ctx.clone(), ptr };
+        // SAFETY: [ptr, ptr + bytes) is the allocation above; synchronous.
+        unsafe { cudarc::driver::result::memset_d8_sync(ptr, 0, bytes) }.map_err(driver)?;
+        Ok(out)
+    }
+
+    /// Its device address.
+    pub fn addr(&self) -> CUdeviceptr {
+        self.ptr
+    }
+
+    /// Its CUDA IPC handle, for the other processes of the host.
+    fn handle(&self) -> Result<[u8; 64], RuntimeError> {
+        let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::uninit();
+        // SAFETY: `ptr` is the base of a cuMemAlloc allocation of the current context; the
+        // call writes the handle.
+        unsafe { sys::cuIpcGetMemHandle(h.as_mut_ptr(), self.ptr) }.result().map_err(driver)?;
+        // SAFETY: initialised by the successful call above.
+        let h = unsafe { h.assume_init() };
+        Ok(h.reserved.map(|c| c as u8))
+    }
+}
+
+impl Drop for Exportable {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by cuMemAlloc in `zeroed`, freed once (cuMemFree waits for the
+        // device work using it).
+        let _ = unsafe { cudarc::driver::result::free_sync(self.ptr) };
+    }
+}
+
+/// Another process's [`Exportable`], mapped into this context.
+#[derive(Debug)]
+struct Imported {
+    ptr: CUdeviceptr,
+}
+
+impl Imported {
+    fn open(handle: &[u8]) -> Result<Imported, RuntimeError> {
+        let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
+        for (d, s) in h.reserved.iter_mut().zip(handle) {
+            *d = *s as std::ffi::c_char;
+        }
+        let mut ptr = 0;
+        let lazy = sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32;
+        // SAFETY: `h` came from cuIpcGetMemHandle in another process of this host; the call
+        // writes the mapped address.
+        unsafe { sys::cuIpcOpenMemHandle_v2(&mut ptr, h, lazy) }.result().map_err(driver)?;
+        Ok(Imported { ptr })
+    }
+}
+
+impl Drop for Imported {
+    fn drop(&mut self) {
+        // SAFETY: mapped by cuIpcOpenMemHandle in `open`, unmapped once.
+        let _ = unsafe { sys::cuIpcCloseMemHandle(self.ptr) };
+    }
+}
+
+/// A peer's arena and flag table, mapped here.
+#[derive(Debug)]
+struct Remote {
+    arena: Imported,
+    flags: Imported,
+}
+
+/// One of this rank's p2p ops: its transfer, and where its bytes come from (a send: this
+/// rank's buffer) and go to (the receiver's buffer, in its arena).
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    t: Transfer,
+    from: u64,
+    to: u64,
+}
+
+/// What the copy-engine transport of one rank holds.
+#[derive(Debug)]
+pub struct Peers {
+    /// This rank's flag table: one u32 per p2p op of its step (the op's slot).
+    flags: Exportable,
+    remote: HashMap<u32, Remote>,
+    /// This rank's group ops, by (node, index in the group).
+    ops: HashMap<(usize, usize), Link>,
+    /// Per peer this rank sends to: the stream its sends run on when a group also sends to
+    /// another peer.
+    forks: HashMap<u32, Arc<CudaStream>>,
+}
+
+/// Bytes each rank contributes to the exchange: its arena's and its flag table's IPC
+/// handles, and its host's key.
+const RECORD: usize = 64 + 64 + 8;
+
+/// This host (its boot and its name), so that ranks can tell whether they share one.
+fn host_key() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in ["/proc/sys/kernel/random/boot_id", "/proc/sys/kernel/hostname"] {
+        std::fs::read_to_string(f).unwrap_or_default().trim().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Gpu {
+    /// Sets up the copy-engine transport for `plan` on `rank`: a flag table, the arenas and
+    /// flag tables of the peers it exchanges with, mapped by CUDA IPC (their handles
+    /// gathered through `comm`: every rank must call this). Refused, with the reason, when
+    /// a peer is on another host.
+    pub fn connect_peers(&mut self, comm: &Communicator, plan: &Plan, rank: u32) -> Result<(), RuntimeError> {
+        let offset = |end: &pipewright_plan::transfers::Endpoint| {
+            plan.ranks[end.rank as usize].buffers[end.buffer as usize].offset
+        };
+        let ops: HashMap<(usize, usize), Link> = pipewright_plan::transfers::transfers(plan)?
+            .into_iter()
+            .flat_map(|t| [(t.send, t), (t.recv, t)])
+            .filter(|(end, _)| end.rank == rank)
+            .map(|(end, t)| ((end.node, end.op), Link { t, from: offset(&t.send), to: offset(&t.recv) }))
+            .collect();
+        let flags = Exportable::zeroed(&self.ctx, ops.len() * 4)?;
+        let ipc = |e: RuntimeError| {
+            RuntimeError::Environment(format!(
+                "rank {rank} cannot export its memory through CUDA IPC ({e}); use --p2p nccl"
+            ))
+        };
+        let mut record = Vec::with_capacity(RECORD);
+        record.extend(self.arena.handle().map_err(ipc)?);
+        record.extend(flags.handle().map_err(ipc)?);
+        record.extend(host_key().to_le_bytes());
+        let all = self.all_gather(comm, rank, &record)?;
+        let peer_of = |t: &Transfer| if t.send.rank == rank { t.recv.rank } else { t.send.rank };
+        let peers: BTreeSet<u32> = ops.values().map(|l| peer_of(&l.t)).collect();
+        let mut remote = HashMap::new();
+        let mut forks = HashMap::new();
+        for p in peers {
+            let theirs = &all[p as usize * RECORD..(p as usize + 1) * RECORD];
+            if theirs[128..] != record[128..] {
+                return Err(RuntimeError::Environment(format!(
+                    "--p2p copy moves transfers within one host, but rank {rank} exchanges with rank {p}, which runs on \
+                     another; use --p2p nccl"
+                )));
+            }
+            let opened = Imported::open(&theirs[..64]).and_then(|arena| Ok((arena, Imported::open(&theirs[64..128])?)));
+            let (arena, peer_flags) = opened.map_err(|e| {
+                RuntimeError::Environment(format!(
+                    "rank {rank} cannot map rank {p}'s memory through CUDA IPC ({e}); use --p2p nccl"
+                ))
+            })?;
+            remote.insert(p, Remote { arena, flags: peer_flags });
+            if ops.values().any(|l| l.t.send.rank == rank && l.t.recv.rank == p) {
+                forks.insert(p, self.ctx.new_stream().map_err(driver)?);
+            }
+        }
+        self.peers = Some(Peers { flags, remote, ops, forks });
+        Ok(())
+    }
+
+    /// Every rank's `mine` (all the same length), in rank order, through `comm`.
+    fn all_gather(&self, comm: &Communicator, rank: u32, mine: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+        let nccl =
+            |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("exchanging IPC handles: {e:?}") };
+        let stream = &self.streams[COMM_STREAM as usize];
+        let world = {
+            let mut n = 0;
+            // SAFETY: a live communicator; the call writes its rank count.
+            unsafe { nccl_sys::ncclCommCount(comm.raw, &mut n) }.result().map_err(nccl)?;
+            n as usize
+        };
+        let send = stream.clone_htod(mine).map_err(driver)?;
+        let mut recv = stream.alloc_zeros::<u8>(mine.len() * world).map_err(driver)?;
+        {
+            let (src, _s) = cudarc::driver::DevicePtr::device_ptr(&send, stream);
+            let (dst, _d) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut recv, stream);
+            // SAFETY: `send` holds mine.len() bytes and `recv` world times as many, both
+            // alive until the copy back below has synchronised the stream.
+            unsafe {
+                nccl_result::all_gather(
+                    src as *const std::ffi::c_void,
+                    dst as *mut std::ffi::c_void,
+                    mine.len(),
+                    nccl_sys::ncclDataType_t::ncclUint8,
+                    comm.raw,
+                    stream.cu_stream() as nccl_sys::cudaStream_t,
+                )
+            }
+            .map_err(nccl)?;
+        }
+        stream.clone_dtoh(&recv).map_err(driver)
+    }
+
+    /// Issues group `node` of `rank`'s program (`n` ops) by the copy-engine protocol (see
+    /// the module's doc) on the communication stream.
+    pub(super) fn copy_group(&self, peers: &Peers, rank: u32, node: usize, n: usize) -> Result<(), RuntimeError> {
+        let comm = &self.streams[COMM_STREAM as usize];
+        let missing = || RuntimeError::Node { rank, node, what: "a p2p op without its transfer".into() };
+        let at = |what: &'static str| {
+            move |e: RuntimeError| RuntimeError::Node { rank, node, what: format!("copy-engine p2p, {what}: {e}") }
+        };
+        let ts: Vec<&Link> =
+            (0..n).map(|op| peers.ops.get(&(node, op)).ok_or_else(missing)).collect::<Result<_, _>>()?;
+        let remote = |p: u32| peers.remote.get(&p).ok_or_else(missing);
+        let mine = |slot: u32| peers.flags.addr() + 4 * slot as u64;
+        let recvs: Vec<&Transfer> = ts.iter().map(|l| &l.t).filter(|t| t.recv.rank == rank).collect();
+        for t in &recvs {
+            self.set_flag(comm, remote(t.send.rank)?.flags.ptr + 4 * t.send.slot as u64, 1)
+                .map_err(at("posting a receive"))?;
+        }
+        let sends: Vec<&Link> = ts.iter().copied().filter(|l| l.t.send.rank == rank).collect();
+        let to: BTreeSet<u32> = sends.iter().map(|l| l.t.recv.rank).collect();
+        let send = |s: &Arc<CudaStream>, l: &Link| -> Result<(), RuntimeError> {
+            let t = &l.t;
+            let r = remote(t.recv.rank)?;
+            let (src, dst) = (self.addr(l.from), r.arena.ptr + l.to);
+            self.wait_flag(s, mine(t.send.slot), 1).map_err(at("waiting for the receiver"))?;
+            // SAFETY: the source is this rank's send buffer and the destination the peer's
+            // receive buffer of the same size (`transfers` checked), inside its arena as
+            // mapped; the peer wrote `ready`, so nothing of its own uses it until `done`.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, t.bytes as usize, s.cu_stream()) }
+                .map_err(driver)
+                .map_err(at("copying"))?;
+            self.set_flag(s, r.flags.ptr + 4 * t.recv.slot as u64, 1).map_err(at("signalling the receiver"))
+        };
+        if to.len() <= 1 {
+            for l in &sends {
+                send(comm, l)?;
+            }
+        } else {
+            let forked = comm.record_event(None).map_err(driver)?;
+            for p in &to {
+                let s = peers.forks.get(p).ok_or_else(missing)?;
+                s.wait(&forked).map_err(driver)?;
+                for l in sends.iter().filter(|l| l.t.recv.rank == *p) {
+                    send(s, l)?;
+                }
+                comm.join(s).map_err(driver)?;
+            }
+        }
+        for t in &recvs {
+            self.wait_flag(comm, mine(t.recv.slot), 1).map_err(at("waiting for the sender"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// `stream` writes `value` into the flag at `addr` once it gets here, after what it
+    /// did before (the copies included) is visible ([`PEER_FLAG_SET`]).
+    fn set_flag(&self, stream: &Arc<CudaStream>, addr: CUdeviceptr, value: u32) -> Result<(), RuntimeError> {
+        self.flag_kernel(stream, PEER_FLAG_SET, addr, value)
+    }
+
+    /// `stream` waits until this rank's flag at `addr` equals `value`, and sets it back to
+    /// 0 ([`PEER_FLAG_WAIT`]).
+    fn wait_flag(&self, stream: &Arc<CudaStream>, addr: CUdeviceptr, value: u32) -> Result<(), RuntimeError> {
+        self.flag_kernel(stream, PEER_FLAG_WAIT, addr, value)
+    }
+
+    fn flag_kernel(
+        &self,
+        stream: &Arc<CudaStream>,
+        name: &str,
+        addr: CUdeviceptr,
+        value: u32,
+    ) -> Result<(), RuntimeError> {
+        let f = self.function(name)?;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(f);
+        launch.arg(&addr);
+        launch.arg(&value);
+        // SAFETY: the signature is (volatile unsigned int*, unsigned int); `addr` is a u32
+        // of a flag table, this rank's or a peer's mapped by IPC, alive while the
+        // transport is.
+        unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
+    }
+}
