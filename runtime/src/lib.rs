@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod blas;
 pub mod checkpoint;
+pub mod copy_protocol;
 pub mod error;
 pub mod exec;
 pub mod gpu;

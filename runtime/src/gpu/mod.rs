@@ -341,7 +341,7 @@ impl Gpu {
         ops: &[(bool, u32, u64, usize)],
     ) -> Result<(), RuntimeError> {
         if let Some(peers) = &self.peers {
-            return self.copy_group(peers, rank, node, ops.len());
+            return self.copy_group(peers, rank, node);
         }
         let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("{e:?}") };
         let stream = self.streams[COMM_STREAM as usize].cu_stream() as nccl_sys::cudaStream_t;

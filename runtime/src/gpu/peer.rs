@@ -10,24 +10,13 @@
 //! 2–3 µs each to launch — a DualPipe step's 120 put its host launch at 250–350 µs — and
 //! keep the graph from being instantiated for device launch.)
 //!
-//! The protocol. Each transfer is a send at rank s meeting a receive at rank r, paired as
-//! NCCL pairs them ([`pipewright_plan::transfers`]); each has two flags, one u32 each in
-//! the flag table of the rank that waits on it, at that rank's slot for the op:
-//! - r, reaching the receive's group, writes 1 into s's *ready* flag: its buffer is free;
-//! - s, reaching the send's group, waits for ready = 1 and resets it, copies its buffer
-//!   into r's with a copy engine (r's arena is mapped here by CUDA IPC), then writes 1
-//!   into r's *done* flag, after a system-wide fence, so that the bytes land first;
-//! - r, once its group's sends are done, waits for done = 1 and resets it.
-//!
-//! Every flag is back at 0 when a step ends, so a captured graph replays the same writes
-//! and waits every step. A group posts its receives before any of its sends waits, and
-//! its sends to different peers run on streams of their own (forked from the communication
-//! stream, joined back), so that, as in an NCCL group, no op of a group waits behind
-//! another: an order the verifier proves free of deadlock for NCCL groups is free of it
-//! here too.
+//! The protocol — which flags each stream signals and awaits around each copy, and why it
+//! cannot deadlock where NCCL groups do not — is [`crate::copy_protocol`]'s, written
+//! without CUDA so that the tests run it on threads; this module issues its steps.
 
 use super::kernels::{PEER_FLAG_SET, PEER_FLAG_WAIT};
 use super::{driver, Communicator, Gpu};
+use crate::copy_protocol::{group_steps, links, Step};
 use crate::RuntimeError;
 use cudarc::driver::sys::{self, CUdeviceptr};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg};
@@ -129,23 +118,14 @@ struct Remote {
     flags: Imported,
 }
 
-/// One of this rank's p2p ops: its transfer, and where its bytes come from (a send: this
-/// rank's buffer) and go to (the receiver's buffer, in its arena).
-#[derive(Clone, Copy, Debug)]
-struct Link {
-    t: Transfer,
-    from: u64,
-    to: u64,
-}
-
 /// What the copy-engine transport of one rank holds.
 #[derive(Debug)]
 pub struct Peers {
     /// This rank's flag table: one u32 per p2p op of its step (the op's slot).
     flags: Exportable,
     remote: HashMap<u32, Remote>,
-    /// This rank's group ops, by (node, index in the group).
-    ops: HashMap<(usize, usize), Link>,
+    /// Per group node: the steps of its ops (see [`crate::copy_protocol`]).
+    steps: HashMap<usize, Vec<Step>>,
     /// Per peer this rank sends to: the stream its sends run on when a group also sends to
     /// another peer.
     forks: HashMap<u32, Arc<CudaStream>>,
@@ -171,15 +151,14 @@ impl Gpu {
     /// gathered through `comm`: every rank must call this). Refused, with the reason, when
     /// a peer is on another host.
     pub fn connect_peers(&mut self, comm: &Communicator, plan: &Plan, rank: u32) -> Result<(), RuntimeError> {
-        let offset = |end: &pipewright_plan::transfers::Endpoint| {
-            plan.ranks[end.rank as usize].buffers[end.buffer as usize].offset
-        };
-        let ops: HashMap<(usize, usize), Link> = pipewright_plan::transfers::transfers(plan)?
-            .into_iter()
-            .flat_map(|t| [(t.send, t), (t.recv, t)])
-            .filter(|(end, _)| end.rank == rank)
-            .map(|(end, t)| ((end.node, end.op), Link { t, from: offset(&t.send), to: offset(&t.recv) }))
-            .collect();
+        let ops = links(plan, rank)?;
+        let mut steps = HashMap::new();
+        for (node, n) in plan.ranks[rank as usize].nodes.iter().enumerate() {
+            if let pipewright_plan::Node::Group { ops: group, .. } = n {
+                let made = group_steps(&ops, rank, node, group.len());
+                steps.insert(node, made.map_err(|what| RuntimeError::Node { rank, node, what })?);
+            }
+        }
         let flags = Exportable::zeroed(&self.ctx, ops.len() * 4)?;
         let ipc = |e: RuntimeError| {
             RuntimeError::Environment(format!(
@@ -214,7 +193,7 @@ impl Gpu {
                 forks.insert(p, self.ctx.new_stream().map_err(driver)?);
             }
         }
-        self.peers = Some(Peers { flags, remote, ops, forks });
+        self.peers = Some(Peers { flags, remote, steps, forks });
         Ok(())
     }
 
@@ -251,85 +230,70 @@ impl Gpu {
         stream.clone_dtoh(&recv).map_err(driver)
     }
 
-    /// Issues group `node` of `rank`'s program (`n` ops) by the copy-engine protocol (see
-    /// the module's doc) on the communication stream.
-    pub(super) fn copy_group(&self, peers: &Peers, rank: u32, node: usize, n: usize) -> Result<(), RuntimeError> {
-        let comm = &self.streams[COMM_STREAM as usize];
-        let missing = || RuntimeError::Node { rank, node, what: "a p2p op without its transfer".into() };
-        let at = |what: &'static str| {
-            move |e: RuntimeError| RuntimeError::Node { rank, node, what: format!("copy-engine p2p, {what}: {e}") }
+    /// Issues group `node` of `rank`'s program by the copy-engine protocol (its
+    /// [`crate::copy_protocol::group_steps`]) on the communication stream.
+    pub(super) fn copy_group(&self, peers: &Peers, rank: u32, node: usize) -> Result<(), RuntimeError> {
+        let steps = peers.steps.get(&node).ok_or_else(|| RuntimeError::Node {
+            rank,
+            node,
+            what: "a p2p group the copy-engine transport was not set up for".into(),
+        })?;
+        self.issue_steps(peers, &self.streams[COMM_STREAM as usize], steps).map_err(|e| RuntimeError::Node {
+            rank,
+            node,
+            what: format!("copy-engine p2p: {e}"),
+        })
+    }
+
+    fn issue_steps(&self, peers: &Peers, stream: &Arc<CudaStream>, steps: &[Step]) -> Result<(), RuntimeError> {
+        let remote = |p: u32| {
+            peers.remote.get(&p).ok_or_else(|| RuntimeError::Driver(format!("rank {p}'s memory is not mapped")))
         };
-        let ts: Vec<&Link> =
-            (0..n).map(|op| peers.ops.get(&(node, op)).ok_or_else(missing)).collect::<Result<_, _>>()?;
-        let remote = |p: u32| peers.remote.get(&p).ok_or_else(missing);
-        let mine = |slot: u32| peers.flags.addr() + 4 * slot as u64;
-        let recvs: Vec<&Transfer> = ts.iter().map(|l| &l.t).filter(|t| t.recv.rank == rank).collect();
-        for t in &recvs {
-            self.set_flag(comm, remote(t.send.rank)?.flags.ptr + 4 * t.send.slot as u64, 1)
-                .map_err(at("posting a receive"))?;
-        }
-        let sends: Vec<&Link> = ts.iter().copied().filter(|l| l.t.send.rank == rank).collect();
-        let to: BTreeSet<u32> = sends.iter().map(|l| l.t.recv.rank).collect();
-        let send = |s: &Arc<CudaStream>, l: &Link| -> Result<(), RuntimeError> {
-            let t = &l.t;
-            let r = remote(t.recv.rank)?;
-            let (src, dst) = (self.addr(l.from), r.arena.ptr + l.to);
-            self.wait_flag(s, mine(t.send.slot), 1).map_err(at("waiting for the receiver"))?;
-            // SAFETY: the source is this rank's send buffer and the destination the peer's
-            // receive buffer of the same size (`transfers` checked), inside its arena as
-            // mapped; the peer wrote `ready`, so nothing of its own uses it until `done`.
-            unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, t.bytes as usize, s.cu_stream()) }
-                .map_err(driver)
-                .map_err(at("copying"))?;
-            self.set_flag(s, r.flags.ptr + 4 * t.recv.slot as u64, 1).map_err(at("signalling the receiver"))
-        };
-        if to.len() <= 1 {
-            for l in &sends {
-                send(comm, l)?;
-            }
-        } else {
-            let forked = comm.record_event(None).map_err(driver)?;
-            for p in &to {
-                let s = peers.forks.get(p).ok_or_else(missing)?;
-                s.wait(&forked).map_err(driver)?;
-                for l in sends.iter().filter(|l| l.t.recv.rank == *p) {
-                    send(s, l)?;
+        for step in steps {
+            match step {
+                Step::Signal { peer, slot } => {
+                    self.flag_kernel(stream, PEER_FLAG_SET, remote(*peer)?.flags.ptr + 4 * *slot as u64)?
                 }
-                comm.join(s).map_err(driver)?;
+                Step::Await { slot } => {
+                    self.flag_kernel(stream, PEER_FLAG_WAIT, peers.flags.addr() + 4 * *slot as u64)?
+                }
+                Step::Copy { peer, from, to, bytes } => {
+                    let (src, dst) = (self.addr(*from), remote(*peer)?.arena.ptr + to);
+                    // SAFETY: the source is this rank's send buffer and the destination the
+                    // peer's receive buffer of the same size (`transfers` checked), inside
+                    // its arena as mapped; the peer signalled that it is free, and uses it
+                    // again only once this stream signals the copy done.
+                    unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, *bytes as usize, stream.cu_stream()) }
+                        .map_err(driver)?;
+                }
+                Step::Fork(branches) => {
+                    let forked = stream.record_event(None).map_err(driver)?;
+                    for (peer, branch) in branches {
+                        let s = peers
+                            .forks
+                            .get(peer)
+                            .ok_or_else(|| RuntimeError::Driver(format!("no stream for the sends to rank {peer}")))?;
+                        s.wait(&forked).map_err(driver)?;
+                        self.issue_steps(peers, s, branch)?;
+                        stream.join(s).map_err(driver)?;
+                    }
+                }
             }
-        }
-        for t in &recvs {
-            self.wait_flag(comm, mine(t.recv.slot), 1).map_err(at("waiting for the sender"))?;
         }
         Ok(())
     }
 }
 
 impl Gpu {
-    /// `stream` writes `value` into the flag at `addr` once it gets here, after what it
-    /// did before (the copies included) is visible ([`PEER_FLAG_SET`]).
-    fn set_flag(&self, stream: &Arc<CudaStream>, addr: CUdeviceptr, value: u32) -> Result<(), RuntimeError> {
-        self.flag_kernel(stream, PEER_FLAG_SET, addr, value)
-    }
-
-    /// `stream` waits until this rank's flag at `addr` equals `value`, and sets it back to
-    /// 0 ([`PEER_FLAG_WAIT`]).
-    fn wait_flag(&self, stream: &Arc<CudaStream>, addr: CUdeviceptr, value: u32) -> Result<(), RuntimeError> {
-        self.flag_kernel(stream, PEER_FLAG_WAIT, addr, value)
-    }
-
-    fn flag_kernel(
-        &self,
-        stream: &Arc<CudaStream>,
-        name: &str,
-        addr: CUdeviceptr,
-        value: u32,
-    ) -> Result<(), RuntimeError> {
+    /// `stream` runs flag kernel `name` ([`PEER_FLAG_SET`]: sets the flag at `addr` after
+    /// a system-wide fence; [`PEER_FLAG_WAIT`]: waits until it is set, then resets it).
+    fn flag_kernel(&self, stream: &Arc<CudaStream>, name: &str, addr: CUdeviceptr) -> Result<(), RuntimeError> {
         let f = self.function(name)?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
         let mut launch = stream.launch_builder(f);
+        let set = 1u32;
         launch.arg(&addr);
-        launch.arg(&value);
+        launch.arg(&set);
         // SAFETY: the signature is (volatile unsigned int*, unsigned int); `addr` is a u32
         // of a flag table, this rank's or a peer's mapped by IPC, alive while the
         // transport is.
