@@ -128,4 +128,10 @@ for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; d
   done
 done
 rm -rf "$plain"
+# DualPipe at 2048 optimised under the costs measured with the copy-engine transport
+# (`profile --p2p copy`: no contention): run with `--p2p copy`.
+./target/release/pipewright compile specs/mlp-dualpipe-h2048-copy-measured.toml -o target/gpu/bench/dualpipe-r2-h2048-opt-copy \
+  --optimize --json \
+  | python3 -c "import json,sys; r=json.load(sys.stdin); print('dualpipe-r2-h2048-opt-copy simulated makespan', r['makespan'], 'step', r['step_time'])" \
+  | tee -a target/gpu/bench/simulated.txt
 du -sh target/gpu
