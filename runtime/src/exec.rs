@@ -219,6 +219,7 @@ pub fn run(
         let id = exchange_id(place, id, Duration::from_secs(60))?;
         dog.phase(format!("joining the NCCL communicator of {} ranks", plan.world_size));
         let comm = Arc::new(gpu.communicator(place.rank, plan.world_size, id)?);
+        gpu.agree_on_transport(&comm, place.rank, opts.p2p)?;
         if opts.p2p == crate::gpu::Transport::Copy {
             dog.phase("mapping the peers' memory for copy-engine p2p");
             gpu.connect_peers(&comm, plan, place.rank)?;

@@ -32,7 +32,8 @@ pub enum Transport {
     /// NCCL send/receive kernels (any ranks, any hosts).
     #[default]
     Nccl,
-    /// The copy engines, through CUDA IPC (every peer on this host; see [`crate::gpu::peer`]).
+    /// The copy engines, through CUDA IPC (every peer on this host; see
+    /// [`crate::copy_protocol`]).
     Copy,
 }
 
@@ -195,6 +196,27 @@ impl Gpu {
         }
         self.peers = Some(Peers { flags, remote, steps, forks });
         Ok(())
+    }
+
+    /// Checks that every rank of `comm` moves p2p data by the same `transport` (each calls
+    /// this once, right after joining): a rank that posts NCCL sends to a peer waiting on
+    /// copy-engine flags would hang both until the watchdog, so a mismatch is refused up
+    /// front, naming the ranks.
+    pub fn agree_on_transport(&self, comm: &Communicator, rank: u32, transport: Transport) -> Result<(), RuntimeError> {
+        let code = |t: Transport| match t {
+            Transport::Nccl => 0u8,
+            Transport::Copy => 1,
+        };
+        let all = self.all_gather(comm, rank, &[code(transport)])?;
+        let name = |c: u8| if c == 0 { "nccl" } else { "copy" };
+        match all.iter().position(|&c| c != code(transport)) {
+            None => Ok(()),
+            Some(other) => Err(RuntimeError::Environment(format!(
+                "rank {rank} runs --p2p {} but rank {other} runs --p2p {}: give every rank the same --p2p",
+                name(code(transport)),
+                name(all[other])
+            ))),
+        }
     }
 
     /// Every rank's `mine` (all the same length), in rank order, through `comm`.
