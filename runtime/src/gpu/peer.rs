@@ -136,20 +136,14 @@ pub struct Peers {
 /// handles, and its host's key.
 const RECORD: usize = 64 + 64 + 8;
 
-/// This host (its boot and its name), so that ranks can tell whether they share one: the
-/// first 8 bytes of their sha256 (stable across builds, unlike `std`'s hasher).
-fn host_key() -> [u8; 8] {
-    let mut text = String::new();
+/// This host (its boot and its name), so that ranks can tell whether they share one.
+fn host_key() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
     for f in ["/proc/sys/kernel/random/boot_id", "/proc/sys/kernel/hostname"] {
-        text.push_str(std::fs::read_to_string(f).unwrap_or_default().trim());
-        text.push('\n');
+        std::fs::read_to_string(f).unwrap_or_default().trim().hash(&mut h);
     }
-    let hex = crate::sha256_hex(text.as_bytes());
-    let mut key = [0u8; 8];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-    }
-    key
+    h.finish()
 }
 
 impl Gpu {
@@ -175,7 +169,7 @@ impl Gpu {
         let mut record = Vec::with_capacity(RECORD);
         record.extend(self.arena.handle().map_err(ipc)?);
         record.extend(flags.handle().map_err(ipc)?);
-        record.extend(host_key());
+        record.extend(host_key().to_le_bytes());
         let all = self.all_gather(comm, rank, &record)?;
         let peer_of = |t: &Transfer| if t.send.rank == rank { t.recv.rank } else { t.send.rank };
         let peers: BTreeSet<u32> = ops.values().map(|l| peer_of(&l.t)).collect();
