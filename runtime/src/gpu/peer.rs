@@ -137,6 +137,8 @@ pub struct Peers {
 const RECORD: usize = 64 + 64 + 8;
 
 /// This host (its boot and its name), so that ranks can tell whether they share one.
+/// (`std`'s hasher with its fixed keys: the same on every rank of a job, which runs one
+/// build of the runtime.)
 fn host_key() -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
