@@ -306,9 +306,7 @@ impl Gpu {
         }
         Ok(())
     }
-}
 
-impl Gpu {
     /// `stream` runs flag kernel `name` ([`PEER_FLAG_SET`]: sets the flag at `addr` after
     /// a system-wide fence; [`PEER_FLAG_WAIT`]: waits until it is set, then resets it).
     fn flag_kernel(&self, stream: &Arc<CudaStream>, name: &str, addr: CUdeviceptr) -> Result<(), RuntimeError> {
