@@ -26,7 +26,7 @@ fn the_file_gives_what_the_spec_does_not() {
     std::fs::write(
         dir.path().join("m.toml"),
         "[costs]\nforward = [1.5, 2.5]\nbackward = [3.0, 4.0]\nweight = [1.0, 1.5]\np2p = 0.25\ncomm = \"async\"\n\
-         per_step = 0.75\nmirror_sum = 2.0\n",
+         per_step = 0.75\nmirror_sum = 2.0\nmirror_update = 0.25\n",
     )
     .unwrap();
     let s = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\nforward = 2.0\n")).unwrap();
@@ -36,7 +36,7 @@ fn the_file_gives_what_the_spec_does_not() {
     assert_eq!(s.costs.overlapped, vec![5.0, 6.0], "defaults follow the merged keys");
     assert_eq!(s.costs.p2p, 0.25);
     assert_eq!(s.costs.comm, pipewright_compiler::cost::CommMode::Async);
-    assert_eq!((s.costs.per_step, s.costs.mirror_sum), (0.75, 2.0));
+    assert_eq!((s.costs.per_step, s.costs.mirror_sum, s.costs.mirror_update), (0.75, 2.0, 0.25));
 }
 
 #[test]
@@ -54,6 +54,14 @@ fn the_step_time_adds_the_work_outside_the_programs() {
         let (_, _, report) = lower_and_simulate(&set, &s.costs, None).unwrap();
         assert!((report.step_time - report.makespan - outside).abs() < 1e-9, "{family}: {report:?}");
     }
+    // With mirror_update 0.25 of per_step: stage 1's update runs right after the program
+    // (its group ended in the tail), stage 0's after its group (1 ms after the programs),
+    // then the rest of per_step (0.75 − 2 × 0.25): 1 + 0.25 + 0.25 = 1.5, not 1.75.
+    let text = "[pipeline]\nschedule = \"dualpipe\"\nranks = 2\nmicrobatches = 4\n[costs]\nfrom = \"m.toml\"\nmirror_update = 0.25\n";
+    let s = load(dir.path(), text).unwrap();
+    let set = s.family.generate(s.ranks, s.microbatches, s.chunks_per_rank);
+    let (_, _, report) = lower_and_simulate(&set, &s.costs, None).unwrap();
+    assert!((report.step_time - report.makespan - 1.5).abs() < 1e-9, "{report:?}");
     // A negative time is an error at its line.
     let e = error_from_file(dir.path(), "per_step = -1.0");
     assert!(e.contains("bad.toml:2:12") && e.contains("per_step must be ≥ 0"), "{e}");
@@ -141,6 +149,7 @@ fn communication_costs_and_each_ranks_own_work_are_read_and_checked() {
         ("p2p_contention = 1.5", "p2p_contention must be in [0, 1), got 1.5"),
         ("p2p_contention = -0.1", "p2p_contention must be in [0, 1)"),
         ("p2p_per_transfer = -1.0", "p2p_per_transfer must be ≥ 0"),
+        ("mirror_update = -0.5", "mirror_update must be ≥ 0"),
         ("per_step = [1.0, 2.0, 3.0]", "per_step lists 3 values, but this pipeline has 2 ranks"),
         ("per_step = [1.0, -2.0]", "per_step must be ≥ 0, got -2"),
     ] {

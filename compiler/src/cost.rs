@@ -85,6 +85,15 @@ pub struct CostModel {
     /// ([`crate::mirror::exchange_end`]).
     #[serde(default)]
     pub mirror_sum: f64,
+    /// Where pipes are mirrored: the part of `per_step` that adds a mirrored stage's two
+    /// copies of its gradients and updates its weights, once that stage's exchange is
+    /// done. Each rank's compute stream runs these after its program, in the exchange's
+    /// order, so all but the last run beside the later stages' exchange instead of after
+    /// it (0: `per_step` as one block after the exchange). Why: measured on 2 × H200, a
+    /// DualPipe step ended with the exchange's last group and one update, while charging
+    /// all of `per_step` after the exchange over-predicted DualPipe's steps by 1.5–3%.
+    #[serde(default)]
+    pub mirror_update: f64,
 }
 
 impl CostModel {
@@ -104,6 +113,7 @@ impl CostModel {
             per_step: 0.0,
             per_step_by_rank: Vec::new(),
             mirror_sum: 0.0,
+            mirror_update: 0.0,
         }
     }
 

@@ -110,10 +110,18 @@ pub fn lower_and_simulate(
     let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
     // Once a step, outside the programs: each rank's own work, after its program's end
     // and, where pipes are mirrored, after the gradient exchange (the copies that finish
-    // early travel during the programs' tails; what outlasts them counts).
-    let exchange = mirror::exchange_end(&dag.layout, programs, &simulation, costs.mirror_sum).unwrap_or(0.0);
+    // early travel during the programs' tails; what outlasts them counts), each mirrored
+    // stage's update after its group ([`mirror::rank_step_end`]).
+    let groups = mirror::group_ends(&dag.layout, programs, &simulation, costs.mirror_sum);
+    let exchange = groups.as_ref().map_or(0.0, |g| g.iter().flatten().copied().fold(0.0, f64::max));
     let step = (simulation.timeline.iter().enumerate())
-        .map(|(r, spans)| spans.iter().map(|s| s.end).fold(exchange, f64::max) + costs.per_step_of(r))
+        .map(|(r, spans)| {
+            let end = spans.iter().map(|s| s.end).fold(0.0, f64::max);
+            match &groups {
+                Some(g) => mirror::rank_step_end(end, &g[r], costs.per_step_of(r), costs.mirror_update),
+                None => end.max(exchange) + costs.per_step_of(r),
+            }
+        })
         .fold(simulation.makespan, f64::max);
     let budget = memory.map(|m| m.budget);
     let outside = step - simulation.makespan;

@@ -63,6 +63,12 @@ pub fn finishing_order(layout: &Layout, set: &ProgramSet, rank: u32, peer: u32) 
 /// copies are final, both ranks' programs have posted their last batch, and the pair's
 /// previous group is done. None without mirrored pipes.
 pub fn exchange_end(layout: &Layout, set: &ProgramSet, sim: &Simulation, mirror_sum: f64) -> Option<f64> {
+    group_ends(layout, set, sim, mirror_sum).map(|ends| ends.iter().flatten().copied().fold(0.0, f64::max))
+}
+
+/// [`exchange_end`]'s groups: per rank, when each of its groups ends, in the order it runs
+/// them (pair by pair, each pair's in finishing order). None without mirrored pipes.
+pub fn group_ends(layout: &Layout, set: &ProgramSet, sim: &Simulation, mirror_sum: f64) -> Option<Vec<Vec<f64>>> {
     if layout.mirrored_pipes.is_empty() {
         return None;
     }
@@ -84,7 +90,7 @@ pub fn exchange_end(layout: &Layout, set: &ProgramSet, sim: &Simulation, mirror_
         .collect();
     let mirrored =
         |r: u32| (0..layout.modules[r as usize].len() as u32).filter(|&d| mirror_of(layout, r, d).is_some()).count();
-    let mut end = 0.0f64;
+    let mut ends = vec![Vec::new(); ranks];
     for r in 0..ranks as u32 {
         for p in peers(layout, r).into_iter().filter(|&p| p > r) {
             let each = mirror_sum / mirrored(r).max(mirrored(p)).max(1) as f64;
@@ -93,11 +99,29 @@ pub fn exchange_end(layout: &Layout, set: &ProgramSet, sim: &Simulation, mirror_
                 let start = free[r as usize].max(free[p as usize]).max(time_after(r, a)).max(time_after(p, b));
                 free[r as usize] = start + each;
                 free[p as usize] = start + each;
+                ends[r as usize].push(start + each);
+                ends[p as usize].push(start + each);
             }
-            end = end.max(free[r as usize]);
         }
     }
-    Some(end)
+    Some(ends)
+}
+
+/// When rank `r`'s step ends after its program (which ends at `program_end`): with
+/// `mirror_update` (the part of `per_step` that updates one mirrored stage once its group
+/// is done) the rank's compute stream runs each group's update after its program and
+/// that group, one after another, and the rest of `per_step` once; without it, all of
+/// `per_step` after the program and the whole exchange.
+pub fn rank_step_end(program_end: f64, groups: &[f64], per_step: f64, mirror_update: f64) -> f64 {
+    if mirror_update <= 0.0 || groups.is_empty() {
+        return groups.iter().copied().fold(program_end, f64::max) + per_step;
+    }
+    let updates = mirror_update * groups.len() as f64;
+    let mut t = program_end;
+    for &end in groups {
+        t = t.max(end) + mirror_update;
+    }
+    t + (per_step - updates).max(0.0)
 }
 
 #[cfg(test)]
@@ -130,6 +154,26 @@ mod tests {
         // No mirrored pipes, no exchange.
         let (set, layout, sim) = simulated(Family::DualPipeV, 2, 8);
         assert_eq!(exchange_end(&layout, &set, &sim, 5.0), None);
+    }
+
+    #[test]
+    fn only_the_last_update_follows_the_exchange() {
+        // Groups ending at 10 and 12 after a program ending at 11; per_step 3, of which
+        // each group's update 1: the first update waits for the program (11 → 12), the
+        // second for its group (12 → 13), then the rest of per_step (1) → 14. Without
+        // mirror_update all of per_step follows the exchange: 12 + 3 = 15.
+        assert_eq!(rank_step_end(11.0, &[10.0, 12.0], 3.0, 1.0), 14.0);
+        assert_eq!(rank_step_end(11.0, &[10.0, 12.0], 3.0, 0.0), 15.0);
+        // A late group makes its update wait: 11 → 12, then max(12, 20) + 1 = 21, + 1.
+        assert_eq!(rank_step_end(11.0, &[10.0, 20.0], 3.0, 1.0), 22.0);
+        // No exchange: the program end plus per_step, whatever mirror_update says.
+        assert_eq!(rank_step_end(11.0, &[], 3.0, 1.0), 14.0);
+        // The groups of a DualPipe step, per rank: one per mirrored stage, in finishing order.
+        let (set, layout, sim) = simulated(Family::DualPipe, 2, 8);
+        let ends = group_ends(&layout, &set, &sim, 2.0).unwrap();
+        assert!(ends.iter().all(|e| e.len() == 2 && e[0] <= e[1]), "{ends:?}");
+        assert_eq!(ends[0], ends[1], "a pair's groups end together");
+        assert_eq!(exchange_end(&layout, &set, &sim, 2.0), Some(ends[0][1]));
     }
 
     #[test]

@@ -141,6 +141,7 @@ fn measured_ops_become_a_costs_table_an_ideal_and_a_trace() {
     let per_step: Vec<f64> = costs["per_step"].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect();
     assert_eq!(per_step, plan.ranks.iter().map(|r| 0.25 * parts(r, "STEP") as f64).collect::<Vec<_>>());
     assert_eq!(costs["mirror_sum"].as_float(), Some(0.0), "{toml_text}");
+    assert!(costs.get("mirror_update").is_none(), "no mirrored stages, no update of one: {toml_text}");
     // The ideal: each rank's compute (its ops and the step's own work), not its p2p.
     for (r, p) in plan.ranks.iter().zip(&profiles) {
         let want: f64 = r
@@ -303,7 +304,7 @@ fn node_timings_group_by_kind_with_their_rates() {
 }
 
 #[test]
-fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
+fn a_dualpipe_profile_gives_the_mirror_sum_and_update_once_a_step() {
     // Every op 1 ms, the step's own work 0.5 ms a part, and each mirror-gradient exchange
     // group 3 ms on rank 0 and 2 ms on rank 1: once a step, the busiest rank's. Each p2p
     // batch 0.05 ms and 0.1 per transfer in its busier direction (DualPipe runs batches
@@ -332,6 +333,12 @@ fn a_dualpipe_profile_gives_the_mirror_sum_once_a_step() {
         assert_eq!(kinds("STEP", ""), 6, "rank {}", r.rank);
     }
     assert_eq!(costs["mirror_sum"].as_float(), Some(12.0), "{text}");
+    // Of per_step (6 parts × 0.5 = 3), a mirrored stage's update: its two matrices' parts.
+    assert_eq!(
+        costs["per_step"].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect::<Vec<_>>(),
+        [3.0, 3.0]
+    );
+    assert_eq!(costs["mirror_update"].as_float(), Some(1.0), "{text}");
     let sizes: std::collections::BTreeSet<u32> = (plan.ranks.iter())
         .flat_map(|r| (0..r.ops.len()).filter(|&i| r.ops[i].label.starts_with('[')).map(move |i| transfers(r, i)))
         .collect();

@@ -26,6 +26,7 @@ pub(super) struct RawCosts {
     comm: Option<Spanned<String>>,
     per_step: Option<Spanned<PerStage<f64>>>,
     mirror_sum: Option<Spanned<f64>>,
+    mirror_update: Option<Spanned<f64>>,
 }
 
 /// The cost keys a `[costs]` table gives, each checked on its own (not yet defaulted).
@@ -43,6 +44,7 @@ pub(super) struct GivenCosts {
     /// The busiest rank's, and each rank's when the table lists them.
     per_step: Option<(f64, Vec<f64>)>,
     mirror_sum: Option<f64>,
+    mirror_update: Option<f64>,
 }
 
 impl GivenCosts {
@@ -60,6 +62,7 @@ impl GivenCosts {
             comm: self.comm.or(other.comm),
             per_step: self.per_step.or(other.per_step),
             mirror_sum: self.mirror_sum.or(other.mirror_sum),
+            mirror_update: self.mirror_update.or(other.mirror_update),
         }
     }
 }
@@ -132,6 +135,11 @@ pub(super) fn given_costs(
     };
     let mirror_sum =
         scalar("mirror_sum", raw.and_then(|r| r.mirror_sum.as_ref()), "mirror_sum is the time of one exchange")?;
+    let mirror_update = scalar(
+        "mirror_update",
+        raw.and_then(|r| r.mirror_update.as_ref()),
+        "mirror_update is the time of one mirrored stage's update, part of per_step",
+    )?;
     let pairs = match raw.and_then(|r| r.overlapped_pairs.as_ref()) {
         None => None,
         Some(v) => {
@@ -186,6 +194,7 @@ pub(super) fn given_costs(
         comm,
         per_step,
         mirror_sum,
+        mirror_update,
     })
 }
 
@@ -212,6 +221,7 @@ pub(super) fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, (usize
         per_step: g.per_step.as_ref().map_or(0.0, |p| p.0),
         per_step_by_rank: g.per_step.map(|p| p.1).unwrap_or_default(),
         mirror_sum: g.mirror_sum.unwrap_or(0.0),
+        mirror_update: g.mirror_update.unwrap_or(0.0),
     })
 }
 

@@ -15,7 +15,7 @@
 //! weight = 1.0
 //! overlapped = 2.5
 //! overlapped_pairs = [{ f = 1, b = 0, ms = 2.2 }]  # optional: FB pairs measured as such
-//!                          # (F of stage f with B of stage b; the others follow `overlapped`)
+//!                          # (F of stage f with B of stage b; the others: forward + backward)
 //! p2p = 0.0
 //! p2p_per_transfer = 0.0   # each transfer of a batch's busier direction adds this
 //! p2p_contention = 0.0     # async: compute runs this fraction slower beside a batch in flight
@@ -24,6 +24,8 @@
 //!                          # a list, one per rank (step_time: the latest rank's end plus its own)
 //! mirror_sum = 0.0         # once a step where pipes are mirrored: a rank's gradient exchange
 //!                          # (step_time counts what outlasts the programs, crate::mirror)
+//! mirror_update = 0.0      # of per_step: one mirrored stage's update after its exchange (the
+//!                          # last stage's follows the exchange, the others run beside it)
 //!
 //! [memory]                 # optional, bytes
 //! activation = 1_000_000
@@ -170,6 +172,7 @@ impl Spec {
             // loss): only the busiest rank's carries over to another.
             per_step_by_rank: if family == self.family { c.per_step_by_rank.clone() } else { Vec::new() },
             mirror_sum: c.mirror_sum,
+            mirror_update: c.mirror_update,
         };
         let memory = self.memory.as_ref().map(|m| MemoryModel {
             activation: split_bytes(&m.activation),

@@ -99,6 +99,20 @@ pub fn costs_toml_with(
     };
     let mirror_sum =
         per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"), false).into_iter().fold(0.0, f64::max);
+    // Of the step's own work: a mirrored stage's update after its exchange (the
+    // epilogue's `epilogue: stage S ...` ops, summed per stage), the median over ranks.
+    let update = |o: &OpTime| o.kind == "STEP" && o.label.starts_with("epilogue: stage ");
+    let per_stage: Vec<f64> = profiles
+        .iter()
+        .filter_map(|p| {
+            let stages: std::collections::BTreeSet<&str> =
+                p.ops.iter().filter(|o| update(o)).filter_map(|o| o.label.split_whitespace().nth(2)).collect();
+            let total: f64 = p.ops.iter().filter(|o| update(o)).map(|o| o.ms * p.calibration()).sum();
+            (!stages.is_empty()).then(|| total / stages.len() as f64)
+        })
+        .collect();
+    let mirror_update_line =
+        if per_stage.is_empty() { String::new() } else { format!("mirror_update = {:.4}\n", median(per_stage)) };
     let scales: Vec<String> = profiles.iter().map(|p| format!("{:.3}", p.calibration())).collect();
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches{}),\n\
@@ -110,7 +124,7 @@ pub fn costs_toml_with(
          # `[costs] from = \"<this file>\"` in the spec (whose own `comm` says how the plan\n\
          # communicates).\n\
          [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\n{pair_line}p2p = {:.4}\n\
-         {per_transfer_line}{contention_line}per_step = {}\nmirror_sum = {:.4}\n",
+         {per_transfer_line}{contention_line}per_step = {}\nmirror_sum = {:.4}\n{mirror_update_line}",
         plan.schedule,
         plan.world_size,
         plan.stages,
