@@ -263,6 +263,36 @@ proptest! {
         prop_assert_eq!(blocking.makespan, uncontended.makespan);
     }
 
+    /// Every family's plan at every size, emitted for blocking and async p2p: valid (every
+    /// node's buffers, streams, events and peers exist, every product's operands large
+    /// enough) and every send meeting a receive of its size on its peer, each p2p op in
+    /// exactly one transfer — what NCCL needs, and what the copy-engine transport writes
+    /// straight into.
+    #[test]
+    fn emitted_plans_pair_every_send_with_a_receive_of_its_size(
+        (family, ranks, m) in case(),
+        async_comm in any::<bool>(),
+        fuse_gelu in any::<bool>(),
+    ) {
+        use pipewright_plan::{Dtype, Hashes, Model, Node, Training};
+        let set = family.generate(ranks, m, 2);
+        let model = Model {
+            kind: "mlp".into(), hidden: 4, ffn: 8, seq: 2, microbatch_size: 1, layers_per_stage: 1,
+            dtype: Dtype::F32, seed: 1, fuse_gelu, mirror_bf16: false,
+        };
+        let training = Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 };
+        let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };
+        let comm = if async_comm { CommMode::Async } else { CommMode::Blocking };
+        let plan = pipewright_compiler::emit::emit_with(&set, &model, &training, hashes, comm)
+            .map_err(|e| TestCaseError::fail(format!("{}: {e}", family.name())))?;
+        plan.validate().map_err(|e| TestCaseError::fail(format!("{}: {e}", family.name())))?;
+        let transfers = pipewright_plan::transfers::transfers(&plan).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let ops: usize = plan.ranks.iter().flat_map(|r| &r.nodes)
+            .map(|n| if let Node::Group { ops, .. } = n { ops.len() } else { 0 })
+            .sum();
+        prop_assert_eq!(transfers.len() * 2, ops);
+    }
+
     #[test]
     fn generated_programs_roundtrip_through_json((family, ranks, m) in case()) {
         let set = family.generate(ranks, m, 2);
