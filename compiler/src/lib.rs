@@ -112,15 +112,12 @@ pub fn lower_and_simulate(
     // and, where pipes are mirrored, after the gradient exchange (the copies that finish
     // early travel during the programs' tails; what outlasts them counts), each mirrored
     // stage's update after its group ([`mirror::rank_step_end`]).
-    let groups = mirror::group_ends(&dag.layout, programs, &simulation, costs.mirror_sum);
-    let exchange = groups.as_ref().map_or(0.0, |g| g.iter().flatten().copied().fold(0.0, f64::max));
+    let groups = mirror::group_ends(&dag.layout, programs, &simulation, costs.mirror_sum).unwrap_or_default();
     let step = (simulation.timeline.iter().enumerate())
         .map(|(r, spans)| {
             let end = spans.iter().map(|s| s.end).fold(0.0, f64::max);
-            match &groups {
-                Some(g) => mirror::rank_step_end(end, &g[r], costs.per_step_of(r), costs.mirror_update),
-                None => end.max(exchange) + costs.per_step_of(r),
-            }
+            let mine = groups.get(r).map_or(&[][..], Vec::as_slice);
+            mirror::rank_step_end(end, mine, costs.per_step_of(r), costs.mirror_update)
         })
         .fold(simulation.makespan, f64::max);
     let budget = memory.map(|m| m.budget);

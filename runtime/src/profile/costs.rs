@@ -102,12 +102,10 @@ pub fn costs_toml_with(
     // Of the step's own work: a mirrored stage's update after its exchange (the
     // epilogue's `epilogue: stage S ...` ops, summed per stage), the median over ranks.
     let update = |o: &OpTime| o.kind == "STEP" && o.label.starts_with("epilogue: stage ");
-    let per_stage: Vec<f64> = profiles
-        .iter()
-        .filter_map(|p| {
+    let per_stage: Vec<f64> = (profiles.iter().zip(per_rank(&update, true)))
+        .filter_map(|(p, total)| {
             let stages: std::collections::BTreeSet<&str> =
                 p.ops.iter().filter(|o| update(o)).filter_map(|o| o.label.split_whitespace().nth(2)).collect();
-            let total: f64 = p.ops.iter().filter(|o| update(o)).map(|o| o.ms * p.calibration()).sum();
             (!stages.is_empty()).then(|| total / stages.len() as f64)
         })
         .collect();
