@@ -246,7 +246,7 @@ impl Lt {
 /// Operands of one product's shape on the GPU, to time it on.
 pub(super) struct Scratch {
     /// A, B, C and the pre-activation (kept alive while in use).
-    _buffers: Rc<Vec<CudaSlice<u8>>>,
+    _buffers: ScratchBuffers,
     operands: (u64, u64, u64),
     pre: Option<u64>,
     beta: f32,

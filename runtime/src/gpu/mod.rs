@@ -391,13 +391,30 @@ impl Gpu {
 
     /// Writes `value` into `mark` once `stream` gets here.
     pub fn mark(&self, stream: usize, mark: &HostMark, value: u32) -> Result<(), RuntimeError> {
-        let f = self.function(MARK_KERNEL)?;
+        // SAFETY: `mark.device` is the device address of live page-locked host memory
+        // holding one u32.
+        unsafe { self.launch_word(&self.streams[stream], MARK_KERNEL, mark.device, value) }
+    }
+
+    /// Launches the one-thread kernel `name(unsigned int* word, unsigned int value)` on
+    /// `stream`: the watchdog's progress mark and the copy-engine transport's flags.
+    ///
+    /// # Safety
+    /// `word` must be the device address of a u32 that stays valid until the kernel has run.
+    unsafe fn launch_word(
+        &self,
+        stream: &Arc<CudaStream>,
+        name: &str,
+        word: u64,
+        value: u32,
+    ) -> Result<(), RuntimeError> {
+        let f = self.function(name)?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = self.streams[stream].launch_builder(f);
-        launch.arg(&mark.device);
+        let mut launch = stream.launch_builder(f);
+        launch.arg(&word);
         launch.arg(&value);
-        // SAFETY: the signature is (unsigned int*, unsigned int); `mark.device` is the
-        // device address of live page-locked host memory holding one u32.
+        // SAFETY: the kernel's signature is (unsigned int*, unsigned int); the caller
+        // vouches for `word`.
         unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
     }
 }

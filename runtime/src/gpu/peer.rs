@@ -19,7 +19,7 @@ use super::{driver, Communicator, Gpu};
 use crate::copy_protocol::{group_steps, links, Step};
 use crate::RuntimeError;
 use cudarc::driver::sys::{self, CUdeviceptr};
-use cudarc::driver::{CudaContext, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaStream};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 use pipewright_plan::transfers::Transfer;
 use pipewright_plan::{Plan, COMM_STREAM};
@@ -310,15 +310,8 @@ impl Gpu {
     /// `stream` runs flag kernel `name` ([`PEER_FLAG_SET`]: sets the flag at `addr` after
     /// a system-wide fence; [`PEER_FLAG_WAIT`]: waits until it is set, then resets it).
     fn flag_kernel(&self, stream: &Arc<CudaStream>, name: &str, addr: CUdeviceptr) -> Result<(), RuntimeError> {
-        let f = self.function(name)?;
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = stream.launch_builder(f);
-        let set = 1u32;
-        launch.arg(&addr);
-        launch.arg(&set);
-        // SAFETY: the signature is (volatile unsigned int*, unsigned int); `addr` is a u32
-        // of a flag table, this rank's or a peer's mapped by IPC, alive while the
-        // transport is.
-        unsafe { launch.launch(cfg) }.map(|_| ()).map_err(driver)
+        // SAFETY: `addr` is a u32 of a flag table, this rank's or a peer's mapped by IPC,
+        // alive while the transport is.
+        unsafe { self.launch_word(stream, name, addr, 1) }
     }
 }
