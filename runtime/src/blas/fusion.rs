@@ -15,6 +15,7 @@
 //! runs the product the same way (the two ways round differently).
 
 use super::{destroy, Fused, Lt, Prepared, Ready, Shape};
+use crate::profile::median;
 use crate::tuning::{Algo, Choice};
 use crate::RuntimeError;
 
@@ -46,11 +47,6 @@ impl std::fmt::Display for Race {
             self.fused, self.plain, self.kernel
         )
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 impl Lt {
