@@ -65,8 +65,9 @@ pub fn costs_toml_with(
     let weights: Vec<f64> = (0..stages).map(|s| weight[s].unwrap_or(backward[s] / 2.0)).collect();
     let overlapped: Vec<f64> = (0..stages).map(|s| get("FB", s).unwrap_or(forward[s] + backward[s])).collect();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
-    // The pairs as measured (the per-stage `overlapped` above, the medians of every pair a
-    // stage is in, stays for pairs the plan did not run).
+    // The pairs as measured (with them listed, a pair the plan did not run costs its halves
+    // in the simulator: `CostModel::pairs`; the per-stage `overlapped` above, the medians of
+    // every pair a stage is in, serves a spec that drops the list).
     let pair_list = pairs
         .iter()
         .map(|(&(f, b), v)| format!("{{ f = {f}, b = {b}, ms = {:.4} }}", median(v.clone())))
