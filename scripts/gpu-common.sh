@@ -1,7 +1,8 @@
 # Sourced by gpu-run.sh and gpu-diag.sh (on the device machine, from the repository root):
-# the runtime binary, this machine's GPU count, and which plans fit it. Needs $OUT.
+# the runtime binary ($RT, default target/gpu/pipewright-runtime: another build to run the
+# same checks with, e.g. a branch's), this machine's GPU count, and which plans fit it. Needs $OUT.
 export NCCL_NVLS_ENABLE=0
-RT=target/gpu/pipewright-runtime
+RT=${RT:-target/gpu/pipewright-runtime}
 GPUS=$(nvidia-smi -L | wc -l)
 ranks_of() { python3 -c "import json;print(json.load(open('$1/plan.json'))['world_size'])"; }
 # fits PLAN [LOG]: the plan needs no more GPUs than this machine has (else say so in LOG,

@@ -6,7 +6,8 @@
 # $OUT/logs.tgz (the device tool brings back only a few files). BENCH_FILTER=REGEX picks
 # the benchmark plans by name (default: the issue's dualpipe/dualpipev settings on 4 GPUs,
 # or 2 when only 2 are there, with their optimised programs where built; BENCH_FILTER=.
-# runs all that fit, more than one call's time).
+# runs all that fit, more than one call's time); BENCH_MODES picks the runs of each (default
+# "graph eager copy profile": copy for multi-rank plans only). RT=BINARY runs another build.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
@@ -23,17 +24,19 @@ echo "== host launch per replayed step against the microbatch count (hidden 256,
 for plan in target/gpu/launch/*/; do
   fits "$plan" "$OUT/launch.txt" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
+  start=$(date +%s.%N)
   timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 30 > "$LOGS/launch-$name.log" 2>&1
-  python3 - "$name" "$LOGS/launch-$name.log" <<'PY' | tee -a "$OUT/launch.txt"
+  wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+  python3 - "$name" "$LOGS/launch-$name.log" "$wall" <<'PY' | tee -a "$OUT/launch.txt"
 import re, sys
-name, log = sys.argv[1], open(sys.argv[2]).read()
+name, log, wall = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
 nodes = [int(n) for n in re.findall(r"graph of (\d+) nodes", log)]
 runs = re.findall(r"median step (\S+) ms .*median host launch (\S+) µs", log)
 if not (nodes and runs):
     print(f"{name}: FAILED: {log.strip().splitlines()[-1:]}")
 else:
     print(f"{name}: graph of up to {max(nodes)} nodes a rank; median step {max(float(r[0]) for r in runs):.3f} ms; "
-          f"host launch {max(float(r[1]) for r in runs):.1f} µs (the larger rank's median)")
+          f"host launch {max(float(r[1]) for r in runs):.1f} µs (the larger rank's median); {wall} s start to end")
 PY
 done
 fi
@@ -127,8 +130,8 @@ for plan in target/gpu/bench/*/; do
   [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+(-opt)?$} ]] || continue
   fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
-  modes="graph eager"; [ "$ranks" -gt 1 ] && modes="graph eager copy"
-  for mode in $modes; do
+  modes=${BENCH_MODES:-graph eager copy profile}; [ "$ranks" -gt 1 ] || modes=${modes//copy/}
+  for mode in ${modes//profile/}; do
     # The graph run ends with 10 replays of each rank's step without its p2p: the ideal.
     # `copy`: the graph run again with the copy-engine transport.
     flag="--steps 15 --compute-alone 10"; [ "$mode" = eager ] && flag="--eager --steps 12"
@@ -136,8 +139,10 @@ for plan in target/gpu/bench/*/; do
     timeout 200 "$RT" launch --gpus "$ranks" "$plan" $flag > "$LOGS/bench-$name-$mode.log" 2>&1
     grep -E "median|graph of|error|note" "$LOGS/bench-$name-$mode.log" | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
   done
-  timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 4 -o "$LOGS/profile-$name" > "$LOGS/bench-$name-profile.log" 2>&1
-  cp "$LOGS/profile-$name/nodes.md" "$OUT/nodes-$name.md" 2>/dev/null
+  if [[ $modes == *profile* ]]; then
+    timeout 200 "$RT" profile --gpus "$ranks" "$plan" --steps 4 -o "$LOGS/profile-$name" > "$LOGS/bench-$name-profile.log" 2>&1
+    cp "$LOGS/profile-$name/nodes.md" "$OUT/nodes-$name.md" 2>/dev/null
+  fi
   # The table so far (what a call cut short still brings back).
   python3 scripts/bench-table.py "$LOGS" > "$OUT/bench.md"
 done
