@@ -419,11 +419,11 @@ fn capture(
     })();
     // Ended whatever happened, so that the streams leave capture mode.
     let flags = crate::graph::instantiate_flags(gpu.sharing.comm_first);
-    let captured = gpu.streams[0].end_capture(flags);
+    let captured = crate::graph::end_capture(&gpu.streams[0]);
     let timer = issued?;
-    let g = captured.map_err(driver)?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
+    let g = captured?.ok_or_else(|| RuntimeError::Driver("the capture is empty".into()))?;
     let g = if keep_memsets {
-        crate::graph::Replay::captured(g)
+        crate::graph::Replay::captured(g, gpu.streams[0].cu_stream(), flags)?
     } else {
         let fill = gpu.function(crate::gpu::FILL_KERNEL)?.cu_function();
         crate::graph::Replay::without_memsets(g, fill, gpu.streams[0].cu_stream(), flags)?.0

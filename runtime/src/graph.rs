@@ -20,6 +20,10 @@
 //! that way (device graphs hold kernel, memset and memcpy nodes only) is instantiated
 //! plainly, and the run's graph line says which.
 //!
+//! A capture is ended here ([`end_capture`]), not by cudarc's `end_capture`, which
+//! instantiates the graph as captured: the step's graph is instantiated once, after the
+//! rewrite, and a GEMM algorithm candidate's capture (only counted, `blas::choose`) never.
+//!
 //! With a high-priority communication stream (`run --comm-high-priority`) graphs are
 //! instantiated with per-node priorities (`USE_NODE_PRIORITY`): a kernel captured from
 //! that stream keeps its priority in the graph (counted apart in the census), instead of
@@ -27,7 +31,7 @@
 //! stream has the default priority and the flag is left out.
 
 use crate::RuntimeError;
-use cudarc::driver::{sys, CudaGraph};
+use cudarc::driver::{sys, CudaStream};
 
 /// How a step's graph is instantiated: each kernel node at its own priority when
 /// `node_priorities` (a high-priority communication stream), else plainly.
@@ -43,46 +47,82 @@ fn driver(what: &str, r: sys::CUresult) -> Result<(), RuntimeError> {
     r.result().map_err(|e| RuntimeError::Driver(format!("{what}: {e:?}")))
 }
 
-/// A graph ready to replay on the stream it was captured on.
-pub enum Replay {
-    /// As captured and instantiated by cudarc.
-    Captured(CudaGraph),
-    /// Rewritten, then instantiated here (for device launch where the driver allows);
-    /// `graph` owns the rewritten CUgraph.
-    Rewritten { graph: CudaGraph, exec: sys::CUgraphExec, stream: sys::CUstream, device_launch: bool },
+/// A captured graph, not instantiated: owned, destroyed on drop.
+#[derive(Debug)]
+pub struct Captured(sys::CUgraph);
+
+impl Captured {
+    /// The raw graph, live while `self` is.
+    pub fn cu_graph(&self) -> sys::CUgraph {
+        self.0
+    }
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        // SAFETY: created by cuStreamEndCapture in `end_capture`, destroyed once, after any
+        // executable graph instantiated from it (Replay drops its exec first).
+        let _ = unsafe { sys::cuGraphDestroy(self.0) };
+    }
+}
+
+/// Ends the capture on `stream` (begun with `begin_capture`), without instantiating what
+/// it captured; `None` when nothing was.
+pub fn end_capture(stream: &CudaStream) -> Result<Option<Captured>, RuntimeError> {
+    stream.context().bind_to_thread().map_err(crate::error::driver)?;
+    // SAFETY: a live stream of the bound context, capturing (the caller began it); the
+    // graph it returns is owned by the `Captured` from here on.
+    let graph = unsafe { cudarc::driver::result::stream::end_capture(stream.cu_stream()) }
+        .map_err(|e| RuntimeError::Driver(format!("ending the capture: {e:?}")))?;
+    Ok((!graph.is_null()).then_some(Captured(graph)))
+}
+
+/// A graph ready to replay on the stream it was captured on: the captured graph (rewritten
+/// or not) and its one executable instance.
+pub struct Replay {
+    graph: Captured,
+    exec: sys::CUgraphExec,
+    stream: sys::CUstream,
+    device_launch: bool,
 }
 
 impl std::fmt::Debug for Replay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Replay::Captured(_) => "Replay::Captured",
-            Replay::Rewritten { .. } => "Replay::Rewritten",
-        })
+        f.debug_struct("Replay").field("device_launch", &self.device_launch).finish()
     }
 }
 
 impl Replay {
-    /// `graph` as captured.
-    pub fn captured(graph: CudaGraph) -> Replay {
-        Replay::Captured(graph)
+    /// `graph` as captured, instantiated with `flags` for `stream` (no device launch: a
+    /// graph with memset nodes as captured is for comparison, `run --keep-memsets`).
+    pub fn captured(
+        graph: Captured,
+        stream: sys::CUstream,
+        flags: sys::CUgraphInstantiate_flags,
+    ) -> Result<Replay, RuntimeError> {
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: the graph is live (owned by `graph`); `exec` receives the executable graph.
+        driver("instantiating the captured graph", unsafe {
+            sys::cuGraphInstantiateWithFlags(&mut exec, graph.cu_graph(), flags.0 as u64)
+        })?;
+        Ok(Replay { graph, exec, stream, device_launch: false })
     }
 
     /// `graph` with every memset node replaced by a launch of `fill` (the `fill_memset`
     /// kernel), instantiated with `flags` for `stream`; also the number of memsets replaced.
     pub fn without_memsets(
-        graph: CudaGraph,
+        graph: Captured,
         fill: sys::CUfunction,
         stream: sys::CUstream,
         flags: sys::CUgraphInstantiate_flags,
     ) -> Result<(Replay, usize), RuntimeError> {
         let replaced = memsets_to_kernels(graph.cu_graph(), fill)?;
         let mut exec = std::ptr::null_mut();
-        // SAFETY: the graph is live (owned by `graph`) and was just rewritten; `exec`
-        // receives the new executable graph.
         let device = sys::CUgraphInstantiate_flags(
             flags.0 | sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_DEVICE_LAUNCH.0,
         );
-        // SAFETY: as above.
+        // SAFETY: the graph is live (owned by `graph`) and was just rewritten; `exec`
+        // receives the new executable graph.
         let device_launch = driver("instantiating the rewritten graph for device launch", unsafe {
             sys::cuGraphInstantiateWithFlags(&mut exec, graph.cu_graph(), device.0 as u64)
         })
@@ -94,51 +134,37 @@ impl Replay {
                 sys::cuGraphInstantiateWithFlags(&mut exec, graph.cu_graph(), flags.0 as u64)
             })?;
         }
-        Ok((Replay::Rewritten { graph, exec, stream, device_launch }, replaced))
+        Ok((Replay { graph, exec, stream, device_launch }, replaced))
     }
 
     /// Whether it was instantiated for device launch.
     pub fn device_launch(&self) -> bool {
-        matches!(self, Replay::Rewritten { device_launch: true, .. })
+        self.device_launch
     }
 
     /// The graph (for its census).
-    pub fn graph(&self) -> &CudaGraph {
-        match self {
-            Replay::Captured(g) | Replay::Rewritten { graph: g, .. } => g,
-        }
+    pub fn graph(&self) -> &Captured {
+        &self.graph
     }
 
     /// Uploads it, so that replays only launch.
     pub fn upload(&self) -> Result<(), RuntimeError> {
-        match self {
-            Replay::Captured(g) => g.upload().map_err(crate::error::driver),
-            // SAFETY: a live executable graph and the stream it runs on.
-            Replay::Rewritten { exec, stream, .. } => {
-                driver("cuGraphUpload", unsafe { sys::cuGraphUpload(*exec, *stream) })
-            }
-        }
+        // SAFETY: a live executable graph and the stream it runs on.
+        driver("cuGraphUpload", unsafe { sys::cuGraphUpload(self.exec, self.stream) })
     }
 
     /// Launches one replay.
     pub fn launch(&self) -> Result<(), RuntimeError> {
-        match self {
-            Replay::Captured(g) => g.launch().map_err(crate::error::driver),
-            // SAFETY: as in `upload`.
-            Replay::Rewritten { exec, stream, .. } => {
-                driver("cuGraphLaunch", unsafe { sys::cuGraphLaunch(*exec, *stream) })
-            }
-        }
+        // SAFETY: as in `upload`.
+        driver("cuGraphLaunch", unsafe { sys::cuGraphLaunch(self.exec, self.stream) })
     }
 }
 
 impl Drop for Replay {
     fn drop(&mut self) {
-        if let Replay::Rewritten { exec, .. } = self {
-            // SAFETY: instantiated in `without_memsets`, destroyed once; cudarc's own
-            // executable graph and the CUgraph go with `graph` after this.
-            let _ = unsafe { sys::cuGraphExecDestroy(*exec) };
-        }
+        // SAFETY: instantiated in `captured` or `without_memsets`, destroyed once, before
+        // the graph it came from (the `graph` field drops after this).
+        let _ = unsafe { sys::cuGraphExecDestroy(self.exec) };
     }
 }
 
@@ -216,7 +242,7 @@ fn memsets_to_kernels(graph: sys::CUgraph, fill: sys::CUfunction) -> Result<usiz
 /// The nodes of a captured graph, counted by type (kernel, event record, memset, …): what a
 /// replay launches. Kernels at a priority other than the default are counted apart
 /// ("kernel, priority P").
-pub fn graph_census(graph: &CudaGraph) -> Result<std::collections::BTreeMap<String, usize>, RuntimeError> {
+pub fn graph_census(graph: &Captured) -> Result<std::collections::BTreeMap<String, usize>, RuntimeError> {
     let mut census = std::collections::BTreeMap::new();
     for (node, kind) in typed_nodes(graph.cu_graph())? {
         if kind == 0 {

@@ -210,7 +210,8 @@ impl Lt {
             let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
             stream.begin_capture(mode).map_err(driver)?;
             let issued = self.run_on(p, &scratch);
-            let graph = stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0)).map_err(driver)?;
+            // Counted, never instantiated.
+            let graph = crate::graph::end_capture(stream)?;
             issued?;
             let census = match &graph {
                 Some(g) => crate::graph::graph_census(g)?,
