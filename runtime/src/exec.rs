@@ -129,6 +129,9 @@ pub struct RunReport {
     /// ms: steps measured next to the compute alone, so that the ideal and the step see
     /// the same clocks (an H200's drift by a few percent over a run).
     pub after_alone_ms: Vec<f64>,
+    /// With `profile`, more than one rank and NCCL: p2p batches timed with nothing to wait
+    /// for, (transfers in each direction, ms) each ([`Gpu::time_exchanges`]).
+    pub p2p_calibration: Vec<(u32, f64)>,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
@@ -249,6 +252,7 @@ pub fn run(
         graph_device_launch: false,
         alone_ms: Vec::new(),
         after_alone_ms: Vec::new(),
+        p2p_calibration: Vec::new(),
         warmup_steps: if opts.profile { opts.profile_warmup.min(steps.saturating_sub(first_step + 1)) } else { 0 },
     };
     let mut graph: Option<crate::graph::Replay> = None;
@@ -311,6 +315,17 @@ pub fn run(
             &tensors(plan, &gpu, place.rank, keep)?,
             steps,
         )?;
+    }
+    if let (true, Some((c, _)), crate::gpu::Transport::Nccl) = (opts.profile, comm, opts.p2p) {
+        // What a batch costs with nothing to wait for (see crate::profile): every rank
+        // takes part, in pairs of neighbours.
+        if let Some((bytes, most)) = crate::profile::calibration_shape(plan) {
+            dog.phase("timing p2p batches posted at once (profile)");
+            let peer = crate::profile::calibration_peer(place.rank, plan.world_size);
+            report.p2p_calibration =
+                gpu.time_exchanges(c, place.rank, peer, bytes, most, crate::profile::CALIBRATION_REPS)?;
+            dog.done();
+        }
     }
     if opts.profile && opts.profile_graph_steps > 0 {
         // The whole step with every op timed, from ranks lined up by a barrier, the first

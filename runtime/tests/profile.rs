@@ -7,8 +7,8 @@ use pipewright_compiler::families::Family;
 use pipewright_plan::{Dtype, Hashes, Model, OpSpan, Plan, Training};
 use pipewright_runtime::exec::RunReport;
 use pipewright_runtime::profile::{
-    chrome_trace, contention, costs_toml, graph_breakdown, node_stats, nodes_table, rank_profile, transfers,
-    with_simulated, RankProfile, Timeline, GRAPH_PID, SIMULATED_PID,
+    calibration_peer, calibration_shape, chrome_trace, contention, costs_toml, graph_breakdown, node_stats,
+    nodes_table, rank_profile, transfers, with_simulated, RankProfile, Timeline, GRAPH_PID, SIMULATED_PID,
 };
 
 /// The plan of `family` on 2 ranks, 4 microbatches, for an MLP of (hidden, ffn, seq,
@@ -61,6 +61,7 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         graph_op_times: vec![],
         graph_step_ms: vec![],
         after_alone_ms: vec![],
+        p2p_calibration: vec![],
     }
 }
 
@@ -347,6 +348,58 @@ fn a_dualpipe_profile_gives_the_mirror_sum_and_update_once_a_step() {
     assert!((costs["p2p_per_transfer"].as_float().unwrap() - 0.1).abs() < 1e-9, "{text}");
     assert_eq!(costs["per_step"].as_array().map(|a| a.len()), Some(2), "{text}");
     assert!(costs["per_step"].as_array().unwrap().iter().all(|v| v.as_float() == Some(3.0)), "{text}");
+}
+
+#[test]
+fn batches_posted_at_once_give_the_p2p_line_when_the_profile_has_them() {
+    // The step's batches all waited for their peer (1 ms and more, by size); the
+    // calibration's, posted by both ranks at once, took 0.02 + 0.09 per transfer (plus
+    // slower repetitions): the line goes through the calibration's fastest of each size.
+    let plan = plan(Family::DualPipe, (8, 32, 4, 1), Dtype::F32);
+    let mut profiles = profiles_timed(&plan, |rank, o| match o.kind.as_str() {
+        "COMM" if o.label.starts_with('[') => {
+            let r = &plan.ranks[rank as usize];
+            1.0 + 0.5 * transfers(r, r.ops.iter().position(|x| x == o).unwrap()) as f64
+        }
+        _ => 1.0,
+    });
+    let line = |text: &str| {
+        let costs = toml::from_str::<toml::Value>(text).unwrap()["costs"].clone();
+        (costs["p2p"].as_float().unwrap(), costs.get("p2p_per_transfer").and_then(|v| v.as_float()).unwrap_or(0.0))
+    };
+    let waited = costs_toml(&plan, &profiles, "test");
+    let (p2p, per) = line(&waited);
+    assert!((p2p - 1.0).abs() < 1e-9 && (per - 0.5).abs() < 1e-9, "{waited}");
+    assert!(waited.contains("of the eager steps"), "{waited}");
+    profiles[0].p2p_calibration = vec![(1, 0.2), (1, 0.11), (2, 0.2), (2, 0.5)];
+    profiles[1].p2p_calibration = vec![(1, 0.12), (2, 0.3)];
+    let calibrated = costs_toml(&plan, &profiles, "test");
+    let (p2p, per) = line(&calibrated);
+    assert!((p2p - 0.02).abs() < 1e-9 && (per - 0.09).abs() < 1e-9, "{calibrated}");
+    assert!(calibrated.contains("posted at once (calibration)"), "{calibrated}");
+    // The field survives the profile's file (and an older file without it reads as none).
+    let json = serde_json::to_string(&profiles[0]).unwrap();
+    let back: RankProfile = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.p2p_calibration, profiles[0].p2p_calibration);
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("p2p_calibration");
+    assert!(serde_json::from_value::<RankProfile>(old).unwrap().p2p_calibration.is_empty());
+}
+
+#[test]
+fn calibration_batches_have_the_plans_transfer_size_and_most_transfers() {
+    // DualPipe on 2 ranks sends activations and gradients of one size (microbatch × seq ×
+    // hidden × 4 bytes in f32), at most two each way in a group; 1F1B one at a time.
+    let dualpipe = plan(Family::DualPipe, (8, 32, 4, 1), Dtype::F32);
+    assert_eq!(calibration_shape(&dualpipe), Some((4 * 8 * 4, 2)));
+    let bf16 = plan(Family::DualPipe, (16, 64, 8, 2), Dtype::Bf16);
+    assert_eq!(calibration_shape(&bf16), Some((2 * 16 * 8 * 2, 2)));
+    let one_f_one_b = plan(Family::OneFOneB, (8, 32, 4, 1), Dtype::F32);
+    assert_eq!(calibration_shape(&one_f_one_b).map(|s| s.1), Some(1));
+    // Ranks pair with their neighbour; the last of an odd world sits out.
+    let pairs: Vec<Option<u32>> = (0..5).map(|r| calibration_peer(r, 5)).collect();
+    assert_eq!(pairs, [Some(1), Some(0), Some(3), Some(2), None]);
+    assert_eq!(calibration_peer(0, 1), None);
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The one module that touches CUDA (through cudarc): library checks, the device, its
 //! streams and events, the arena, the matrix products (through [`crate::blas`]), the kernels
-//! of `kernels/`, NCCL and the copy-engine p2p transport (`peer`).
+//! of `kernels/`, NCCL and the copy-engine p2p transport (`peer`), and the timing of p2p
+//! batches with nothing to wait for (`calibrate`).
 
+mod calibrate;
 mod kernels;
 mod nccl;
 mod peer;

@@ -1,5 +1,6 @@
 //! What communication costs, from a profile: the p2p batch's latency and the time each
-//! transfer adds ([`fit_batches`], the fastest batch of each size), how much slower
+//! transfer adds ([`fit_batches`]: through the batches `profile` times with nothing to
+//! wait for, [`calibration_shape`], else the fastest batch of each size), how much slower
 //! compute runs beside a batch in flight ([`contention`], from the timed replays of the
 //! whole step as a graph), and where each rank's step goes in those replays
 //! ([`graph_breakdown`]).
@@ -7,7 +8,10 @@
 use super::RankProfile;
 use pipewright_plan::intervals::{overlap, union, union_length};
 use pipewright_plan::node::Node;
-use pipewright_plan::RankPlan;
+use pipewright_plan::{Plan, RankPlan};
+
+/// The most transfers in one direction a calibration batch holds.
+pub const MAX_CALIBRATION_TRANSFERS: u32 = 4;
 
 /// Transfers in the busier direction of the p2p groups of op `i` of `rp` (0 for an op
 /// without any): what a batch's time grows with ([`fit_batches`]). `rp` is validated
@@ -22,6 +26,37 @@ pub fn transfers(rp: &RankPlan, i: usize) -> u32 {
         }
     }
     sends.max(recvs)
+}
+
+/// What `profile` times p2p batches with when nothing waits (`Gpu::time_exchanges`): the
+/// most common transfer size in bytes of the plan's p2p batches (the larger of equally
+/// common ones; not the mirror-gradient exchange, which the simulator charges apart) and
+/// the most transfers one of them moves in one direction (at most
+/// [`MAX_CALIBRATION_TRANSFERS`]); none for a plan without p2p batches. `plan` is
+/// validated.
+pub fn calibration_shape(plan: &Plan) -> Option<(usize, u32)> {
+    let mut sizes: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    let mut most = 0u32;
+    for rp in &plan.ranks {
+        for (i, op) in rp.ops.iter().enumerate().filter(|(_, o)| o.kind == "COMM" && o.label.starts_with('[')) {
+            for node in &rp.nodes[op.first as usize..=op.last as usize] {
+                if let Node::Group { ops, .. } = node {
+                    for p2p in ops {
+                        *sizes.entry(rp.buffers[p2p.buffer as usize].bytes).or_default() += 1;
+                    }
+                }
+            }
+            most = most.max(transfers(rp, i));
+        }
+    }
+    let (&bytes, _) = sizes.iter().filter(|(&b, _)| b > 0).max_by_key(|(&b, &n)| (n, b))?;
+    Some((bytes as usize, most.min(MAX_CALIBRATION_TRANSFERS)))
+}
+
+/// The rank `rank` exchanges calibration batches with: its neighbour in pairs (0–1, 2–3,
+/// …), none for the last rank of an odd world.
+pub fn calibration_peer(rank: u32, world: u32) -> Option<u32> {
+    Some(rank ^ 1).filter(|&p| p < world)
 }
 
 /// `(p2p, p2p_per_transfer)` from measured batches `(transfers, ms)`: the fastest batch

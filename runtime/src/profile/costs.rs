@@ -74,7 +74,15 @@ pub fn costs_toml_with(
         .collect::<Vec<_>>();
     let pair_line =
         if pair_list.is_empty() { String::new() } else { format!("overlapped_pairs = [{}]\n", pair_list.join(", ")) };
-    let (p2p, per_transfer) = fit_batches(&batches).unwrap_or((0.0, 0.0));
+    // The batches timed with nothing to wait for where the profile has them.
+    let calibrated: Vec<(u32, f64)> = profiles.iter().flat_map(|p| p.p2p_calibration.iter().copied()).collect();
+    let (p2p, per_transfer) =
+        fit_batches(if calibrated.is_empty() { &batches } else { &calibrated }).unwrap_or((0.0, 0.0));
+    let p2p_source = if calibrated.is_empty() {
+        "the fastest batch of each size (transfers in its busier direction) of the eager steps"
+    } else {
+        "the fastest of the batches of each size that pairs of ranks posted at once (calibration)"
+    };
     let per_transfer_line =
         if per_transfer > 0.0 { format!("p2p_per_transfer = {per_transfer:.4}\n") } else { String::new() };
     // Contention only from enough evidence: a few milliseconds of compute beside batches.
@@ -115,8 +123,8 @@ pub fn costs_toml_with(
     let scales: Vec<String> = profiles.iter().map(|p| format!("{:.3}", p.calibration())).collect();
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches{}),\n\
-         # milliseconds per op, medians: {}; p2p and p2p_per_transfer: a line through the\n\
-         # fastest batch of each size (transfers in its busier direction) of the eager steps;\n\
+         # milliseconds per op, medians: {}; p2p and p2p_per_transfer: a line through\n\
+         # {p2p_source};\n\
          # p2p_contention: the compute ops' excess in the whole step replayed as a graph over\n\
          # their overlap with batches in flight ({}); each rank's compute ops scaled to its step\n\
          # graph's compute without p2p (by {}, rank by rank). To simulate this machine:\n\

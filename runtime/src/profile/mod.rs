@@ -24,14 +24,21 @@
 //! first, 22 ms from the fifth step on), and the costs should be the sustained ones.
 //!
 //! Per-op durations are medians over the profiled steps (without warm-up steps, those
-//! after the first, which connects NCCL and warms caches). The p2p costs come from the
-//! fastest batch of each size on the communication stream (`comm.rs`): most batches also
-//! wait for their peer (rendezvous), the fastest comes closest to the transfer itself.
+//! after the first, which connects NCCL and warms caches). The p2p costs come, with NCCL,
+//! from batches of 1, 2, … transfers of the plan's most common size that each pair of
+//! ranks posts at the same moment after the steps (`Gpu::time_exchanges`, the fastest of
+//! [`CALIBRATION_REPS`] per size on each rank): a batch inside a step also waits for its
+//! peer to post (rendezvous), and in a tight program every batch of a size may. Without
+//! them (the copy-engine transport) from the fastest batch of each size on the
+//! communication stream (`comm.rs`), which comes closest to the transfer itself.
 
 mod comm;
 mod costs;
 
-pub use comm::{contention, evidence, fit_batches, graph_breakdown, transfers, Breakdown, Contention};
+pub use comm::{
+    calibration_peer, calibration_shape, contention, evidence, fit_batches, graph_breakdown, transfers, Breakdown,
+    Contention, MAX_CALIBRATION_TRANSFERS,
+};
 pub use costs::{costs_toml, costs_toml_with, MIN_CONTENTION_EVIDENCE_MS};
 
 use crate::exec::RunReport;
@@ -95,7 +102,15 @@ pub struct RankProfile {
     /// The node-timed step's nodes, by kind (empty when fewer than 3 steps were profiled).
     #[serde(default)]
     pub nodes: Vec<NodeStat>,
+    /// P2p batches timed with nothing to wait for (`Gpu::time_exchanges`): (transfers in
+    /// each direction, ms) per timed batch; empty without (one rank, the copy engines, an
+    /// older profile).
+    #[serde(default)]
+    pub p2p_calibration: Vec<(u32, f64)>,
 }
+
+/// Timed calibration batches of each size, per rank (see the module doc).
+pub const CALIBRATION_REPS: u32 = 7;
 
 /// One kind of node (same product shape, or same kernel and size) as measured on one rank
 /// in the node-timed step.
@@ -271,6 +286,7 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
         graph_step_ms,
         ops,
         nodes,
+        p2p_calibration: report.p2p_calibration.clone(),
     }
 }
 
