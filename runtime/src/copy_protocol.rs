@@ -60,6 +60,21 @@ pub fn links(plan: &Plan, rank: u32) -> Result<HashMap<(usize, usize), Link>, Pl
         .collect())
 }
 
+/// `rank`'s sends to `peer` of `bytes` each, one per receive buffer of the peer's that
+/// they land in (the earliest send into each), as (this rank's offset, the peer's offset)
+/// ordered by the peer's: what `profile` times the copy engines with between steps
+/// (`gpu::calibrate`).
+pub fn calibration_links(plan: &Plan, rank: u32, peer: u32, bytes: u64) -> Result<Vec<(u64, u64)>, PlanRefusal> {
+    let mut sends: Vec<(u64, u32, u64)> = links(plan, rank)?
+        .into_values()
+        .filter(|l| l.t.send.rank == rank && l.t.recv.rank == peer && l.t.bytes == bytes)
+        .map(|l| (l.to, l.t.send.slot, l.from))
+        .collect();
+    sends.sort_unstable();
+    sends.dedup_by_key(|s| s.0);
+    Ok(sends.into_iter().map(|(to, _, from)| (from, to)).collect())
+}
+
 /// What `rank`'s communication stream does for its group node `node` of `n` ops.
 pub fn group_steps(
     links: &HashMap<(usize, usize), Link>,

@@ -129,8 +129,8 @@ pub struct RunReport {
     /// ms: steps measured next to the compute alone, so that the ideal and the step see
     /// the same clocks (an H200's drift by a few percent over a run).
     pub after_alone_ms: Vec<f64>,
-    /// With `profile`, more than one rank and NCCL: p2p batches timed with nothing to wait
-    /// for, (transfers in each direction, ms) each ([`Gpu::time_exchanges`]).
+    /// With `profile` and more than one rank: p2p batches timed with nothing to wait for,
+    /// (transfers in each direction, ms) each ([`Gpu::time_exchanges`]).
     pub p2p_calibration: Vec<(u32, f64)>,
 }
 
@@ -316,14 +316,14 @@ pub fn run(
             steps,
         )?;
     }
-    if let (true, Some((c, _)), crate::gpu::Transport::Nccl) = (opts.profile, comm, opts.p2p) {
+    if let (true, Some((c, _))) = (opts.profile, comm) {
         // What a batch costs with nothing to wait for (see crate::profile): every rank
-        // takes part, in pairs of neighbours.
+        // takes part, in pairs of neighbours, by its transport.
         if let Some((bytes, most)) = crate::profile::calibration_shape(plan) {
             dog.phase("timing p2p batches posted at once (profile)");
             let peer = crate::profile::calibration_peer(place.rank, plan.world_size);
             report.p2p_calibration =
-                gpu.time_exchanges(c, place.rank, peer, bytes, most, crate::profile::CALIBRATION_REPS)?;
+                gpu.time_exchanges(c, plan, place.rank, peer, bytes, most, crate::profile::CALIBRATION_REPS)?;
             dog.done();
         }
     }

@@ -10,7 +10,7 @@ use pipewright_compiler::cost::CommMode;
 use pipewright_compiler::emit::emit_with;
 use pipewright_compiler::families::Family;
 use pipewright_plan::{Dtype, Hashes, Model, Node, Plan, Training};
-use pipewright_runtime::copy_protocol::{group_steps, links, Step};
+use pipewright_runtime::copy_protocol::{calibration_links, group_steps, links, Step};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::sync::Mutex;
@@ -261,4 +261,36 @@ fn a_broken_protocol_is_caught() {
     }
     let err = run_plan(&p, 1, Some(shifted), Duration::from_secs(2)).unwrap_err();
     assert!(err.contains("nothing arrived") || err.contains("not the sent ones"), "{err}");
+}
+
+#[test]
+fn calibration_copies_land_in_distinct_receive_buffers_of_their_size() {
+    // DualPipe at 4 ranks sends activations and gradients (2 · 3 · 8 · 4 bytes) between
+    // neighbours: each calibration copy goes from one of the rank's send buffers to a
+    // receive buffer of the peer's that the plan pairs with it, never the same one twice.
+    let plan = plan(Family::DualPipe, 4, 8, CommMode::Async);
+    let bytes = 2 * 3 * 8 * 4;
+    for (rank, peer) in [(0, 1), (1, 0), (2, 3), (3, 2)] {
+        let copies = calibration_links(&plan, rank, peer, bytes).unwrap();
+        assert!(!copies.is_empty(), "rank {rank} → {peer}");
+        let sent: Vec<(u64, u64)> = links(&plan, rank)
+            .unwrap()
+            .into_values()
+            .filter(|l| l.t.send.rank == rank && l.t.recv.rank == peer)
+            .map(|l| (l.from, l.to))
+            .collect();
+        let received: Vec<u64> =
+            plan.ranks[peer as usize].buffers.iter().filter(|b| b.bytes == bytes).map(|b| b.offset).collect();
+        for c in &copies {
+            assert!(sent.contains(c), "{c:?} is not a transfer of the plan");
+            assert!(received.contains(&c.1), "{c:?} lands outside a receive buffer of its size");
+        }
+        let mut to: Vec<u64> = copies.iter().map(|c| c.1).collect();
+        to.dedup();
+        assert_eq!(to.len(), copies.len(), "sorted by destination, each once");
+        assert_eq!(to.len(), sent.iter().map(|s| s.1).collect::<std::collections::BTreeSet<_>>().len());
+    }
+    // Nothing of another size, nor to a rank it does not send to.
+    assert!(calibration_links(&plan, 0, 1, bytes + 4).unwrap().is_empty());
+    assert!(calibration_links(&plan, 0, 2, bytes).unwrap().is_empty());
 }

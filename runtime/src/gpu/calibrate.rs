@@ -1,13 +1,17 @@
-//! What a p2p batch costs when nothing waits: NCCL batches of 1, 2, … transfers exchanged
-//! by pairs of ranks that post them at the same moment (`profile`'s calibration, see
+//! What a p2p batch costs when nothing waits: batches of 1, 2, … transfers exchanged by
+//! pairs of ranks that post them at the same moment (`profile`'s calibration, see
 //! [`crate::profile`]). A batch timed inside a step also holds the wait for its peer to
 //! post the other side; in a tight program (the optimiser's) every batch of a size may
 //! wait, and a line fitted through them charged DualPipe at 2048 0.37 ms a transfer where
-//! the transfer takes 0.09.
+//! the transfer takes 0.085.
 //!
 //! The ranks are lined up on the GPU, not the host: each batch follows an all-reduce of
 //! one word on the same stream, which ends on every rank within microseconds of the
-//! others, and the batch is timed from an event recorded right after it.
+//! others, and the batch is timed from an event recorded right after it. With NCCL a batch
+//! is a group of sends and receives between scratch buffers; with the copy engines
+//! (`peer.rs`) each rank's sends are copies into the peer's receive buffers that the plan
+//! pairs with them, the peer's copies into this rank's running at the same time, as in a
+//! step (without the flags around them, a few microseconds).
 
 use super::{Communicator, Gpu, COMM_STREAM};
 use crate::error::driver;
@@ -25,12 +29,17 @@ const WARM_UP: u32 = 2;
 impl Gpu {
     /// Times batches of `k` sends to and `k` receives from `peer`, `bytes` each, for `k` in
     /// `1..=max_transfers`, `reps` times each after [`WARM_UP`], every batch posted right
-    /// after an all-reduce over the communicator: `(k, ms)` per timed batch. Every rank of
-    /// the communicator must call it with the same `max_transfers` and `reps` (the
+    /// after an all-reduce over the communicator, by this rank's transport: `(k, ms)` per
+    /// timed batch (none of a size the copy engines have no transfer of `plan` for). Every
+    /// rank of the communicator must call it with the same `max_transfers` and `reps` (the
     /// all-reduces are collective); a rank without a partner (`peer` none) only joins them.
+    /// Between steps only: with the copy engines the peer's receive buffers are
+    /// overwritten.
+    #[allow(clippy::too_many_arguments)]
     pub fn time_exchanges(
         &self,
         comm: &Communicator,
+        plan: &pipewright_plan::Plan,
         rank: u32,
         peer: Option<u32>,
         bytes: usize,
@@ -41,59 +50,39 @@ impl Gpu {
         let stream = &self.streams[COMM_STREAM as usize];
         let raw_stream = stream.cu_stream() as nccl_sys::cudaStream_t;
         let word = stream.alloc_zeros::<f32>(1).map_err(driver)?;
-        // Sends from the first half, receives into the second: 2 · max_transfers buffers.
-        let room = if peer.is_some() { 2 * bytes * max_transfers as usize } else { 1 };
+        let copies = self.peers.is_some();
+        // NCCL's sends from the first half, receives into the second: 2 · max_transfers
+        // buffers.
+        let room = if peer.is_some() && !copies { 2 * bytes * max_transfers as usize } else { 1 };
         let scratch = stream.alloc_zeros::<u8>(room).map_err(driver)?;
         let (word_ptr, _word_sync) = word.device_ptr(stream);
         let (base, _scratch_sync) = scratch.device_ptr(stream);
         let mut timed = Vec::new();
         for k in 1..=max_transfers {
+            let copy_list = match peer {
+                Some(peer) if copies => self.calibration_copies(plan, rank, peer, bytes as u64, k as usize)?,
+                _ => Vec::new(),
+            };
             for rep in 0..WARM_UP + reps {
-                // SAFETY: one f32 of live device memory, reduced in place (NCCL allows it)
-                // on this context's stream; the communicator is live.
-                unsafe {
-                    nccl_result::all_reduce(
-                        word_ptr as *const std::ffi::c_void,
-                        word_ptr as *mut std::ffi::c_void,
-                        1,
-                        nccl_sys::ncclDataType_t::ncclFloat32,
-                        nccl_sys::ncclRedOp_t::ncclSum,
-                        comm.raw,
-                        raw_stream,
-                    )
-                }
-                .map_err(nccl)?;
+                line_up(comm, word_ptr, raw_stream).map_err(nccl)?;
                 let Some(peer) = peer else { continue };
-                let start = stream.record_event(Some(TIMED)).map_err(driver)?;
-                nccl_result::group_start().map_err(nccl)?;
-                for i in 0..k as usize {
-                    let send = base + (i * bytes) as u64;
-                    let recv = base + ((max_transfers as usize + i) * bytes) as u64;
-                    // SAFETY: [send, send + bytes) and [recv, recv + bytes) lie in `scratch`
-                    // (2 · max_transfers buffers of `bytes`), alive until the stream is
-                    // synchronised below; the communicator is live.
-                    unsafe {
-                        nccl_result::send(
-                            send as *const std::ffi::c_void,
-                            bytes,
-                            nccl_sys::ncclDataType_t::ncclUint8,
-                            peer as i32,
-                            comm.raw,
-                            raw_stream,
-                        )
-                        .map_err(nccl)?;
-                        nccl_result::recv(
-                            recv as *mut std::ffi::c_void,
-                            bytes,
-                            nccl_sys::ncclDataType_t::ncclUint8,
-                            peer as i32,
-                            comm.raw,
-                            raw_stream,
-                        )
-                        .map_err(nccl)?;
-                    }
+                if copies && copy_list.is_empty() {
+                    continue;
                 }
-                nccl_result::group_end().map_err(nccl)?;
+                let start = stream.record_event(Some(TIMED)).map_err(driver)?;
+                if copies {
+                    for &(src, dst) in &copy_list {
+                        // SAFETY: `src` is this rank's send buffer and `dst` the peer's
+                        // receive buffer the plan pairs with it (`bytes` each, as mapped by
+                        // IPC); no step is in flight on either rank, and the final
+                        // all-reduce below keeps the peer from its next step until the
+                        // copies are done.
+                        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, stream.cu_stream()) }
+                            .map_err(driver)?;
+                    }
+                } else {
+                    self.nccl_exchange(comm, rank, peer, base, bytes, k, max_transfers)?;
+                }
                 let end = stream.record_event(Some(TIMED)).map_err(driver)?;
                 end.synchronize().map_err(driver)?;
                 if rep >= WARM_UP {
@@ -101,7 +90,76 @@ impl Gpu {
                 }
             }
         }
+        // Every rank's batches done before any goes on (a copy into a peer's buffer ends
+        // before that rank's all-reduce, which is after it on its stream).
+        line_up(comm, word_ptr, raw_stream).map_err(nccl)?;
         stream.synchronize().map_err(driver)?;
         Ok(timed)
     }
+
+    /// One NCCL group of `k` sends to and `k` receives from `peer`, `bytes` each, from and
+    /// into the scratch at `base` (2 · `max_transfers` buffers of `bytes`: sends from the
+    /// first half, receives into the second), on the communication stream.
+    #[allow(clippy::too_many_arguments)]
+    fn nccl_exchange(
+        &self,
+        comm: &Communicator,
+        rank: u32,
+        peer: u32,
+        base: u64,
+        bytes: usize,
+        k: u32,
+        max_transfers: u32,
+    ) -> Result<(), RuntimeError> {
+        let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("p2p calibration: {e:?}") };
+        let raw_stream = self.streams[COMM_STREAM as usize].cu_stream() as nccl_sys::cudaStream_t;
+        nccl_result::group_start().map_err(nccl)?;
+        for i in 0..k as usize {
+            let send = base + (i * bytes) as u64;
+            let recv = base + ((max_transfers as usize + i) * bytes) as u64;
+            // SAFETY: [send, send + bytes) and [recv, recv + bytes) lie in the caller's
+            // scratch, alive until its stream is synchronised; the communicator is live.
+            unsafe {
+                nccl_result::send(
+                    send as *const std::ffi::c_void,
+                    bytes,
+                    nccl_sys::ncclDataType_t::ncclUint8,
+                    peer as i32,
+                    comm.raw,
+                    raw_stream,
+                )
+                .map_err(nccl)?;
+                nccl_result::recv(
+                    recv as *mut std::ffi::c_void,
+                    bytes,
+                    nccl_sys::ncclDataType_t::ncclUint8,
+                    peer as i32,
+                    comm.raw,
+                    raw_stream,
+                )
+                .map_err(nccl)?;
+            }
+        }
+        nccl_result::group_end().map_err(nccl)?;
+        Ok(())
+    }
+}
+
+/// An all-reduce of the one f32 at `word` over `comm` on `stream`: what lines the ranks up
+/// on the GPU (it ends on every rank within microseconds of the others).
+fn line_up(comm: &Communicator, word: u64, stream: nccl_sys::cudaStream_t) -> Result<(), nccl_result::NcclError> {
+    // SAFETY: `word` is one f32 of live device memory of this context, reduced in place
+    // (NCCL allows it) on one of its streams; the communicator is live.
+    unsafe {
+        nccl_result::all_reduce(
+            word as *const std::ffi::c_void,
+            word as *mut std::ffi::c_void,
+            1,
+            nccl_sys::ncclDataType_t::ncclFloat32,
+            nccl_sys::ncclRedOp_t::ncclSum,
+            comm.raw,
+            stream,
+        )
+    }
+    .map(|_| ())
 }

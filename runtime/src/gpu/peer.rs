@@ -16,7 +16,7 @@
 
 use super::kernels::{PEER_FLAG_SET, PEER_FLAG_WAIT};
 use super::{driver, Communicator, Gpu};
-use crate::copy_protocol::{group_steps, links, Step};
+use crate::copy_protocol::{calibration_links, group_steps, links, Step};
 use crate::RuntimeError;
 use cudarc::driver::sys::{self, CUdeviceptr};
 use cudarc::driver::{CudaContext, CudaStream};
@@ -305,6 +305,25 @@ impl Gpu {
             }
         }
         Ok(())
+    }
+
+    /// For `profile`'s calibration (`calibrate.rs`): `count` copies of `bytes` from this
+    /// rank's send buffers into `peer`'s receive buffers that the plan pairs with them, as
+    /// (source, destination as mapped here), to distinct receive buffers first and then
+    /// again from the first; none when the transport is not connected or the plan sends nothing of
+    /// that size to `peer`. Between steps only: the peer's receive buffers are overwritten.
+    pub(super) fn calibration_copies(
+        &self,
+        plan: &pipewright_plan::Plan,
+        rank: u32,
+        peer: u32,
+        bytes: u64,
+        count: usize,
+    ) -> Result<Vec<(CUdeviceptr, CUdeviceptr)>, RuntimeError> {
+        let Some(remote) = self.peers.as_ref().and_then(|p| p.remote.get(&peer)) else { return Ok(Vec::new()) };
+        let sends = calibration_links(plan, rank, peer, bytes)?;
+        let take = if sends.is_empty() { 0 } else { count };
+        Ok(sends.iter().cycle().take(take).map(|&(from, to)| (self.addr(from), remote.arena.ptr + to)).collect())
     }
 
     /// `stream` runs flag kernel `name` ([`PEER_FLAG_SET`]: sets the flag at `addr` after

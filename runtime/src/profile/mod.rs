@@ -24,13 +24,13 @@
 //! first, 22 ms from the fifth step on), and the costs should be the sustained ones.
 //!
 //! Per-op durations are medians over the profiled steps (without warm-up steps, those
-//! after the first, which connects NCCL and warms caches). The p2p costs come, with NCCL,
-//! from batches of 1, 2, … transfers of the plan's most common size that each pair of
-//! ranks posts at the same moment after the steps (`Gpu::time_exchanges`, the fastest of
-//! [`CALIBRATION_REPS`] per size on each rank): a batch inside a step also waits for its
-//! peer to post (rendezvous), and in a tight program every batch of a size may. Without
-//! them (the copy-engine transport) from the fastest batch of each size on the
-//! communication stream (`comm.rs`), which comes closest to the transfer itself.
+//! after the first, which connects NCCL and warms caches). The p2p costs come from
+//! batches of 1, 2, … transfers of the plan's most common size that each pair of ranks
+//! posts at the same moment after the steps, by the run's transport (`Gpu::time_exchanges`,
+//! the fastest of [`CALIBRATION_REPS`] per size on each rank): a batch inside a step also
+//! waits for its peer to post (rendezvous), and in a tight program every batch of a size
+//! may. Without them (a profile written before they were) from the fastest batch of each
+//! size on the communication stream (`comm.rs`), which comes closest to the transfer.
 
 mod comm;
 mod costs;
@@ -103,8 +103,7 @@ pub struct RankProfile {
     #[serde(default)]
     pub nodes: Vec<NodeStat>,
     /// P2p batches timed with nothing to wait for (`Gpu::time_exchanges`): (transfers in
-    /// each direction, ms) per timed batch; empty without (one rank, the copy engines, an
-    /// older profile).
+    /// each direction, ms) per timed batch; empty without (one rank, an older profile).
     #[serde(default)]
     pub p2p_calibration: Vec<(u32, f64)>,
 }
