@@ -26,7 +26,8 @@ pub enum Command {
     },
     /// Measure every op of the plan with CUDA events over K eager steps on N local GPUs
     /// (and each compute op again in replays of the rank's step without p2p, what its cost
-    /// comes from); write OUT/costs.toml (a [costs] table for the spec),
+    /// comes from, and p2p batches that pairs of ranks post at once, what the p2p costs come
+    /// from); write OUT/costs.toml (a [costs] table for the spec),
     /// OUT/measured-trace.json (the measured timeline), OUT/compare-trace.json (it and
     /// DIR/trace.json, the simulated one, in one trace), OUT/nodes.md and OUT/rank<r>.json.
     Profile {
