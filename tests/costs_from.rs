@@ -157,3 +157,57 @@ fn communication_costs_and_each_ranks_own_work_are_read_and_checked() {
         assert!(e.contains("bad.toml:2:") && e.contains(says), "{line}: {e}");
     }
 }
+
+#[test]
+fn a_ranks_prologue_delays_its_program_and_the_ranks_that_wait_for_it() {
+    use pipewright_compiler::lower_and_simulate;
+    let dir = tempfile::tempdir().unwrap();
+    // 1F1B on 2 ranks, F = 1, B = 2: rank 0's prologue of 1.5 (of its per_step of 2.0)
+    // delays its first forward and so rank 1's, by 1.5; the rest of each per_step comes
+    // after the rank's program.
+    let costs = "[costs]\nforward = 1.0\nper_step = [2.0, 0.5]\n";
+    std::fs::write(dir.path().join("m.toml"), costs).unwrap();
+    let plain = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\n")).unwrap();
+    let with = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\nprologue = [1.5, 0.25]\n")).unwrap();
+    assert_eq!(with.costs.prologue_by_rank, vec![1.5, 0.25]);
+    assert_eq!((with.costs.prologue_of(0), with.costs.prologue_of(1)), (1.5, 0.25));
+    let set = plain.family.generate(plain.ranks, plain.microbatches, plain.chunks_per_rank);
+    let (_, before, report_before) = lower_and_simulate(&set, &plain.costs, None).unwrap();
+    let (_, after, report_after) = lower_and_simulate(&set, &with.costs, None).unwrap();
+    // Rank 0's first event (its first forward) starts after its prologue; rank 1's (the
+    // receive of that forward's output) is posted after its own, and done 1.5 later.
+    let first = |sim: &pipewright_compiler::sim::Simulation, r: usize| sim.timeline[r][0];
+    assert_eq!((first(&before, 0).start, first(&after, 0).start), (0.0, 1.5));
+    assert_eq!((first(&before, 1).start, first(&after, 1).start), (0.0, 0.25));
+    assert_eq!(first(&after, 1).end, first(&before, 1).end + 1.5);
+    assert!((after.makespan - before.makespan - 1.5).abs() < 1e-9, "{} vs {}", after.makespan, before.makespan);
+    // The step: each rank's program end plus the rest of its own work.
+    let end = |r: usize| after.timeline[r].iter().map(|x| x.end).fold(0.0, f64::max);
+    let want = (end(0) + 0.5).max(end(1) + 0.25);
+    assert!((report_after.step_time - want).abs() < 1e-9, "{} vs {want}", report_after.step_time);
+    // Rank 0 ends last, and before its prologue was charged after its program: the same
+    // step. Rank 1's prologue, though, now delays what rank 0 waits for.
+    assert!((report_after.step_time - report_before.step_time).abs() < 1e-9);
+    let costs = "[costs]\nforward = 1.0\nper_step = [0.5, 2.0]\n";
+    std::fs::write(dir.path().join("m.toml"), costs).unwrap();
+    let steps: Vec<f64> = ["", "prologue = [0.0, 1.5]\n"]
+        .iter()
+        .map(|line| {
+            let s = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\n{line}")).unwrap();
+            lower_and_simulate(&set, &s.costs, None).unwrap().2.step_time
+        })
+        .collect();
+    assert!(steps[1] > steps[0] + 0.25, "{steps:?}");
+    // One number is every rank's; more than a rank's per_step, a list for another rank
+    // count, a negative time: errors at the value.
+    let one = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\nprologue = 0.5\n")).unwrap();
+    assert_eq!(one.costs.prologue_by_rank, vec![0.5, 0.5]);
+    for (line, says) in [
+        ("per_step = [2.0, 0.5]\nprologue = [1.0, 1.0]", "rank 1's prologue (1) exceeds its per_step (0.5)"),
+        ("prologue = [1.0, 2.0, 3.0]", "prologue lists 3 values, but this pipeline has 2 ranks"),
+        ("prologue = -1.0", "prologue must be ≥ 0, got -1"),
+    ] {
+        let e = error_from_file(dir.path(), line);
+        assert!(e.contains("bad.toml:") && e.contains(says), "{line}: {e}");
+    }
+}

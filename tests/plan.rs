@@ -6,7 +6,7 @@
 use pipewright_compiler::emit::emit;
 use pipewright_compiler::families::Family;
 use pipewright_compiler::verify::verify;
-use pipewright_plan::{cpu, data, reference, Dtype, Hashes, Model, Plan, PlanRefusal, Training};
+use pipewright_plan::{cpu, data, reference, Dtype, Hashes, Model, Node, Plan, PlanRefusal, Training};
 
 fn model(layers_per_stage: u32) -> Model {
     Model {
@@ -566,4 +566,53 @@ fn dualpipe_exchanges_mirrored_gradients_in_finishing_order_while_the_tail_compu
     }
     // And the plan still computes the model.
     check(Family::DualPipe, 2, 8, 2);
+}
+
+#[test]
+fn each_input_and_target_is_generated_right_before_its_first_use() {
+    // Not in the prologue: a rank's program starts after it, and its peers wait for its
+    // first forward (DualPipeV's first rank generated every microbatch's data before the
+    // second could start). Each input and target once a step, on the stream and just
+    // ahead of the first node that reads it.
+    for (family, ranks, m) in [(Family::DualPipeV, 2, 6), (Family::DualPipe, 2, 4), (Family::OneFOneB, 4, 8)] {
+        let plan = emit(&family.generate(ranks, m, 1), &model(1), &training(), hashes()).unwrap();
+        let mut generated = 0;
+        for rp in &plan.ranks {
+            let prologue = rp.ops.iter().find(|o| o.label == "prologue").unwrap();
+            for (i, node) in rp.nodes.iter().enumerate() {
+                let Node::Kernel(k) = node else { continue };
+                if !k.name.starts_with("synth_data") {
+                    continue;
+                }
+                generated += 1;
+                let name = &rp.buffers[k.buffers[0] as usize].name;
+                assert!(i > prologue.last as usize, "{family:?} rank {}: {name} in the prologue", rp.rank);
+                let reads = |n: &Node| match n {
+                    Node::Gemm(g) => g.a == k.buffers[0] || g.b == k.buffers[0],
+                    Node::Kernel(other) => {
+                        other.buffers[1..].contains(&k.buffers[0]) && !other.name.starts_with("synth")
+                    }
+                    _ => false,
+                };
+                let first_read = rp.nodes.iter().position(reads).unwrap();
+                assert!(first_read > i, "{family:?} rank {}: {name} read before it is generated", rp.rank);
+                // Nothing but this rank's other work on that stream between the two.
+                let stream_of = |n: &Node| match n {
+                    Node::Gemm(g) => Some(g.stream),
+                    Node::Kernel(k) => Some(k.stream),
+                    _ => None,
+                };
+                assert_eq!(stream_of(&rp.nodes[first_read]), Some(k.stream), "{family:?} {name}");
+                assert!(
+                    rp.nodes[i + 1..first_read]
+                        .iter()
+                        .all(|n| !matches!(n, Node::Kernel(k) if k.name.starts_with("synth"))),
+                    "{family:?} rank {}: {name} generated ahead of another's first use",
+                    rp.rank
+                );
+            }
+        }
+        // Every microbatch's input and target: two per microbatch of each pipe.
+        assert_eq!(generated, 2 * plan.pipes * plan.microbatches, "{family:?}");
+    }
 }

@@ -148,6 +148,9 @@ pub struct PlanDag {
     /// How much slower compute runs beside a batch in flight on its rank
     /// ([`CostModel::p2p_contention`]; 0 with blocking p2p, where compute waits anyway).
     pub contention: f64,
+    /// When each rank's program can start: after its prologue
+    /// ([`CostModel::prologue_of`]; 0 without).
+    pub starts: Vec<f64>,
 }
 
 fn resolve(layout: &Layout, rank: u32, event: u32, e: &Event, kind: UnitKind, c: Chunk) -> Result<UnitKey, PlanError> {
@@ -286,6 +289,7 @@ impl PlanDag {
             mismatches: Vec::new(),
             misordered: Vec::new(),
             contention: if async_comm { costs.p2p_contention } else { 0.0 },
+            starts: (0..ranks as usize).map(|r| costs.prologue_of(r)).collect(),
         };
         dag.add_matches(set, &sends, &recvs)?;
         dag.add_data_deps(set, &producer, &received)?;

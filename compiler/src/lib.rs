@@ -108,7 +108,8 @@ pub fn lower_and_simulate(
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
     let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
-    // Once a step, outside the programs: each rank's own work, after its program's end
+    // Once a step, outside the programs: each rank's own work — its prologue before its
+    // program (the DAG starts it there), the rest after its program's end
     // and, where pipes are mirrored, after the gradient exchange (the copies that finish
     // early travel during the programs' tails; what outlasts them counts), each mirrored
     // stage's update after its group ([`mirror::rank_step_end`]).
@@ -117,7 +118,8 @@ pub fn lower_and_simulate(
         .map(|(r, spans)| {
             let end = spans.iter().map(|s| s.end).fold(0.0, f64::max);
             let mine = groups.get(r).map_or(&[][..], Vec::as_slice);
-            mirror::rank_step_end(end, mine, costs.per_step_of(r), costs.mirror_update)
+            let after = costs.per_step_of(r) - costs.prologue_of(r);
+            mirror::rank_step_end(end, mine, after, costs.mirror_update)
         })
         .fold(simulation.makespan, f64::max);
     let budget = memory.map(|m| m.budget);

@@ -184,7 +184,9 @@ fn longest_paths(dag: &PlanDag, strict: bool, duration: &[f64]) -> Vec<f64> {
     let mut indegree: Vec<u32> = (0..n)
         .map(|i| g.edges_directed(NodeIndex::new(i), Direction::Incoming).filter(|e| counts(e)).count() as u32)
         .collect();
-    let mut ready_at = vec![0.0f64; n];
+    // A rank's nodes start no earlier than its program (after its prologue).
+    let mut ready_at: Vec<f64> =
+        g.node_weights().map(|node| dag.starts.get(node.rank as usize).copied().unwrap_or(0.0)).collect();
     let mut end = vec![f64::NAN; n];
     let mut queue: Vec<NodeIndex> = (0..n).filter(|&i| indegree[i] == 0).map(NodeIndex::new).collect();
     while let Some(v) = queue.pop() {

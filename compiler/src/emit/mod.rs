@@ -4,7 +4,9 @@
 //!
 //! Lowering, per event of a rank's program (layers `l` of the module's stage, T tokens):
 //! - **F**: `h_l = x_l·W1_l`, `a_l = gelu(h_l)`, `x_{l+1} = a_l·W2_l`; on a pipe's last
-//!   stage `mse_loss` writes the loss and the output gradient.
+//!   stage `mse_loss` writes the loss and the output gradient. The first stage's input and
+//!   the last stage's target are generated (`synth_data`) on the forward's stream right
+//!   before it ([`Rank::data`]).
 //! - **I** (input gradient): `da = dy_l·W2_lᵀ`, `dh_l = gelu'(h_l)·da`, `dy_{l−1} = dh_l·W1_lᵀ`.
 //! - **W** (weight gradient, accumulated in f32): `G2_l += a_lᵀ·dy_l`, `G1_l += x_lᵀ·dh_l`.
 //! - With `fuse_gelu` (`[model] gelu`), GELU lives in the products' epilogues: F's first
@@ -34,7 +36,7 @@ use crate::dag::payload;
 use crate::ir::{CommKind, Event, Layout, ProgramSet, UnitKind};
 use pipewright_plan::node::{Epilogue, Gemm, Kernel, Node, P2p};
 use pipewright_plan::{Buffer, Dtype, Hashes, Model, OpSpan, Plan, RankPlan, Training, PLAN_VERSION};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use thiserror::Error;
 
 /// Why a program set cannot be emitted.
@@ -96,9 +98,35 @@ struct Rank<'a> {
     /// recorded after each product into it, so that the epilogue's exchange of a matrix
     /// waits for its last product only, not for the whole program.
     grad_events: Vec<Option<Vec<u32>>>,
+    /// The step's inputs and targets generated so far ([`Rank::data`]).
+    generated: HashSet<u32>,
 }
 
 impl<'a> Rank<'a> {
+    /// Microbatch `g`'s input (the first stage's) or `target` (the last stage's), generated in place
+    /// on `stream` (data::synth_value, from the step counter `data.step`, which the
+    /// epilogue advances) right before its first use. Why there and not all in the
+    /// prologue: a program starts after its prologue, and its peers' first ops wait for its
+    /// first forward — DualPipeV's first rank generated 16 microbatches' data (1.2 ms at
+    /// hidden 2048) before the second rank could start.
+    fn data(&mut self, stream: u32, target: bool, g: u32) -> u32 {
+        let (t, h) = (self.model.tokens(), self.model.hidden as u64);
+        let (name, tag) = if target {
+            (format!("target.{g}"), pipewright_plan::data::TARGET_TAG)
+        } else {
+            (format!("input.{g}"), pipewright_plan::data::INPUT_TAG)
+        };
+        let x = self.buffer(name, t * h, self.model.dtype);
+        if self.generated.insert(x) {
+            let step = self.buffer("data.step".into(), 1, Dtype::F32);
+            let mut scalars = vec![tag as f32, g as f32];
+            scalars.extend(pipewright_plan::data::seed_scalars(self.model.seed));
+            let synth = self.act_kernel("synth_data");
+            self.kernel(stream, &synth, vec![x, step], t * h, scalars);
+        }
+        x
+    }
+
     fn buffer(&mut self, name: String, elements: u64, dtype: Dtype) -> u32 {
         if let Some(&id) = self.by_name.get(&name) {
             return id;
@@ -291,6 +319,7 @@ pub fn emit_with(
             next_event: 4,
             last_batch: None,
             grad_events: Vec::new(),
+            generated: Default::default(),
         };
         let matrices = 2 * model.layers_per_stage as usize;
         rank.grad_events = (0..modules as u32)
@@ -436,28 +465,12 @@ fn prologue(rank: &mut Rank) {
             rank.kernel(COMPUTE, "zero", vec![g2], f * h, vec![]);
         }
     }
-    let holds_last = rank.layout.modules[rank.rank as usize].iter().any(|m| m.stage + 1 == rank.layout.stages);
-    // This step's inputs and targets, generated in place (data::synth_value) from the step
-    // counter `data.step`, which the epilogue advances.
-    let (t, seed) = (rank.model.tokens(), pipewright_plan::data::seed_scalars(rank.model.seed));
-    for m in rank.layout.modules[rank.rank as usize].clone() {
-        let tag = if m.stage == 0 {
-            pipewright_plan::data::INPUT_TAG
-        } else if m.stage + 1 == rank.layout.stages {
-            pipewright_plan::data::TARGET_TAG
-        } else {
-            continue;
-        };
-        let step = rank.buffer("data.step".into(), 1, Dtype::F32);
-        for mb in 0..rank.layout.microbatches {
-            let g = rank.global_mb(m.pipe, mb);
-            let name = if m.stage == 0 { format!("input.{g}") } else { format!("target.{g}") };
-            let x = rank.buffer(name, t * h, rank.model.dtype);
-            let mut scalars = vec![tag as f32, g as f32];
-            scalars.extend(seed);
-            let synth = rank.act_kernel("synth_data");
-            rank.kernel(COMPUTE, &synth, vec![x, step], t * h, scalars);
-        }
+    let modules = &rank.layout.modules[rank.rank as usize];
+    let holds_last = modules.iter().any(|m| m.stage + 1 == rank.layout.stages);
+    // The step counter the inputs and targets are generated from ([`Rank::data`], before
+    // each one's first use), which the epilogue advances.
+    if holds_last || modules.iter().any(|m| m.stage == 0) {
+        rank.buffer("data.step".into(), 1, Dtype::F32);
     }
     if holds_last {
         let loss = rank.buffer("loss".into(), rank.microbatches_in_step as u64, Dtype::F32);

@@ -15,7 +15,7 @@ impl Rank<'_> {
         let (t, h, f) = (self.model.tokens(), self.model.hidden as u64, self.model.ffn as u64);
         let g = self.global_mb(pipe, mb);
         let slot = self.slot(dir, mb);
-        let x0 = if stage == 0 { self.buffer(format!("input.{g}"), t * h, self.model.dtype) } else { slot.x[0] };
+        let x0 = if stage == 0 { self.data(stream, false, g) } else { slot.x[0] };
         for l in 0..self.model.layers_per_stage as usize {
             let (w1, w2, _, _) = self.weights(stage, l as u32);
             let x = if l == 0 { x0 } else { slot.x[l] };
@@ -31,7 +31,7 @@ impl Rank<'_> {
         }
         let last = self.model.layers_per_stage as usize;
         if stage + 1 == self.layout.stages {
-            let target = self.buffer(format!("target.{g}"), t * h, self.model.dtype);
+            let target = self.data(stream, true, g);
             let loss = self.buffer("loss".into(), self.microbatches_in_step as u64, Dtype::F32);
             let scale = 1.0 / (t * h) as f32 / self.microbatches_in_step as f32;
             let partials = self.buffer("scratch.loss_partials".into(), pipewright_plan::node::MSE_BLOCKS, Dtype::F32);

@@ -25,6 +25,7 @@ pub(super) struct RawCosts {
     p2p_contention: Option<Spanned<f64>>,
     comm: Option<Spanned<String>>,
     per_step: Option<Spanned<PerStage<f64>>>,
+    prologue: Option<Spanned<PerStage<f64>>>,
     mirror_sum: Option<Spanned<f64>>,
     mirror_update: Option<Spanned<f64>>,
 }
@@ -43,6 +44,8 @@ pub(super) struct GivenCosts {
     comm: Option<CommMode>,
     /// The busiest rank's, and each rank's when the table lists them.
     per_step: Option<(f64, Vec<f64>)>,
+    /// Each rank's part of `per_step` before its program.
+    prologue: Option<Vec<f64>>,
     mirror_sum: Option<f64>,
     mirror_update: Option<f64>,
 }
@@ -61,6 +64,7 @@ impl GivenCosts {
             p2p_contention: self.p2p_contention.or(other.p2p_contention),
             comm: self.comm.or(other.comm),
             per_step: self.per_step.or(other.per_step),
+            prologue: self.prologue.or(other.prologue),
             mirror_sum: self.mirror_sum.or(other.mirror_sum),
             mirror_update: self.mirror_update.or(other.mirror_update),
         }
@@ -133,6 +137,40 @@ pub(super) fn given_costs(
             Some((busiest, if by_rank { list } else { Vec::new() }))
         }
     };
+    let prologue = match raw.and_then(|r| r.prologue.as_ref()) {
+        None => None,
+        Some(v) => {
+            let err =
+                |message: String, help: String| SourceError::new(file, source, Some(v.span()), message).with_help(help);
+            let list = match v.get_ref() {
+                PerStage::One(x) => vec![*x; ranks as usize],
+                PerStage::Many(list) if list.len() == ranks as usize => list.clone(),
+                PerStage::Many(list) => {
+                    return Err(err(
+                        format!("prologue lists {} values, but this pipeline has {ranks} ranks", list.len()),
+                        format!("give one value per rank ({ranks}), or a single number for every rank"),
+                    ))
+                }
+            };
+            if let Some(bad) = list.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                return Err(err(
+                    format!("prologue must be ≥ 0, got {bad}"),
+                    "prologue is the time of each rank's own work before its program".into(),
+                ));
+            }
+            // Part of per_step: checked against it where the same table gives both.
+            if let Some((busiest, by_rank)) = &per_step {
+                let of = |r: usize| by_rank.get(r).copied().unwrap_or(*busiest);
+                if let Some(r) = (0..list.len()).find(|&r| list[r] > of(r) + 1e-9) {
+                    return Err(err(
+                        format!("rank {r}'s prologue ({}) exceeds its per_step ({})", list[r], of(r)),
+                        "prologue is the part of per_step that runs before the program: at most per_step".into(),
+                    ));
+                }
+            }
+            Some(list)
+        }
+    };
     let mirror_sum =
         scalar("mirror_sum", raw.and_then(|r| r.mirror_sum.as_ref()), "mirror_sum is the time of one exchange")?;
     let mirror_update = scalar(
@@ -193,6 +231,7 @@ pub(super) fn given_costs(
         p2p_contention,
         comm,
         per_step,
+        prologue,
         mirror_sum,
         mirror_update,
     })
@@ -220,6 +259,7 @@ pub(super) fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, (usize
         comm: g.comm.unwrap_or(CommMode::Blocking),
         per_step: g.per_step.as_ref().map_or(0.0, |p| p.0),
         per_step_by_rank: g.per_step.map(|p| p.1).unwrap_or_default(),
+        prologue_by_rank: g.prologue.unwrap_or_default(),
         mirror_sum: g.mirror_sum.unwrap_or(0.0),
         mirror_update: g.mirror_update.unwrap_or(0.0),
     })

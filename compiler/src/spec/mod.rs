@@ -22,6 +22,7 @@
 //! comm = "blocking"        # or "async"
 //! per_step = 0.0           # once a step, outside the programs (prologue, optimizer); or
 //!                          # a list, one per rank (step_time: the latest rank's end plus its own)
+//! prologue = 0.0           # of per_step: what runs before the program (data), or one per rank
 //! mirror_sum = 0.0         # once a step where pipes are mirrored: a rank's gradient exchange
 //!                          # (step_time counts what outlasts the programs, crate::mirror)
 //! mirror_update = 0.0      # of per_step: one mirrored stage's update after its exchange (the
@@ -171,6 +172,7 @@ impl Spec {
             // What each rank does once a step depends on the family (which rank holds the
             // loss): only the busiest rank's carries over to another.
             per_step_by_rank: if family == self.family { c.per_step_by_rank.clone() } else { Vec::new() },
+            prologue_by_rank: if family == self.family { c.prologue_by_rank.clone() } else { Vec::new() },
             mirror_sum: c.mirror_sum,
             mirror_update: c.mirror_update,
         };

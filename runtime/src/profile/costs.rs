@@ -106,6 +106,10 @@ pub fn costs_toml_with(
         [one] => format!("{one:.4}"),
         ref each => format!("[{}]", list(each)),
     };
+    // Of it, what runs before the program (the prologue): the program starts after it.
+    let prologue = per_rank(&|o| o.kind == "STEP" && o.label == "prologue", true);
+    let prologue_line =
+        if prologue.iter().all(|&x| x <= 0.0) { String::new() } else { format!("prologue = [{}]\n", list(&prologue)) };
     let mirror_sum =
         per_rank(&|o| o.kind == "COMM" && o.label.starts_with("mirror-sum"), false).into_iter().fold(0.0, f64::max);
     // Of the step's own work: a mirrored stage's update after its exchange (the
@@ -131,7 +135,7 @@ pub fn costs_toml_with(
          # `[costs] from = \"<this file>\"` in the spec (whose own `comm` says how the plan\n\
          # communicates).\n\
          [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\n{pair_line}p2p = {:.4}\n\
-         {per_transfer_line}{contention_line}per_step = {}\nmirror_sum = {:.4}\n{mirror_update_line}",
+         {per_transfer_line}{contention_line}per_step = {}\n{prologue_line}mirror_sum = {:.4}\n{mirror_update_line}",
         plan.schedule,
         plan.world_size,
         plan.stages,
