@@ -147,8 +147,8 @@ pub fn run(
     let mut gpu = Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache, opts.sharing())?;
     // Initial weights: the same generator as the CPU reference, once per matrix (a bf16
     // plan's f32 master holds the same values as its bf16 copy). Inputs and targets are
-    // generated in place by each step's prologue; only `--dump` wants the first step's
-    // before it runs.
+    // generated in place during each step, before each one's first use; only `--dump`
+    // wants the first step's before it runs.
     let mut made: HashMap<&str, Vec<f32>> = HashMap::new();
     for b in &rp.buffers {
         let name = b.name.strip_prefix("master.").unwrap_or(&b.name);
