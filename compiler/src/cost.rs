@@ -81,11 +81,12 @@ pub struct CostModel {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_step_by_rank: Vec<f64>,
     /// Rank by rank, the part of its `per_step` that runs before its program (the step's
-    /// prologue: its data, zeroing), so that its program starts that much later (empty:
-    /// every program starts at 0, all of `per_step` after it). Why: in DualPipeV the first
-    /// rank generates the data (measured on 2 × H200 at 2048: a 1.19 ms prologue against
-    /// the second rank's 0.08), and the second rank's first forward waits for the first
-    /// rank's; charged after the programs, the step came out 1–2% short.
+    /// prologue: zeroing), so that its program starts that much later (empty: every
+    /// program starts at 0, all of `per_step` after it). Why: a rank's peers wait for its
+    /// first forward, which follows its prologue — measured on 2 × H200 at 2048, DualPipeV's
+    /// first rank's prologue (which then also generated every microbatch's data) took
+    /// 1.19 ms against the second rank's 0.08, and charged after the programs the step
+    /// came out 1–2% short.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prologue_by_rank: Vec<f64>,
     /// Once per step where pipes are mirrored (DualPipe): a rank's whole exchange of its

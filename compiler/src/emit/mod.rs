@@ -103,9 +103,9 @@ struct Rank<'a> {
 }
 
 impl<'a> Rank<'a> {
-    /// Microbatch `g`'s input (the first stage's) or `target` (the last stage's), generated in place
-    /// on `stream` (data::synth_value, from the step counter `data.step`, which the
-    /// epilogue advances) right before its first use. Why there and not all in the
+    /// Microbatch `g`'s input (the first stage's) or `target` (the last stage's),
+    /// generated in place on `stream` (data::synth_value, from the step counter
+    /// `data.step`, which the epilogue advances) right before its first use. Why there and not all in the
     /// prologue: a program starts after its prologue, and its peers' first ops wait for its
     /// first forward — DualPipeV's first rank generated 16 microbatches' data (1.2 ms at
     /// hidden 2048) before the second rank could start.
