@@ -263,6 +263,35 @@ proptest! {
         prop_assert_eq!(blocking.makespan, uncontended.makespan);
     }
 
+    /// Prologues ([`CostModel::prologue_by_rank`]) start each rank's program later: the
+    /// makespan grows, by no more than the longest prologue (every node is delayed by at
+    /// most that), each rank's first event starts no earlier than its prologue, and the
+    /// lower bound still holds.
+    #[test]
+    fn prologues_delay_the_programs_by_at_most_the_longest(
+        (family, ranks, m) in case(),
+        c in costs(),
+        prologues in proptest::collection::vec(0.0f64..3.0, 8),
+    ) {
+        let set = family.generate(ranks, m, 2);
+        let n = set.layout.as_ref().unwrap().stages;
+        let mut costs = uniform(n, c);
+        let simulate = |costs: &CostModel| {
+            lower_and_simulate(&set, costs, None).map(|(_, sim, _)| sim).map_err(|e| TestCaseError::fail(format!("{e}")))
+        };
+        let plain = simulate(&costs)?;
+        costs.prologue_by_rank = prologues[..ranks as usize].to_vec();
+        costs.per_step = 3.0;
+        let delayed = simulate(&costs)?;
+        let longest = costs.prologue_by_rank.iter().copied().fold(0.0, f64::max);
+        prop_assert!(delayed.makespan + 1e-9 >= plain.makespan);
+        prop_assert!(delayed.makespan <= plain.makespan + longest + 1e-9, "{} vs {} + {}", delayed.makespan, plain.makespan, longest);
+        for (r, spans) in delayed.timeline.iter().enumerate() {
+            prop_assert!(spans[0].start + 1e-9 >= costs.prologue_by_rank[r], "rank {}", r);
+        }
+        bound_holds(&set, &costs)?;
+    }
+
     /// Every family's plan at every size, emitted for blocking and async p2p: valid (every
     /// node's buffers, streams, events and peers exist, every product's operands large
     /// enough) and every send meeting a receive of its size on its peer, each p2p op in
