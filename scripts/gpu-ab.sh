@@ -8,7 +8,9 @@
 # the same clocks (as gpu-sweep.sh). AB_PLANS: plan names under target/gpu/bench;
 # AB_A, AB_B: the binaries (default target/gpu/old-runtime and target/gpu/pipewright-runtime);
 # AB_A_ARGS, AB_B_ARGS: options of each side's runs (e.g. one binary twice, AB_B_ARGS="--p2p
-# copy"); AB_ROUNDS (default 2). Results in $OUT/ab.txt.
+# copy"); AB_A_DIR, AB_B_DIR: where each side's plans are (default target/gpu/bench: two
+# emitters' plans of the same spec against each other, e.g. AB_B_DIR=target/gpu/new with
+# the same binary twice); AB_ROUNDS (default 2). Results in $OUT/ab.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -17,13 +19,14 @@ source scripts/gpu-common.sh
 A=${AB_A:-target/gpu/old-runtime} B=${AB_B:-target/gpu/pipewright-runtime}
 CACHES=$(mktemp -d)
 for plan in ${AB_PLANS:-dualpipe-r2-h4096 dualpipev-r2-h2048}; do
-  dir=target/gpu/bench/$plan; fits "$dir" "$OUT/ab.txt" || continue; ranks=$(ranks_of "$dir")
+  dir=${AB_A_DIR:-target/gpu/bench}/$plan; fits "$dir" "$OUT/ab.txt" || continue; ranks=$(ranks_of "$dir")
   for round in $(seq "${AB_ROUNDS:-2}"); do
     for side in A B; do
-      bin=$A args=${AB_A_ARGS:-}; [ "$side" = B ] && bin=$B args=${AB_B_ARGS:-}
+      bin=$A args=${AB_A_ARGS:-} dir=${AB_A_DIR:-target/gpu/bench}/$plan
+      [ "$side" = B ] && bin=$B args=${AB_B_ARGS:-} dir=${AB_B_DIR:-target/gpu/bench}/$plan
       log="$LOGS/$plan-$side-$round.log"
       PIPEWRIGHT_CACHE_DIR="$CACHES/$side" timeout 200 "$bin" launch --gpus "$ranks" "$dir" --steps 15 --compute-alone 10 $args > "$log" 2>&1
-      python3 scripts/step-efficiency.py "$plan" "$side ($bin $args) round $round" "$log" | tee -a "$OUT/ab.txt"
+      python3 scripts/step-efficiency.py "$plan" "$side ($bin $args $dir) round $round" "$log" | tee -a "$OUT/ab.txt"
     done
   done
 done
