@@ -340,6 +340,9 @@ fn a_dualpipe_profile_gives_the_mirror_sum_and_update_once_a_step() {
         [3.0, 3.0]
     );
     assert_eq!(costs["mirror_update"].as_float(), Some(1.0), "{text}");
+    // Of per_step, the prologue (before the program): one part of 0.5 on each rank.
+    let prologue: Vec<f64> = costs["prologue"].as_array().unwrap().iter().map(|v| v.as_float().unwrap()).collect();
+    assert_eq!(prologue, [0.5, 0.5], "{text}");
     let sizes: std::collections::BTreeSet<u32> = (plan.ranks.iter())
         .flat_map(|r| (0..r.ops.len()).filter(|&i| r.ops[i].label.starts_with('[')).map(move |i| transfers(r, i)))
         .collect();
