@@ -145,4 +145,5 @@ fn record(gpu: &Gpu, stream: usize, in_graph: bool) -> Result<CudaEvent, Runtime
     Ok(event)
 }
 
-const TIMED: cudarc::driver::sys::CUevent_flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+/// Events that record time (the default flags; not `DISABLE_TIMING`).
+pub(crate) const TIMED: cudarc::driver::sys::CUevent_flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;

@@ -13,14 +13,12 @@
 //! pairs with them, the peer's copies into this rank's running at the same time, as in a
 //! step (without the flags around them, a few microseconds).
 
-use super::{Communicator, Gpu, COMM_STREAM};
+use super::{nccl, Communicator, Gpu, COMM_STREAM};
 use crate::error::driver;
+use crate::timing::TIMED;
 use crate::RuntimeError;
 use cudarc::driver::DevicePtr;
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
-
-/// Events for timing (the default flags: with timing).
-const TIMED: cudarc::driver::sys::CUevent_flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 
 /// Untimed batches of each size before the timed ones (NCCL connects its p2p channels for
 /// a peer on the first).
@@ -46,7 +44,7 @@ impl Gpu {
         max_transfers: u32,
         reps: u32,
     ) -> Result<Vec<(u32, f64)>, RuntimeError> {
-        let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("p2p calibration: {e:?}") };
+        let failed = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("p2p calibration: {e:?}") };
         let stream = &self.streams[COMM_STREAM as usize];
         let raw_stream = stream.cu_stream() as nccl_sys::cudaStream_t;
         let word = stream.alloc_zeros::<f32>(1).map_err(driver)?;
@@ -64,7 +62,8 @@ impl Gpu {
                 _ => Vec::new(),
             };
             for rep in 0..WARM_UP + reps {
-                line_up(comm, word_ptr, raw_stream).map_err(nccl)?;
+                // SAFETY: `word` is one f32, alive until the stream is synchronised below.
+                unsafe { nccl::all_reduce_word(comm, word_ptr, raw_stream) }.map_err(failed)?;
                 let Some(peer) = peer else { continue };
                 if copies && copy_list.is_empty() {
                     continue;
@@ -81,7 +80,16 @@ impl Gpu {
                             .map_err(driver)?;
                     }
                 } else {
-                    self.nccl_exchange(comm, rank, peer, base, bytes, k, max_transfers)?;
+                    // Sends from the scratch's first half, receives into its second.
+                    let ops: Vec<(bool, u32, u64, usize)> = (0..k as usize)
+                        .flat_map(|i| {
+                            let recv = base + ((max_transfers as usize + i) * bytes) as u64;
+                            [(true, peer, base + (i * bytes) as u64, bytes), (false, peer, recv, bytes)]
+                        })
+                        .collect();
+                    // SAFETY: every op lies in `scratch` (2 · max_transfers buffers of
+                    // `bytes`), alive until the stream is synchronised below.
+                    unsafe { nccl::p2p_group(comm, raw_stream, &ops) }.map_err(failed)?;
                 }
                 let end = stream.record_event(Some(TIMED)).map_err(driver)?;
                 end.synchronize().map_err(driver)?;
@@ -92,74 +100,9 @@ impl Gpu {
         }
         // Every rank's batches done before any goes on (a copy into a peer's buffer ends
         // before that rank's all-reduce, which is after it on its stream).
-        line_up(comm, word_ptr, raw_stream).map_err(nccl)?;
+        // SAFETY: as above.
+        unsafe { nccl::all_reduce_word(comm, word_ptr, raw_stream) }.map_err(failed)?;
         stream.synchronize().map_err(driver)?;
         Ok(timed)
     }
-
-    /// One NCCL group of `k` sends to and `k` receives from `peer`, `bytes` each, from and
-    /// into the scratch at `base` (2 · `max_transfers` buffers of `bytes`: sends from the
-    /// first half, receives into the second), on the communication stream.
-    #[allow(clippy::too_many_arguments)]
-    fn nccl_exchange(
-        &self,
-        comm: &Communicator,
-        rank: u32,
-        peer: u32,
-        base: u64,
-        bytes: usize,
-        k: u32,
-        max_transfers: u32,
-    ) -> Result<(), RuntimeError> {
-        let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("p2p calibration: {e:?}") };
-        let raw_stream = self.streams[COMM_STREAM as usize].cu_stream() as nccl_sys::cudaStream_t;
-        nccl_result::group_start().map_err(nccl)?;
-        for i in 0..k as usize {
-            let send = base + (i * bytes) as u64;
-            let recv = base + ((max_transfers as usize + i) * bytes) as u64;
-            // SAFETY: [send, send + bytes) and [recv, recv + bytes) lie in the caller's
-            // scratch, alive until its stream is synchronised; the communicator is live.
-            unsafe {
-                nccl_result::send(
-                    send as *const std::ffi::c_void,
-                    bytes,
-                    nccl_sys::ncclDataType_t::ncclUint8,
-                    peer as i32,
-                    comm.raw,
-                    raw_stream,
-                )
-                .map_err(nccl)?;
-                nccl_result::recv(
-                    recv as *mut std::ffi::c_void,
-                    bytes,
-                    nccl_sys::ncclDataType_t::ncclUint8,
-                    peer as i32,
-                    comm.raw,
-                    raw_stream,
-                )
-                .map_err(nccl)?;
-            }
-        }
-        nccl_result::group_end().map_err(nccl)?;
-        Ok(())
-    }
-}
-
-/// An all-reduce of the one f32 at `word` over `comm` on `stream`: what lines the ranks up
-/// on the GPU (it ends on every rank within microseconds of the others).
-fn line_up(comm: &Communicator, word: u64, stream: nccl_sys::cudaStream_t) -> Result<(), nccl_result::NcclError> {
-    // SAFETY: `word` is one f32 of live device memory of this context, reduced in place
-    // (NCCL allows it) on one of its streams; the communicator is live.
-    unsafe {
-        nccl_result::all_reduce(
-            word as *const std::ffi::c_void,
-            word as *mut std::ffi::c_void,
-            1,
-            nccl_sys::ncclDataType_t::ncclFloat32,
-            nccl_sys::ncclRedOp_t::ncclSum,
-            comm.raw,
-            stream,
-        )
-    }
-    .map(|_| ())
 }

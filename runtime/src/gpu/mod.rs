@@ -345,49 +345,23 @@ impl Gpu {
         if let Some(peers) = &self.peers {
             return self.copy_group(peers, rank, node);
         }
-        let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("{e:?}") };
         let stream = self.streams[COMM_STREAM as usize].cu_stream() as nccl_sys::cudaStream_t;
-        nccl_result::group_start().map_err(nccl)?;
-        for &(send, peer, offset, len) in ops {
-            let ptr = self.addr(offset) as *mut std::ffi::c_void;
-            let bytes = nccl_sys::ncclDataType_t::ncclUint8;
-            // SAFETY: [offset, offset + len) lies in the arena (the validated plan sizes
-            // every buffer), the communicator is live, and the stream belongs to this
-            // context.
-            unsafe {
-                if send {
-                    nccl_result::send(ptr, len, bytes, peer as i32, comm.raw, stream)
-                } else {
-                    nccl_result::recv(ptr, len, bytes, peer as i32, comm.raw, stream)
-                }
-            }
-            .map_err(nccl)?;
-        }
-        nccl_result::group_end().map_err(nccl)?;
-        Ok(())
+        let ops: Vec<(bool, u32, u64, usize)> =
+            ops.iter().map(|&(send, peer, offset, len)| (send, peer, self.addr(offset), len)).collect();
+        // SAFETY: each [offset, offset + len) lies in the arena (the validated plan sizes
+        // every buffer), which outlives every step, and the stream belongs to this context.
+        unsafe { nccl::p2p_group(comm, stream, &ops) }.map_err(|e| RuntimeError::Nccl { rank, what: format!("{e:?}") })
     }
 
     /// Returns once every rank of `comm` has called it (an all-reduce of one word on the
     /// communication stream, waited for): what lines the ranks up before a timed step.
     pub fn barrier(&self, comm: &Communicator, rank: u32) -> Result<(), RuntimeError> {
-        let nccl = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("barrier: {e:?}") };
+        let failed = |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("barrier: {e:?}") };
         let stream = &self.streams[COMM_STREAM as usize];
         let word = stream.alloc_zeros::<f32>(1).map_err(driver)?;
         let (ptr, _sync) = cudarc::driver::DevicePtr::device_ptr(&word, stream);
-        // SAFETY: one f32 of device memory, alive until the stream is synchronised below;
-        // in place, which NCCL allows; the communicator is live.
-        unsafe {
-            nccl_result::all_reduce(
-                ptr as *const std::ffi::c_void,
-                ptr as *mut std::ffi::c_void,
-                1,
-                nccl_sys::ncclDataType_t::ncclFloat32,
-                nccl_sys::ncclRedOp_t::ncclSum,
-                comm.raw,
-                stream.cu_stream() as nccl_sys::cudaStream_t,
-            )
-        }
-        .map_err(nccl)?;
+        // SAFETY: one f32 of device memory, alive until the stream is synchronised below.
+        unsafe { nccl::all_reduce_word(comm, ptr, stream.cu_stream() as nccl_sys::cudaStream_t) }.map_err(failed)?;
         stream.synchronize().map_err(driver)
     }
 

@@ -1,5 +1,6 @@
 //! NCCL: this rank's communicator, its asynchronous error and abort (for the watchdog),
-//! and the page-locked progress mark the communication stream writes.
+//! one group of p2p ops and the one-word all-reduce that lines ranks up, and the
+//! page-locked progress mark the communication stream writes.
 
 use crate::error::driver;
 use crate::RuntimeError;
@@ -50,6 +51,59 @@ pub fn nccl_abort(raw: usize) {
     // SAFETY: `raw` is a live communicator, aborted at most once (the watchdog swaps its
     // copy out, and exits the process before the owner's drop could run).
     let _ = unsafe { nccl_result::comm_abort(raw as nccl_sys::ncclComm_t) };
+}
+
+/// One NCCL group of p2p ops on `stream`, each (send?, peer, device address, bytes): the
+/// bytes move as bytes, whatever their dtype.
+///
+/// # Safety
+/// Every `[address, address + bytes)` is device memory of the communicator's device that
+/// stays alive until `stream` has run the group, and `stream` belongs to its context.
+pub(super) unsafe fn p2p_group(
+    comm: &Communicator,
+    stream: nccl_sys::cudaStream_t,
+    ops: &[(bool, u32, u64, usize)],
+) -> Result<(), nccl_result::NcclError> {
+    nccl_result::group_start()?;
+    for &(send, peer, addr, len) in ops {
+        let (ptr, bytes) = (addr as *mut std::ffi::c_void, nccl_sys::ncclDataType_t::ncclUint8);
+        // SAFETY: the caller's: live device memory of this context; the communicator is live.
+        unsafe {
+            if send {
+                nccl_result::send(ptr, len, bytes, peer as i32, comm.raw, stream)
+            } else {
+                nccl_result::recv(ptr, len, bytes, peer as i32, comm.raw, stream)
+            }
+        }?;
+    }
+    nccl_result::group_end()?;
+    Ok(())
+}
+
+/// An all-reduce of the one f32 at `word` over `comm` on `stream`, in place: what lines
+/// the ranks up (it ends on every rank within microseconds of the others).
+///
+/// # Safety
+/// `word` is one f32 of device memory of the communicator's device, alive until `stream`
+/// has run the all-reduce, and `stream` belongs to its context.
+pub(super) unsafe fn all_reduce_word(
+    comm: &Communicator,
+    word: u64,
+    stream: nccl_sys::cudaStream_t,
+) -> Result<(), nccl_result::NcclError> {
+    // SAFETY: the caller's; in place, which NCCL allows; the communicator is live.
+    unsafe {
+        nccl_result::all_reduce(
+            word as *const std::ffi::c_void,
+            word as *mut std::ffi::c_void,
+            1,
+            nccl_sys::ncclDataType_t::ncclFloat32,
+            nccl_sys::ncclRedOp_t::ncclSum,
+            comm.raw,
+            stream,
+        )
+    }
+    .map(|_| ())
 }
 
 /// One u32 of page-locked host memory that the device can write (the watchdog's progress
