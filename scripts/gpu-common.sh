@@ -14,3 +14,10 @@ fits() {
     return 1
   fi
 }
+# sharing PLAN: for a plan of more ranks than this machine has GPUs, whose rank count is
+# a multiple of them, the ranks each GPU runs (`run --ranks-per-gpu`, copy-engine p2p: a
+# correctness check, not a speed one); else fails.
+sharing() {
+  local n; n=$(ranks_of "$1")
+  [ "$n" -gt "$GPUS" ] && [ $((n % GPUS)) -eq 0 ] && echo $((n / GPUS))
+}

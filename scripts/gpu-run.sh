@@ -11,7 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
-# watchdog), bench (GEMM rates, then the benchmarks) or launch (host launch time against
+# watchdog), watchdog (only that), bench (GEMM rates, then the benchmarks) or launch (host launch time against
 # the microbatch count, $OUT/launch.txt).
 PART="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -42,16 +42,26 @@ done
 fi
 
 if [ "$PART" != bench ] && [ "$PART" != launch ]; then
+if [ "$PART" != watchdog ]; then
 echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CPU executor;" \
   "plans of more than one rank with each p2p transport (NCCL, and the copy engines: [copy])" | tee -a "$OUT/summary.txt"
+# Plans of more ranks than GPUs run with the ranks sharing them (copy engines only: NCCL
+# refuses two ranks on one GPU), tagged [copy, N ranks on G GPUs].
 for plan in target/gpu/plans/*/; do
-  fits "$plan" || continue
   ranks=$(ranks_of "$plan"); transports="nccl"; [ "$ranks" -gt 1 ] && transports="nccl copy"
+  share=1
+  if [ "$ranks" -gt "$GPUS" ]; then
+    share=$(sharing "$plan") || { fits "$plan"; continue; }
+    transports="copy"
+  fi
   for p2p in $transports; do
   name=$(basename "$plan"); [ "$p2p" = copy ] && name="$name[copy]"
-  timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference --p2p "$p2p" > "$LOGS/$name.log" 2>&1
-  echo "exit $?" >> "$LOGS/$name.log"
-  python3 - "$name" "$LOGS/$name.log" <<'PY' | tee -a "$OUT/summary.txt"
+  log="$LOGS/$(basename "$plan")-$p2p.log"
+  [ "$share" -gt 1 ] && name="$(basename "$plan")[copy, $ranks ranks on $GPUS GPUs]"
+  timeout 300 "$RT" launch --gpus "$ranks" "$plan" --steps 4 --reference --p2p "$p2p" --ranks-per-gpu "$share" \
+    > "$log" 2>&1
+  echo "exit $?" >> "$log"
+  python3 - "$name" "$log" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
 name, log = sys.argv[1], open(sys.argv[2]).read()
 limit = 2e-2 if "bf16" in name else 1e-5
@@ -65,9 +75,14 @@ done
 
 echo "== PyTorch (float64 autograd) on the runtime's first step" | tee -a "$OUT/summary.txt"
 for name in dualpipev-r1-f32 1f1b-r2-f32 dualpipe-r4-f32 dualpipev-r4-f32; do
-  plan=target/gpu/plans/$name; fits "$plan" || continue; ranks=$(ranks_of "$plan")
-  timeout 120 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --dump "$LOGS/dump-$name" > /dev/null 2>&1
-  python3 tests/torch_reference.py "$LOGS/dump-$name" 2>&1 | sed "s/^/$name: /" | tee -a "$OUT/summary.txt"
+  plan=target/gpu/plans/$name; ranks=$(ranks_of "$plan"); share=1; p2p=nccl; tag=$name
+  if [ "$ranks" -gt "$GPUS" ]; then
+    share=$(sharing "$plan") || { fits "$plan"; continue; }
+    p2p=copy; tag="$name[copy, $ranks ranks on $GPUS GPUs]"
+  fi
+  timeout 300 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --dump "$LOGS/dump-$name" --p2p $p2p \
+    --ranks-per-gpu "$share" > /dev/null 2>&1
+  python3 tests/torch_reference.py "$LOGS/dump-$name" 2>&1 | sed "s/^/$tag: /" | tee -a "$OUT/summary.txt"
 done
 rm -rf "$LOGS"/dump-*
 
@@ -86,15 +101,22 @@ assert b["first_step"] == 2, b
 same = a[2:4] == b["losses"]
 print(f"checkpoint/resume: steps 2-3 losses {'bitwise equal' if same else 'DIFFER'}: {a[2:4]} vs {b['losses']}")
 PY
+fi
 
-W=$((GPUS >= 4 ? 4 : 2)); victim=$((W - 1))
-for p2p in nccl copy; do
-echo "== watchdog ($p2p p2p): rank $victim of $W killed mid-run; every other rank must end within 60 s, naming its op" | tee -a "$OUT/summary.txt"
+# (transport, ranks, ranks per GPU): each rank on a GPU of its own with either transport,
+# and on fewer than 4 GPUs also 4 ranks sharing them (copy engines, no NCCL communicator).
+W=$((GPUS >= 4 ? 4 : 2)); setups="nccl:$W:1 copy:$W:1"
+[ "$GPUS" -lt 4 ] && [ $((4 % GPUS)) -eq 0 ] && setups="$setups copy:4:$((4 / GPUS))"
+for setup in $setups; do
+IFS=: read -r p2p W share <<< "$setup"; victim=$((W - 1))
+tag="$p2p p2p"; [ "$share" -gt 1 ] && tag="$tag, $W ranks on $GPUS GPUs"
+echo "== watchdog ($tag): rank $victim of $W killed mid-run; every other rank must end within 60 s, naming its op" | tee -a "$OUT/summary.txt"
 plan=target/gpu/bench/dualpipe-r$W-h512
-pids=(); port=29533; [ "$p2p" = copy ] && port=29543
+pids=(); port=29533; [ "$p2p" = copy ] && port=$((29543 + share))
 for r in $(seq 0 $((W - 1))); do
   RANK=$r WORLD_SIZE=$W LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-    "$RT" run "$plan" --steps 100000000 --watchdog 20 --p2p "$p2p" > "$LOGS/kill-$p2p-rank$r.log" 2>&1 &
+    "$RT" run "$plan" --steps 100000000 --watchdog 20 --p2p "$p2p" --ranks-per-gpu "$share" \
+    > "$LOGS/kill-$p2p-$share-rank$r.log" 2>&1 &
   pids+=($!)
 done
 sleep 12
@@ -102,13 +124,13 @@ kill -9 "${pids[$victim]}"; killed=$(date +%s.%N)
 for r in $(seq 0 $((W - 2))); do
   timeout 90 tail --pid="${pids[$r]}" -f /dev/null; wait "${pids[$r]}"; code=$?
   took=$(python3 -c "import time; print(f'{time.time() - $killed:.1f}')")
-  echo "rank $r: exit $code, $took s after the kill: $(grep -m1 '^error' "$LOGS/kill-$p2p-rank$r.log" | cut -c1-400)" | tee -a "$OUT/summary.txt"
+  echo "rank $r: exit $code, $took s after the kill: $(grep -m1 '^error' "$LOGS/kill-$p2p-$share-rank$r.log" | cut -c1-400)" | tee -a "$OUT/summary.txt"
 done
 for r in $(seq 0 $((W - 2))); do kill -9 "${pids[$r]}" 2>/dev/null; done
 done
 
 fi
-if [ "$PART" != correctness ] && [ "$PART" != launch ]; then
+if [ "$PART" != correctness ] && [ "$PART" != launch ] && [ "$PART" != watchdog ]; then
 echo "== GEMM rates (the FLOP floor)" | tee -a "$OUT/summary.txt"
 for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf16 8192 8192 8192" "f32 8192 8192 8192"; do
   set -- $shape

@@ -116,8 +116,8 @@ pub enum Command {
         #[arg(long = "contention-from", value_name = "PLAN_DIR[=PROFILE_DIR]")]
         contention_from: Vec<String>,
     },
-    /// Start N local ranks of `run` (one per GPU) and wait for all; if one fails, stop the
-    /// others.
+    /// Start N local ranks of `run` (one per GPU, or --ranks-per-gpu per GPU) and wait for
+    /// all; if one fails, stop the others.
     Launch {
         #[arg(long)]
         gpus: u32,
@@ -197,6 +197,12 @@ pub struct RunArgs {
     /// training state is meaningless after it, so it comes after checkpoints and dumps.
     #[arg(long, default_value_t = 0)]
     pub compute_alone: u32,
+    /// Run this many ranks on each GPU (rank r on GPU LOCAL_RANK / K): to check a plan of
+    /// more ranks than the machine has GPUs (4 ranks on 2 GPUs), for correctness, not speed
+    /// — the ranks of a GPU take turns on it. Needs --p2p copy (NCCL refuses two ranks on
+    /// one GPU); the ranks then make no NCCL communicator and line up over TCP.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ranks_per_gpu: u32,
 }
 
 impl RunArgs {
@@ -218,6 +224,7 @@ impl RunArgs {
             always_fuse: self.always_fuse,
             p2p: self.p2p,
             alone_steps: self.compute_alone,
+            ranks_per_gpu: self.ranks_per_gpu,
         }
     }
 
@@ -232,6 +239,7 @@ impl RunArgs {
             ("--profile-graph", self.profile_graph.to_string()),
             ("--compute-alone", self.compute_alone.to_string()),
             ("--comm-sms", self.comm_sms.to_string()),
+            ("--ranks-per-gpu", self.ranks_per_gpu.to_string()),
             (
                 "--p2p",
                 clap::ValueEnum::to_possible_value(&self.p2p).map_or_else(String::new, |v| v.get_name().to_owned()),

@@ -6,7 +6,7 @@
 
 use crate::error::driver;
 use crate::gpu::{Communicator, Gpu, HostMark};
-use crate::launch::{exchange_id, Place};
+use crate::launch::{HostGroup, Place};
 use crate::timing::{node_spans, op_spans, OpTimer};
 use crate::watchdog::Watchdog;
 use crate::RuntimeError;
@@ -71,6 +71,12 @@ pub struct RunOptions {
     /// of more than one rank as many replays of the whole step follow (see
     /// [`RunReport::after_alone_ms`]).
     pub alone_steps: u32,
+    /// Ranks sharing each GPU: rank r runs on GPU `LOCAL_RANK / ranks_per_gpu` (0 and 1:
+    /// one GPU a rank). For checking plans of more ranks than the machine has GPUs —
+    /// correctness, not speed: the ranks of a GPU take turns on it. NCCL refuses two ranks
+    /// on one GPU, so more than one needs the copy-engine transport, and no NCCL
+    /// communicator is made (the ranks line up over TCP instead).
+    pub ranks_per_gpu: u32,
 }
 
 impl RunOptions {
@@ -144,7 +150,14 @@ pub fn run(
     let (steps, eager) = (opts.steps, opts.eager);
     plan.validate()?;
     let rp = &plan.ranks[place.rank as usize];
-    let mut gpu = Gpu::open(place.local_rank as usize, rp.streams, rp.events, rp.arena_bytes, cache, opts.sharing())?;
+    let per_gpu = opts.ranks_per_gpu.max(1);
+    if per_gpu > 1 && opts.p2p != crate::gpu::Transport::Copy {
+        return Err(RuntimeError::Environment(format!(
+            "--ranks-per-gpu {per_gpu} needs --p2p copy: NCCL refuses two ranks on one GPU"
+        )));
+    }
+    let mut gpu =
+        Gpu::open((place.local_rank / per_gpu) as usize, rp.streams, rp.events, rp.arena_bytes, cache, opts.sharing())?;
     // Initial weights: the same generator as the CPU reference, once per matrix (a bf16
     // plan's f32 master holds the same values as its bf16 copy). Inputs and targets are
     // generated in place during each step, before each one's first use; only `--dump`
@@ -212,30 +225,39 @@ pub fn run(
         )?;
     }
     let dog = Watchdog::start(place.rank, opts.watchdog);
-    let comm = if plan.world_size > 1 {
-        let id = if place.rank == 0 {
-            let id = cudarc::nccl::Id::new().map_err(|e| RuntimeError::Nccl { rank: 0, what: format!("{e:?}") })?;
-            Some(id.internal().map(|c| c as u8))
-        } else {
+    let fabric = if plan.world_size > 1 {
+        dog.phase(format!("joining the {} ranks over TCP", plan.world_size));
+        let host = HostGroup::join(place, Duration::from_secs(60))?;
+        dog.done();
+        gpu.agree_on_transport(&host, place.rank, opts.p2p, per_gpu)?;
+        let nccl = if per_gpu > 1 {
             None
+        } else {
+            let id = if place.rank == 0 {
+                let id = cudarc::nccl::Id::new().map_err(|e| RuntimeError::Nccl { rank: 0, what: format!("{e:?}") })?;
+                Some(id.internal().map(|c| c as u8))
+            } else {
+                None
+            };
+            let id = host.broadcast_id(id)?;
+            dog.phase(format!("joining the NCCL communicator of {} ranks", plan.world_size));
+            let comm = Arc::new(gpu.communicator(place.rank, plan.world_size, id)?);
+            dog.done();
+            dog.watch_comm(comm.clone());
+            Some(comm)
         };
-        let id = exchange_id(place, id, Duration::from_secs(60))?;
-        dog.phase(format!("joining the NCCL communicator of {} ranks", plan.world_size));
-        let comm = Arc::new(gpu.communicator(place.rank, plan.world_size, id)?);
-        gpu.agree_on_transport(&comm, place.rank, opts.p2p)?;
         if opts.p2p == crate::gpu::Transport::Copy {
             dog.phase("mapping the peers' memory for copy-engine p2p");
-            gpu.connect_peers(&comm, plan, place.rank)?;
+            gpu.connect_peers(&host, plan, place.rank)?;
+            dog.done();
         }
-        dog.done();
-        dog.watch_comm(comm.clone());
         let mark = Arc::new(HostMark::new(&gpu.ctx)?);
         dog.watch_progress(mark.clone(), describe_groups(plan, place.rank));
-        Some((comm, mark))
+        Some(Fabric { host, nccl, mark })
     } else {
         None
     };
-    let comm = comm.as_ref().map(|(c, m)| (c.as_ref(), m.as_ref()));
+    let comm = fabric.as_ref().map(|f| (f.nccl.as_deref(), f.mark.as_ref()));
     let loss = rp.buffers.iter().find(|b| b.name == "loss").cloned();
     let mut report = RunReport {
         rank: place.rank,
@@ -316,7 +338,7 @@ pub fn run(
             steps,
         )?;
     }
-    if let (true, Some((c, _))) = (opts.profile, comm) {
+    if let (true, Some((Some(c), _))) = (opts.profile, comm) {
         // What a batch costs with nothing to wait for (see crate::profile): every rank
         // takes part, in pairs of neighbours, by its transport.
         if let Some((bytes, most)) = crate::profile::calibration_shape(plan) {
@@ -331,8 +353,8 @@ pub fn run(
         // The whole step with every op timed, from ranks lined up by a barrier, the first
         // replays untimed while they fall back into their usual skew.
         let (g, timer) = capture_timed(&mut gpu, plan, place.rank, comm, opts.keep_memsets)?;
-        if let Some((c, _)) = comm {
-            gpu.barrier(c, place.rank)?;
+        if let Some(f) = &fabric {
+            f.barrier(&gpu, place.rank)?;
         }
         let what = "of the whole step, every op timed (profile)";
         replay_each(&gpu, &g, opts.profile_graph_steps + SETTLING_STEPS, &dog, what, |i, ms| {
@@ -351,8 +373,8 @@ pub fn run(
         report.alone_ms = timed_replays(&gpu, &alone, opts.alone_steps, &dog, what)?;
         // Then as many whole steps, back to back as in training, from ranks lined up by a
         // barrier (the first few left out while they fall back into their usual skew).
-        if let (Some(g), Some((c, _))) = (&graph, comm) {
-            gpu.barrier(c, place.rank)?;
+        if let (Some(g), Some(f)) = (&graph, &fabric) {
+            f.barrier(&gpu, place.rank)?;
             let what = "of the whole step after the compute alone";
             let mut after = timed_replays(&gpu, g, opts.alone_steps + SETTLING_STEPS, &dog, what)?;
             report.after_alone_ms = after.split_off(SETTLING_STEPS as usize);
@@ -373,6 +395,31 @@ pub fn run(
         dog.done();
     }
     Ok((report, gpu))
+}
+
+/// How the ranks of a job of more than one reach each other.
+struct Fabric {
+    /// Always: the ranks joined over TCP (NCCL's id, the copy engines' handles, checks).
+    host: HostGroup,
+    /// Unless ranks share GPUs ([`RunOptions::ranks_per_gpu`]).
+    nccl: Option<Arc<Communicator>>,
+    /// The watchdog's progress mark, written by the communication stream.
+    mark: Arc<HostMark>,
+}
+
+impl Fabric {
+    /// Returns once every rank has called it, with this rank's GPU idle: through NCCL (an
+    /// all-reduce on the communication stream, which lines the ranks up on their GPUs), or
+    /// over TCP without it.
+    fn barrier(&self, gpu: &Gpu, rank: u32) -> Result<(), RuntimeError> {
+        match &self.nccl {
+            Some(c) => gpu.barrier(c, rank),
+            None => {
+                gpu.synchronize()?;
+                self.host.barrier()
+            }
+        }
+    }
 }
 
 /// Replays `g` `count` times, each waited for (the watchdog told which replay `what` it
@@ -421,7 +468,7 @@ fn capture(
     gpu: &mut Gpu,
     plan: &Plan,
     rank: u32,
-    comm: Option<(&Communicator, &HostMark)>,
+    comm: Option<(Option<&Communicator>, &HostMark)>,
     keep_memsets: bool,
     timed: Option<Vec<(usize, usize, usize)>>,
 ) -> Result<(crate::graph::Replay, Option<OpTimer>), RuntimeError> {
@@ -452,7 +499,7 @@ fn capture_timed(
     gpu: &mut Gpu,
     plan: &Plan,
     rank: u32,
-    comm: Option<(&Communicator, &HostMark)>,
+    comm: Option<(Option<&Communicator>, &HostMark)>,
     keep_memsets: bool,
 ) -> Result<(crate::graph::Replay, OpTimer), RuntimeError> {
     let spans = op_spans(&plan.ranks[rank as usize]);
@@ -461,7 +508,8 @@ fn capture_timed(
 }
 
 /// Issues every node of this rank's step, in order, on its stream.
-/// With more than one rank, `comm` is the communicator and the watchdog's progress mark:
+/// With more than one rank, `comm` is the NCCL communicator (none when ranks share GPUs:
+/// the copy engines move every group then) and the watchdog's progress mark:
 /// zeroed when the step starts, then after each p2p group node i set to i + 1; without it,
 /// p2p groups are left out (a one-rank plan has none; a rank's compute alone, see
 /// [`RunOptions::alone_steps`], runs without them).
@@ -470,7 +518,7 @@ fn issue(
     gpu: &mut Gpu,
     plan: &Plan,
     rank: u32,
-    comm: Option<(&Communicator, &HostMark)>,
+    comm: Option<(Option<&Communicator>, &HostMark)>,
     mut timer: Option<&mut OpTimer>,
 ) -> Result<(), RuntimeError> {
     let rp = &plan.ranks[rank as usize];

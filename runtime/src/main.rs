@@ -252,6 +252,8 @@ fn profile(
         p2p,
         // Each rank's step graph without p2p, last: what its ops' costs are scaled to.
         compute_alone: 10,
+        // Costs are for ranks with a GPU each.
+        ranks_per_gpu: 1,
     };
     let code = launch(gpus, dir, &args)?;
     if code != ExitCode::SUCCESS {
@@ -379,6 +381,12 @@ fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {
     match load_valid(dir) {
         Err(e) => return refuse(e),
         Ok(plan) => {
+            if args.ranks_per_gpu > 1 && args.p2p != pipewright_runtime::gpu::Transport::Copy {
+                return refuse(RuntimeError::Environment(format!(
+                    "--ranks-per-gpu {} needs --p2p copy: NCCL refuses two ranks on one GPU",
+                    args.ranks_per_gpu
+                )));
+            }
             if plan.world_size != gpus {
                 return refuse(RuntimeError::Environment(format!(
                     "{} is a plan for {} ranks, not --gpus {gpus}; use --gpus {} or recompile with ranks = {gpus}",

@@ -139,13 +139,14 @@ fn position(s: &Shared) -> String {
 }
 
 fn fail(s: &Shared, why: &str) -> ! {
-    eprintln!(
-        "error: rank {}: {why}{}; aborting the NCCL communicator and exiting. A peer rank has probably died or \
-         hangs: see its log (every rank's watchdog ends it the same way)",
-        s.rank,
-        position(s)
-    );
     let comm = s.comm.swap(0, Ordering::SeqCst);
+    eprintln!(
+        "error: rank {}: {why}{}; {}exiting. A peer rank has probably died or hangs: see its log (every rank's \
+         watchdog ends it the same way)",
+        s.rank,
+        position(s),
+        if comm != 0 { "aborting the NCCL communicator and " } else { "" }
+    );
     if comm != 0 {
         // Abort on another thread, and exit regardless after a while: an abort that itself
         // hangs (a wedged driver) must not keep the rank alive.

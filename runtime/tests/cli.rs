@@ -90,6 +90,23 @@ fn launch_refuses_a_plan_for_another_rank_count_before_starting_any_rank() {
 }
 
 #[test]
+fn ranks_sharing_a_gpu_need_the_copy_engines() {
+    // NCCL refuses two ranks on one GPU: refused before any rank starts (launch), and by
+    // each rank started another way (torchrun, srun), before it opens a GPU.
+    let dir = plan_dir(Family::DualPipe, 4, 8);
+    let out = runtime(dir.path(), &["launch", "--gpus", "4", "--ranks-per-gpu", "2"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--ranks-per-gpu 2 needs --p2p copy"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one message, not one per rank: {err}");
+    let out = runtime(dir.path(), &["run", "--ranks-per-gpu", "2"], &[("WORLD_SIZE", "4"), ("RANK", "1")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--ranks-per-gpu 2 needs --p2p copy"), "{}", stderr(&out));
+    let out = runtime(dir.path(), &["run", "--ranks-per-gpu", "0"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn malformed_or_foreign_plans_are_refused() {
     let dir = plan_dir(Family::OneFOneB, 2, 4);
     let path = dir.path().join("plan.json");

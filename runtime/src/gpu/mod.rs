@@ -337,7 +337,7 @@ impl Gpu {
     /// dtype; through NCCL, or the copy engines once [`Gpu::connect_peers`] has run.
     pub fn group(
         &mut self,
-        comm: &Communicator,
+        comm: Option<&Communicator>,
         rank: u32,
         node: usize,
         ops: &[(bool, u32, u64, usize)],
@@ -345,6 +345,11 @@ impl Gpu {
         if let Some(peers) = &self.peers {
             return self.copy_group(peers, rank, node);
         }
+        let comm = comm.ok_or_else(|| RuntimeError::Node {
+            rank,
+            node,
+            what: "a p2p group with neither an NCCL communicator nor the copy-engine transport".into(),
+        })?;
         let stream = self.streams[COMM_STREAM as usize].cu_stream() as nccl_sys::cudaStream_t;
         let ops: Vec<(bool, u32, u64, usize)> =
             ops.iter().map(|&(send, peer, offset, len)| (send, peer, self.addr(offset), len)).collect();

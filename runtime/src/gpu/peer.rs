@@ -15,12 +15,12 @@
 //! without CUDA so that the tests run it on threads; this module issues its steps.
 
 use super::kernels::{PEER_FLAG_SET, PEER_FLAG_WAIT};
-use super::{driver, Communicator, Gpu};
+use super::{driver, Gpu};
 use crate::copy_protocol::{calibration_links, group_steps, links, Step};
+use crate::launch::HostGroup;
 use crate::RuntimeError;
 use cudarc::driver::sys::{self, CUdeviceptr};
 use cudarc::driver::{CudaContext, CudaStream};
-use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 use pipewright_plan::transfers::Transfer;
 use pipewright_plan::{Plan, COMM_STREAM};
 use std::collections::{BTreeSet, HashMap};
@@ -151,9 +151,9 @@ fn host_key() -> u64 {
 impl Gpu {
     /// Sets up the copy-engine transport for `plan` on `rank`: a flag table, the arenas and
     /// flag tables of the peers it exchanges with, mapped by CUDA IPC (their handles
-    /// gathered through `comm`: every rank must call this). Refused, with the reason, when
+    /// gathered through `group`: every rank must call this). Refused, with the reason, when
     /// a peer is on another host.
-    pub fn connect_peers(&mut self, comm: &Communicator, plan: &Plan, rank: u32) -> Result<(), RuntimeError> {
+    pub fn connect_peers(&mut self, group: &HostGroup, plan: &Plan, rank: u32) -> Result<(), RuntimeError> {
         let ops = links(plan, rank)?;
         let mut steps = HashMap::new();
         for (node, n) in plan.ranks[rank as usize].nodes.iter().enumerate() {
@@ -172,7 +172,7 @@ impl Gpu {
         record.extend(self.arena.handle().map_err(ipc)?);
         record.extend(flags.handle().map_err(ipc)?);
         record.extend(host_key().to_le_bytes());
-        let all = self.all_gather(comm, rank, &record)?;
+        let all = group.all_gather(&record)?;
         let peer_of = |t: &Transfer| if t.send.rank == rank { t.recv.rank } else { t.send.rank };
         let peers: BTreeSet<u32> = ops.values().map(|l| peer_of(&l.t)).collect();
         let mut remote = HashMap::new();
@@ -200,58 +200,39 @@ impl Gpu {
         Ok(())
     }
 
-    /// Checks that every rank of `comm` moves p2p data by the same `transport` (each calls
-    /// this once, right after joining): a rank that posts NCCL sends to a peer waiting on
-    /// copy-engine flags would hang both until the watchdog, so a mismatch is refused up
-    /// front, naming the ranks.
-    pub fn agree_on_transport(&self, comm: &Communicator, rank: u32, transport: Transport) -> Result<(), RuntimeError> {
+    /// Checks that every rank of the job moves p2p data by the same `transport`, with as
+    /// many ranks on each GPU (each calls this once, right after joining): a rank that
+    /// posts NCCL sends to a peer waiting on copy-engine flags would hang both until the
+    /// watchdog, so a mismatch is refused up front, naming the ranks.
+    pub fn agree_on_transport(
+        &self,
+        group: &HostGroup,
+        rank: u32,
+        transport: Transport,
+        ranks_per_gpu: u32,
+    ) -> Result<(), RuntimeError> {
         let code = |t: Transport| match t {
             Transport::Nccl => 0u8,
             Transport::Copy => 1,
         };
-        let all = self.all_gather(comm, rank, &[code(transport)])?;
+        let mut mine = vec![code(transport)];
+        mine.extend(ranks_per_gpu.to_le_bytes());
+        let all = group.all_gather(&mine)?;
         let name = |c: u8| if c == 0 { "nccl" } else { "copy" };
-        match all.iter().position(|&c| c != code(transport)) {
+        match all.chunks(mine.len()).position(|theirs| theirs != mine.as_slice()) {
             None => Ok(()),
-            Some(other) => Err(RuntimeError::Environment(format!(
-                "rank {rank} runs --p2p {} but rank {other} runs --p2p {}: give every rank the same --p2p",
-                name(code(transport)),
-                name(all[other])
-            ))),
-        }
-    }
-
-    /// Every rank's `mine` (all the same length), in rank order, through `comm`.
-    fn all_gather(&self, comm: &Communicator, rank: u32, mine: &[u8]) -> Result<Vec<u8>, RuntimeError> {
-        let nccl =
-            |e: nccl_result::NcclError| RuntimeError::Nccl { rank, what: format!("exchanging IPC handles: {e:?}") };
-        let stream = &self.streams[COMM_STREAM as usize];
-        let world = {
-            let mut n = 0;
-            // SAFETY: a live communicator; the call writes its rank count.
-            unsafe { nccl_sys::ncclCommCount(comm.raw, &mut n) }.result().map_err(nccl)?;
-            n as usize
-        };
-        let send = stream.clone_htod(mine).map_err(driver)?;
-        let mut recv = stream.alloc_zeros::<u8>(mine.len() * world).map_err(driver)?;
-        {
-            let (src, _s) = cudarc::driver::DevicePtr::device_ptr(&send, stream);
-            let (dst, _d) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut recv, stream);
-            // SAFETY: `send` holds mine.len() bytes and `recv` world times as many, both
-            // alive until the copy back below has synchronised the stream.
-            unsafe {
-                nccl_result::all_gather(
-                    src as *const std::ffi::c_void,
-                    dst as *mut std::ffi::c_void,
-                    mine.len(),
-                    nccl_sys::ncclDataType_t::ncclUint8,
-                    comm.raw,
-                    stream.cu_stream() as nccl_sys::cudaStream_t,
-                )
+            Some(other) => {
+                let theirs = &all[other * mine.len()..(other + 1) * mine.len()];
+                let per_gpu = |b: &[u8]| u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+                Err(RuntimeError::Environment(format!(
+                    "rank {rank} runs --p2p {} --ranks-per-gpu {ranks_per_gpu} but rank {other} runs --p2p {} \
+                     --ranks-per-gpu {}: give every rank the same options",
+                    name(code(transport)),
+                    name(theirs[0]),
+                    per_gpu(theirs)
+                )))
             }
-            .map_err(nccl)?;
         }
-        stream.clone_dtoh(&recv).map_err(driver)
     }
 
     /// Issues group `node` of `rank`'s program by the copy-engine protocol (its
