@@ -128,6 +128,16 @@ for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; d
   done
 done
 rm -rf "$plain"
+# The same at 4 ranks, under costs estimated for 4 × H200 from the 2-GPU profiles
+# (specs/mlp-*-r4-*-estimated.toml): what a 4-GPU call's bench runs beside the families.
+for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; do
+  set -- $case
+  tag="$1-r4-h$2-opt"
+  ./target/release/pipewright compile "specs/mlp-$1-r4-h$2-estimated.toml" -o "target/gpu/bench/$tag" --optimize --json \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'], 'step', r['step_time'])" \
+    | tee -a target/gpu/bench/simulated.txt
+  rm -f "target/gpu/bench/$tag/schedule.svg"
+done
 # DualPipe at 2048 optimised under the costs measured with the copy-engine transport
 # (`profile --p2p copy`: no contention): run with `--p2p copy`.
 ./target/release/pipewright compile specs/mlp-dualpipe-h2048-copy-measured.toml -o target/gpu/bench/dualpipe-r2-h2048-opt-copy \
