@@ -83,11 +83,13 @@ impl HostGroup {
                         let r = u32::from_le_bytes(word);
                         match joined.get_mut((r as usize).wrapping_sub(1)) {
                             Some(slot @ None) => *slot = Some(s),
-                            _ => return Err(env_err(format!(
+                            _ => {
+                                return Err(env_err(format!(
                                 "{from} joined as rank {r}, which is not a rank of this world of {} or joined twice; \
                                      give each process its own RANK < WORLD_SIZE",
                                 place.world_size
-                            ))),
+                            )))
+                            }
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
