@@ -11,7 +11,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # What to run: all (default), or one part: correctness (plans, PyTorch, checkpoints,
-# watchdog), watchdog (only that), bench (GEMM rates, then the benchmarks) or launch (host launch time against
+# watchdog), watchdog (only that), shared (the benchmark plans of more ranks than GPUs, run
+# with the ranks sharing them: not timed), bench (GEMM rates, then the benchmarks) or launch (host launch time against
 # the microbatch count, $OUT/launch.txt).
 PART="${1:-all}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -41,7 +42,7 @@ PY
 done
 fi
 
-if [ "$PART" != bench ] && [ "$PART" != launch ]; then
+if [ "$PART" != bench ] && [ "$PART" != launch ] && [ "$PART" != shared ]; then
 if [ "$PART" != watchdog ]; then
 echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CPU executor;" \
   "plans of more than one rank with each p2p transport (NCCL, and the copy engines: [copy])" | tee -a "$OUT/summary.txt"
@@ -130,7 +131,7 @@ for r in $(seq 0 $((W - 2))); do kill -9 "${pids[$r]}" 2>/dev/null; done
 done
 
 fi
-if [ "$PART" != correctness ] && [ "$PART" != launch ] && [ "$PART" != watchdog ]; then
+if [ "$PART" != correctness ] && [ "$PART" != launch ] && [ "$PART" != watchdog ] && [ "$PART" != shared ]; then
 echo "== GEMM rates (the FLOP floor)" | tee -a "$OUT/summary.txt"
 for shape in "f32 768 2048 512" "bf16 4096 8192 2048" "bf16 4096 16384 4096" "bf16 8192 8192 8192" "f32 8192 8192 8192"; do
   set -- $shape
@@ -169,6 +170,44 @@ for plan in target/gpu/bench/*/; do
   python3 scripts/bench-table.py "$LOGS" > "$OUT/bench.md"
 done
 tee -a "$OUT/summary.txt" < "$OUT/bench.md"
+fi
+
+if [ "$PART" = shared ]; then
+# Benchmark plans of more ranks than this machine has GPUs (the 4-rank ones on 2), their
+# ranks sharing the GPUs (copy engines): not timed (the ranks of a GPU take turns on it),
+# but they must run, and an optimised program must compute its family's losses (the
+# first step's, before any update: the same forwards in another order).
+echo "== benchmark plans of more ranks than GPUs, ranks sharing them (copy engines; not timed)" | tee -a "$OUT/summary.txt"
+for plan in target/gpu/bench/*/; do
+  name=$(basename "$plan")
+  [[ $name =~ ${SHARED_FILTER:-^dualpipev?-r4-h(2048|4096)(-opt)?$} ]] || continue
+  share=$(sharing "$plan") || continue
+  timeout 300 "$RT" launch --gpus "$(ranks_of "$plan")" "$plan" --steps 3 --p2p copy --ranks-per-gpu "$share" \
+    > "$LOGS/shared-$name.log" 2>&1
+  echo "exit $?" >> "$LOGS/shared-$name.log"
+done
+python3 - "$LOGS" <<'PY' | tee -a "$OUT/summary.txt"
+import pathlib, re, sys
+logs = pathlib.Path(sys.argv[1])
+def first_losses(log):
+    """Step 0's losses by rank, as printed (6 decimals), and the slowest rank's last step (ms)."""
+    text = log.read_text()
+    losses = {int(r): l for r, l in re.findall(r"rank (\d+) step 0: \S+ ms, losses \[(.*)\]", text)}
+    last = [float(ms) for ms in re.findall(r"rank \d+ step 2: (\S+) ms", text)]
+    return ("exit 0" in text), losses, max(last, default=float("nan"))
+for log in sorted(logs.glob("shared-*.log")):
+    name = log.stem.removeprefix("shared-")
+    ok, losses, ms = first_losses(log)
+    line = f"{'PASS' if ok and losses else 'FAIL'} {name}: ran 3 steps (last {ms:.1f} ms, shared GPUs)"
+    family = logs / f"shared-{name.removesuffix('-opt')}.log"
+    if name.endswith("-opt") and family.exists():
+        _, theirs, _ = first_losses(family)
+        same = losses == theirs and any(losses.values())
+        line += f"; first-step losses {'equal' if same else 'DIFFER from'} its family's"
+        if not same:
+            line = "FAIL" + line[4:]
+    print(line)
+PY
 fi
 
 echo "== a refused plan: the wrong world size" | tee -a "$OUT/summary.txt"
