@@ -323,13 +323,19 @@ fn async_plans_wait_for_a_batch_only_where_its_buffers_are_used() {
         let blocking = emit(&set, &model(1), &training(), hashes()).unwrap();
         check_async_hazards(&blocking);
         // And it computes the model, like the blocking plan.
-        let mut memory = cpu::initial_memory(&plan);
-        cpu::run(&plan, &mut memory, 1).unwrap();
         let mut want = cpu::initial_memory(&blocking);
         cpu::run(&blocking, &mut want, 1).unwrap();
-        for (a, b) in memory.iter().zip(&want) {
-            for (name, v) in a.iter().filter(|(n, _)| n.starts_with("g1.") || n.starts_with("loss")) {
-                assert_eq!(v, &b[name], "{} {name}", family.name());
+        // So do its early batches (EmitOptions::early_batches).
+        let options = pipewright_compiler::emit::EmitOptions { comm: CommMode::Async, early_batches: true };
+        let early = pipewright_compiler::emit::emit_plan(&set, &model(1), &training(), hashes(), options).unwrap();
+        check_async_hazards(&early);
+        for plan in [&plan, &early] {
+            let mut memory = cpu::initial_memory(plan);
+            cpu::run(plan, &mut memory, 1).unwrap();
+            for (a, b) in memory.iter().zip(&want) {
+                for (name, v) in a.iter().filter(|(n, _)| n.starts_with("g1.") || n.starts_with("loss")) {
+                    assert_eq!(v, &b[name], "{} {name}", family.name());
+                }
             }
         }
     }
@@ -614,5 +620,199 @@ fn each_input_and_target_is_generated_right_before_its_first_use() {
         }
         // Every microbatch's input and target: two per microbatch of each pipe.
         assert_eq!(generated, 2 * plan.pipes * plan.microbatches, "{family:?}");
+    }
+}
+
+/// Every read or write of a buffer by one stream of a rank happens after the last
+/// conflicting access by another (a write before a read, any access before a write), as
+/// the GPU orders streams: each stream in issue order, a `Wait` ordering its stream after
+/// everything the event's latest `Record` (in issue order) followed. Groups read what they
+/// send and write what they receive; a kernel counts as writing every buffer it is given.
+/// And every stream but the compute stream joins it (waits, directly or not, for an event
+/// recorded there) before it does anything: the runtime captures the step from the
+/// compute stream, and work on a stream that never joined would fall outside the graph
+/// (CUDA refuses the capture). Returns the number of accesses checked.
+fn check_stream_order(plan: &Plan) -> usize {
+    use pipewright_plan::node::{Epilogue, Node};
+    use std::collections::HashMap;
+    type Clock = Vec<u64>;
+    let mut checked = 0;
+    for r in &plan.ranks {
+        let n = r.streams as usize;
+        let mut clock: Vec<Clock> = vec![vec![0; n]; n];
+        let mut events: HashMap<u32, Clock> = HashMap::new();
+        // Per buffer: the last write (stream, its time), and the reads since.
+        let mut last_write: HashMap<u32, (usize, u64)> = HashMap::new();
+        let mut reads: HashMap<u32, Vec<(usize, u64)>> = HashMap::new();
+        let mut joined = vec![false; n];
+        joined[0] = true;
+        let mut joined_events: std::collections::HashSet<u32> = Default::default();
+        for (i, node) in r.nodes.iter().enumerate() {
+            let on = |s: u32| {
+                assert!(
+                    joined[s as usize],
+                    "rank {} node {i} ({node:?}): stream {s} has not joined the compute stream",
+                    r.rank
+                )
+            };
+            let (stream, accesses): (usize, Vec<(u32, bool)>) = match node {
+                Node::Record { stream, event } => {
+                    on(*stream);
+                    joined_events.insert(*event);
+                    events.insert(*event, clock[*stream as usize].clone());
+                    continue;
+                }
+                Node::Wait { stream, event } => {
+                    let s = *stream as usize;
+                    let e = events.get(event).unwrap_or_else(|| panic!("rank {} node {i}: wait before record", r.rank));
+                    for k in 0..n {
+                        clock[s][k] = clock[s][k].max(e[k]);
+                    }
+                    joined[s] |= joined_events.contains(event);
+                    continue;
+                }
+                Node::Gemm(g) => {
+                    let mut a = vec![(g.a, false), (g.b, false), (g.c, true)];
+                    match g.epilogue {
+                        Epilogue::Gelu { pre } => a.push((pre, true)),
+                        Epilogue::GeluGrad { pre } => a.push((pre, false)),
+                        Epilogue::None => {}
+                    }
+                    (g.stream as usize, a)
+                }
+                Node::Kernel(k) => (k.stream as usize, k.buffers.iter().map(|&b| (b, true)).collect()),
+                Node::Group { stream, ops } => (*stream as usize, ops.iter().map(|o| (o.buffer, !o.send)).collect()),
+            };
+            on(stream as u32);
+            clock[stream][stream] += 1;
+            let now = clock[stream].clone();
+            let ordered = |(s, t): (usize, u64)| s == stream || now[s] >= t;
+            for (b, write) in accesses {
+                let name = &r.buffers[b as usize].name;
+                if let Some(&w) = last_write.get(&b) {
+                    assert!(
+                        ordered(w),
+                        "rank {} node {i} ({node:?}): {name} races the write on stream {}",
+                        r.rank,
+                        w.0
+                    );
+                }
+                if write {
+                    for &rd in reads.get(&b).into_iter().flatten() {
+                        assert!(ordered(rd), "rank {} node {i}: writes {name} before stream {}'s read", r.rank, rd.0);
+                    }
+                    last_write.insert(b, (stream, now[stream]));
+                    reads.remove(&b);
+                } else {
+                    reads.entry(b).or_default().push((stream, now[stream]));
+                }
+                checked += 1;
+            }
+        }
+    }
+    checked
+}
+
+#[test]
+fn no_stream_touches_a_buffer_another_has_not_finished_with() {
+    use pipewright_compiler::cost::CommMode;
+    use pipewright_compiler::emit::{emit_plan, EmitOptions};
+    for (family, ranks, m) in [
+        (Family::ZbV, 2, 4),
+        (Family::OneFOneB, 4, 8),
+        (Family::ZbH1, 4, 8),
+        (Family::DualPipe, 2, 8),
+        (Family::DualPipe, 4, 8),
+        (Family::DualPipeV, 2, 8),
+        (Family::DualPipeV, 4, 10),
+        (Family::Interleaved1F1B, 2, 4),
+    ] {
+        let set = family.generate(ranks, m, 2);
+        for (comm, early_batches) in [(CommMode::Blocking, false), (CommMode::Async, false), (CommMode::Async, true)] {
+            for layers in [1, 2] {
+                let options = EmitOptions { comm, early_batches };
+                let plan = emit_plan(&set, &model(layers), &training(), hashes(), options).unwrap();
+                plan.validate().unwrap();
+                assert!(check_stream_order(&plan) > 0, "{}", family.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_race_check_catches_a_batch_moved_before_the_units_it_waits_for() {
+    // Mutation: the first batch of an async DualPipe plan with early batches waits for
+    // nothing; its send then races the product that writes it.
+    use pipewright_compiler::cost::CommMode;
+    use pipewright_compiler::emit::{emit_plan, EmitOptions};
+    let set = Family::DualPipe.generate(2, 8, 2);
+    let options = EmitOptions { comm: CommMode::Async, early_batches: true };
+    let mut plan = emit_plan(&set, &model(1), &training(), hashes(), options).unwrap();
+    let r = &mut plan.ranks[0];
+    let i = r.nodes.iter().position(|n| matches!(n, Node::Wait { stream: 2, .. })).unwrap();
+    r.nodes.remove(i);
+    let caught = std::panic::catch_unwind(|| check_stream_order(&plan));
+    assert!(caught.is_err(), "the race went unnoticed");
+}
+
+/// Per batch of the program on each rank: the weight-gradient products (into `g1.*`,
+/// `g2.*`) issued after the last compute event its communication stream waited for, and
+/// before it; summed.
+fn weight_products_overlapping_batches(plan: &Plan) -> usize {
+    let mut count = 0;
+    for r in &plan.ranks {
+        let mut recorded: std::collections::HashMap<u32, usize> = Default::default();
+        let mut waited = 0;
+        for (i, n) in r.nodes.iter().enumerate() {
+            match n {
+                Node::Record { stream, event } if *stream < 2 => {
+                    recorded.insert(*event, i);
+                }
+                Node::Wait { stream: 2, event } => waited = waited.max(recorded.get(event).copied().unwrap_or(0)),
+                // The program's batches (the epilogue's mirror-gradient groups overlap the
+                // products on purpose).
+                Node::Group { ops, .. }
+                    if ops.iter().all(|o| r.buffers[o.buffer as usize].name.starts_with("slot")) =>
+                {
+                    count += r.nodes[waited..i]
+                        .iter()
+                        .filter(|m| {
+                            matches!(m, Node::Gemm(g) if ["g1.", "g2."].iter().any(|p| r.buffers[g.c as usize].name.starts_with(p)))
+                        })
+                        .count();
+                }
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
+#[test]
+fn early_batches_leave_a_backwards_weight_gradient_to_overlap_the_transfer() {
+    use pipewright_compiler::cost::CommMode;
+    use pipewright_compiler::emit::{emit_plan, EmitOptions};
+    for (family, ranks, m) in [(Family::DualPipe, 2, 8), (Family::DualPipeV, 2, 8), (Family::OneFOneB, 4, 8)] {
+        let set = family.generate(ranks, m, 2);
+        let emit = |early_batches| {
+            let options = EmitOptions { comm: CommMode::Async, early_batches };
+            emit_plan(&set, &model(1), &training(), hashes(), options).unwrap()
+        };
+        let (in_order, early) = (emit(false), emit(true));
+        assert_eq!(weight_products_overlapping_batches(&in_order), 0, "{}", family.name());
+        assert!(weight_products_overlapping_batches(&early) > 0, "{}", family.name());
+        // At the cost of at most one slot a module more.
+        let slots = |p: &Plan| {
+            p.ranks.iter().map(|r| r.buffers.iter().filter(|b| b.name.ends_with(".dx0")).count()).sum::<usize>()
+        };
+        let modules: usize =
+            in_order.ranks.iter().map(|r| r.buffers.iter().filter(|b| b.name.starts_with("g1.")).count()).sum();
+        assert!(
+            slots(&early) <= slots(&in_order) + modules,
+            "{}: {} slots against {}",
+            family.name(),
+            slots(&early),
+            slots(&in_order)
+        );
     }
 }

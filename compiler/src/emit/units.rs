@@ -107,6 +107,9 @@ impl Rank<'_> {
         self.release(dir, mb);
     }
 
+    /// Emits unit `kind` of (`dir`, `mb`) on `stream`; B as I then W, each ending as a
+    /// unit of its own (`end_unit`: what async batches wait for; a B's W does not hold
+    /// back the batch after it).
     pub(super) fn unit(&mut self, stream: u32, kind: UnitKind, dir: u32, mb: u32) {
         match kind {
             UnitKind::F => self.forward(stream, dir, mb),
@@ -114,8 +117,12 @@ impl Rank<'_> {
             UnitKind::W => self.weight_grad(stream, dir, mb),
             UnitKind::B => {
                 self.input_grad(stream, dir, mb);
+                self.end_unit(stream, true);
                 self.weight_grad(stream, dir, mb);
+                self.end_unit(stream, false);
+                return;
             }
         }
+        self.end_unit(stream, true);
     }
 }
