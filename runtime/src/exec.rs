@@ -226,9 +226,9 @@ pub fn run(
     }
     let dog = Watchdog::start(place.rank, opts.watchdog);
     let fabric = if plan.world_size > 1 {
-        dog.phase(format!("joining the {} ranks over TCP", plan.world_size));
+        // Not a watchdog phase: ranks arrive as their start-up (kernels, tuning) ends, and
+        // the join has a timeout of its own that names the ranks missing.
         let host = HostGroup::join(place, Duration::from_secs(60))?;
-        dog.done();
         gpu.agree_on_transport(&host, place.rank, opts.p2p, per_gpu)?;
         let nccl = if per_gpu > 1 {
             None

@@ -399,7 +399,8 @@ pub struct EmitOptions {
     /// given back since the last batch (one more slot where needed). The simulator, and so
     /// the optimiser, place a batch after the op before it, so `compile` sets this for a
     /// family's programs only (measured on 2 × H200: DualPipe's and DualPipeV's families
-    /// 1.2–3.9% faster with it, the optimiser's programs at 2048 0.7–1.4% slower; README).
+    /// at 2048 1.2–2.7% faster with it, DualPipe's at 4096 1.8%; the optimiser's programs
+    /// at 2048 0.7–1.4% slower; README, Runtime).
     pub early_batches: bool,
 }
 
