@@ -792,7 +792,9 @@ fn weight_products_overlapping_batches(plan: &Plan) -> usize {
 fn early_batches_leave_a_backwards_weight_gradient_to_overlap_the_transfer() {
     use pipewright_compiler::cost::CommMode;
     use pipewright_compiler::emit::{emit_plan, EmitOptions};
-    for (family, ranks, m) in [(Family::DualPipe, 2, 8), (Family::DualPipeV, 2, 8), (Family::OneFOneB, 4, 8)] {
+    for (family, ranks, m) in
+        [(Family::DualPipe, 2, 8), (Family::DualPipeV, 2, 8), (Family::OneFOneB, 4, 8), (Family::DualPipeV, 1, 16)]
+    {
         let set = family.generate(ranks, m, 2);
         let emit = |early_batches| {
             let options = EmitOptions { comm: CommMode::Async, early_batches };
@@ -800,7 +802,8 @@ fn early_batches_leave_a_backwards_weight_gradient_to_overlap_the_transfer() {
         };
         let (in_order, early) = (emit(false), emit(true));
         assert_eq!(weight_products_overlapping_batches(&in_order), 0, "{}", family.name());
-        assert!(weight_products_overlapping_batches(&early) > 0, "{}", family.name());
+        // (One rank has no batches, and must not pay a slot for them.)
+        assert!(ranks == 1 || weight_products_overlapping_batches(&early) > 0, "{}", family.name());
         // At the cost of at most one slot a module more.
         let slots = |p: &Plan| {
             p.ranks.iter().map(|r| r.buffers.iter().filter(|b| b.name.ends_with(".dx0")).count()).sum::<usize>()

@@ -121,6 +121,8 @@ struct Rank<'a> {
     /// Async p2p: per module, the slots given back since the last batch (a receive into
     /// one of them would wait for the unit that just gave it back).
     recent: Vec<HashSet<usize>>,
+    /// Early batches: a batch's receives are being given their slots ([`Rank::slot`]).
+    receiving: bool,
     /// Async p2p: the event recorded on the compute stream when the step starts, which the
     /// first batch waits for when its buffers need nothing else: the runtime captures the
     /// step from the compute stream, and a stream joins the capture by waiting for an
@@ -199,10 +201,11 @@ impl<'a> Rank<'a> {
         if let Some(&(k, _)) = self.live[d].get(&mb) {
             return self.slots[d][k].clone();
         }
-        // Async p2p: the free slot given back longest ago, and none given back since the
-        // last batch (a batch receiving into it would wait for the unit that gave it back;
-        // one more slot lets it start as soon as what it sends is ready).
-        let pick = if self.early {
+        // Early batches, for a receive: the free slot given back longest ago, and none
+        // given back since the last batch (the batch would wait for the unit that gave it
+        // back; one more slot lets it start as soon as what it sends is ready). Otherwise
+        // the slot given back last.
+        let pick = if self.early && self.receiving {
             self.free[d].iter().position(|k| !self.recent[d].contains(k))
         } else {
             self.free[d].len().checked_sub(1)
@@ -447,6 +450,7 @@ pub fn emit_plan(
             position: [None; 2],
             recent: vec![HashSet::new(); modules],
             start: None,
+            receiving: false,
         };
         if rank.early {
             let e = rank.new_event();
@@ -470,7 +474,9 @@ pub fn emit_plan(
                     let mut p2p = Vec::with_capacity(ops.len());
                     for op in ops {
                         payload(&layout, r as u32, op.kind, op.dir, op.mb).ok_or_else(|| fail("bad p2p op".into()))?;
+                        rank.receiving = !op.kind.is_send();
                         let slot = rank.slot(op.dir, op.mb);
+                        rank.receiving = false;
                         let last = model.layers_per_stage as usize;
                         let buffer = match op.kind {
                             CommKind::SendF => slot.x[last],
