@@ -118,11 +118,9 @@ struct Rank<'a> {
     /// Async p2p: per compute stream, the event at the end of its last unit that is not
     /// the weight gradient of a B: where the program stands for its next batch.
     position: [Option<u32>; 2],
-    /// Async p2p: per module, the slots given back since the last batch (a receive into
-    /// one of them would wait for the unit that just gave it back).
+    /// Early batches: per module, the slots given back since the last batch (a receive
+    /// into one of them would wait for the unit that just gave it back).
     recent: Vec<HashSet<usize>>,
-    /// Early batches: a batch's receives are being given their slots ([`Rank::slot`]).
-    receiving: bool,
     /// Async p2p: the event recorded on the compute stream when the step starts, which the
     /// first batch waits for when its buffers need nothing else: the runtime captures the
     /// step from the compute stream, and a stream joins the capture by waiting for an
@@ -194,9 +192,13 @@ impl<'a> Rank<'a> {
         )
     }
 
-    /// The slot of (module, mb), taken on first use; `sends_back`: an input gradient will
-    /// be sent from it.
+    /// The slot of (module, mb), taken on first use.
     fn slot(&mut self, dir: u32, mb: u32) -> Slot {
+        self.take_slot(dir, mb, false)
+    }
+
+    /// [`Rank::slot`], taken (on first use) for a batch's receive when `receive`.
+    fn take_slot(&mut self, dir: u32, mb: u32, receive: bool) -> Slot {
         let d = dir as usize;
         if let Some(&(k, _)) = self.live[d].get(&mb) {
             return self.slots[d][k].clone();
@@ -205,7 +207,7 @@ impl<'a> Rank<'a> {
         // given back since the last batch (the batch would wait for the unit that gave it
         // back; one more slot lets it start as soon as what it sends is ready). Otherwise
         // the slot given back last.
-        let pick = if self.early && self.receiving {
+        let pick = if self.early && receive {
             self.free[d].iter().position(|k| !self.recent[d].contains(k))
         } else {
             self.free[d].len().checked_sub(1)
@@ -251,7 +253,9 @@ impl<'a> Rank<'a> {
                 let k = entry.0;
                 self.live[d].remove(&mb);
                 self.free[d].push(k);
-                self.recent[d].insert(k);
+                if self.early {
+                    self.recent[d].insert(k);
+                }
             }
         }
     }
@@ -450,7 +454,6 @@ pub fn emit_plan(
             position: [None; 2],
             recent: vec![HashSet::new(); modules],
             start: None,
-            receiving: false,
         };
         if rank.early {
             let e = rank.new_event();
@@ -474,9 +477,7 @@ pub fn emit_plan(
                     let mut p2p = Vec::with_capacity(ops.len());
                     for op in ops {
                         payload(&layout, r as u32, op.kind, op.dir, op.mb).ok_or_else(|| fail("bad p2p op".into()))?;
-                        rank.receiving = !op.kind.is_send();
-                        let slot = rank.slot(op.dir, op.mb);
-                        rank.receiving = false;
+                        let slot = rank.take_slot(op.dir, op.mb, !op.kind.is_send());
                         let last = model.layers_per_stage as usize;
                         let buffer = match op.kind {
                             CommKind::SendF => slot.x[last],
