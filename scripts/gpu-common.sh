@@ -14,10 +14,14 @@ fits() {
     return 1
   fi
 }
-# sharing PLAN: for a plan of more ranks than this machine has GPUs, whose rank count is
-# a multiple of them, the ranks each GPU runs (`run --ranks-per-gpu`, copy-engine p2p: a
-# correctness check, not a speed one); else fails.
-sharing() {
+# ranks_per_gpu PLAN: how many of the plan's ranks each GPU of this machine runs: 1 when it
+# fits, else (more ranks than GPUs, a multiple of them) ranks / GPUs — ranks sharing GPUs,
+# copy-engine p2p, a correctness check rather than a speed one; else says SKIP (fits) and
+# fails.
+ranks_per_gpu() {
   local n; n=$(ranks_of "$1")
-  [ "$n" -gt "$GPUS" ] && [ $((n % GPUS)) -eq 0 ] && echo $((n / GPUS))
+  if [ "$n" -le "$GPUS" ]; then echo 1
+  elif [ $((n % GPUS)) -eq 0 ]; then echo $((n / GPUS))
+  else fits "$1" >&2; return 1
+  fi
 }

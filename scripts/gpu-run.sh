@@ -49,12 +49,9 @@ echo "== correctness: 4 steps (1 eager, 3 graph replays, SGD between), vs the CP
 # Plans of more ranks than GPUs run with the ranks sharing them (copy engines only: NCCL
 # refuses two ranks on one GPU), tagged [copy, N ranks on G GPUs].
 for plan in target/gpu/plans/*/; do
+  share=$(ranks_per_gpu "$plan") || continue
   ranks=$(ranks_of "$plan"); transports="nccl"; [ "$ranks" -gt 1 ] && transports="nccl copy"
-  share=1
-  if [ "$ranks" -gt "$GPUS" ]; then
-    share=$(sharing "$plan") || { fits "$plan"; continue; }
-    transports="copy"
-  fi
+  [ "$share" -gt 1 ] && transports="copy"
   for p2p in $transports; do
   name=$(basename "$plan"); [ "$p2p" = copy ] && name="$name[copy]"
   log="$LOGS/$(basename "$plan")-$p2p.log"
@@ -76,11 +73,9 @@ done
 
 echo "== PyTorch (float64 autograd) on the runtime's first step" | tee -a "$OUT/summary.txt"
 for name in dualpipev-r1-f32 1f1b-r2-f32 dualpipe-r4-f32 dualpipev-r4-f32; do
-  plan=target/gpu/plans/$name; ranks=$(ranks_of "$plan"); share=1; p2p=nccl; tag=$name
-  if [ "$ranks" -gt "$GPUS" ]; then
-    share=$(sharing "$plan") || { fits "$plan"; continue; }
-    p2p=copy; tag="$name[copy, $ranks ranks on $GPUS GPUs]"
-  fi
+  plan=target/gpu/plans/$name; share=$(ranks_per_gpu "$plan") || continue
+  ranks=$(ranks_of "$plan"); p2p=nccl; tag=$name
+  [ "$share" -gt 1 ] && p2p=copy && tag="$name[copy, $ranks ranks on $GPUS GPUs]"
   timeout 300 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --dump "$LOGS/dump-$name" --p2p $p2p \
     --ranks-per-gpu "$share" > /dev/null 2>&1
   python3 tests/torch_reference.py "$LOGS/dump-$name" 2>&1 | sed "s/^/$tag: /" | tee -a "$OUT/summary.txt"
@@ -181,7 +176,7 @@ echo "== benchmark plans of more ranks than GPUs, ranks sharing them (copy engin
 for plan in target/gpu/bench/*/; do
   name=$(basename "$plan")
   [[ $name =~ ${SHARED_FILTER:-^dualpipev?-r4-h(2048|4096)(-opt)?$} ]] || continue
-  share=$(sharing "$plan") || continue
+  share=$(ranks_per_gpu "$plan") || continue; [ "$share" -gt 1 ] || continue
   timeout 300 "$RT" launch --gpus "$(ranks_of "$plan")" "$plan" --steps 3 --p2p copy --ranks-per-gpu "$share" \
     > "$LOGS/shared-$name.log" 2>&1
   echo "exit $?" >> "$LOGS/shared-$name.log"
