@@ -126,6 +126,9 @@ struct Rank<'a> {
     /// step from the compute stream, and a stream joins the capture by waiting for an
     /// event recorded in it.
     start: Option<u32>,
+    /// Early batches: the events of unit ends and of the step's start, whose records
+    /// [`drop_unwaited_records`] removes where no wait uses them.
+    unit_events: HashSet<u32>,
 }
 
 impl<'a> Rank<'a> {
@@ -312,6 +315,7 @@ impl<'a> Rank<'a> {
         }
         let e = self.new_event();
         self.nodes.push(Node::Record { stream, event: e });
+        self.unit_events.insert(e);
         for b in std::mem::take(&mut self.unit_buffers) {
             self.touched.insert(b, (stream, e));
         }
@@ -454,11 +458,13 @@ pub fn emit_plan(
             position: [None; 2],
             recent: vec![HashSet::new(); modules],
             start: None,
+            unit_events: HashSet::new(),
         };
         if rank.early {
             let e = rank.new_event();
             rank.nodes.push(Node::Record { stream: COMPUTE, event: e });
             rank.start = Some(e);
+            rank.unit_events.insert(e);
         }
         let matrices = 2 * model.layers_per_stage as usize;
         rank.grad_events = (0..modules as u32)
@@ -535,6 +541,7 @@ pub fn emit_plan(
             rank.waited[0] = last;
         }
         epilogue::epilogue(&mut rank, training, set, &mut spans);
+        drop_unwaited_records(&mut rank.nodes, &mut spans, &rank.unit_events);
         let arena_bytes = rank.end.div_ceil(256) * 256;
         ranks.push(RankPlan {
             rank: r as u32,
@@ -558,6 +565,36 @@ pub fn emit_plan(
         training: training.clone(),
         ranks,
     })
+}
+
+/// Early batches record an event at every unit's end, before knowing whether a batch
+/// will wait for it; most hold back nothing, and each record is a node every replay
+/// launches. Drops the records of `candidates` no wait uses, keeping each span on the
+/// nodes it covered.
+fn drop_unwaited_records(nodes: &mut Vec<Node>, spans: &mut [OpSpan], candidates: &HashSet<u32>) {
+    let waited: HashSet<u32> = nodes
+        .iter()
+        .filter_map(|n| match n {
+            Node::Wait { event, .. } => Some(*event),
+            _ => None,
+        })
+        .collect();
+    let keep: Vec<bool> = nodes
+        .iter()
+        .map(|n| !matches!(n, Node::Record { event, .. } if candidates.contains(event) && !waited.contains(event)))
+        .collect();
+    // kept_before[i]: the kept nodes among the first i, i.e. node i's new index if kept.
+    let mut kept_before = Vec::with_capacity(nodes.len() + 1);
+    kept_before.push(0u32);
+    for &k in &keep {
+        kept_before.push(kept_before[kept_before.len() - 1] + k as u32);
+    }
+    for span in spans.iter_mut() {
+        span.first = kept_before[span.first as usize];
+        span.last = kept_before[span.last as usize + 1] - 1;
+    }
+    let mut keep = keep.into_iter();
+    nodes.retain(|_| keep.next().unwrap_or(true));
 }
 
 /// The nodes `first..end` outside the program's ops (zeroing and data before them; the
