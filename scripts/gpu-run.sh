@@ -84,11 +84,14 @@ rm -rf "$LOGS"/dump-*
 
 echo "== checkpoint, stop, resume: the resumed steps' losses equal an uninterrupted run's" | tee -a "$OUT/summary.txt"
 plan=target/gpu/plans/1f1b-r2-f32
-timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckA --dump /tmp/dA > "$LOGS/ckpt.log" 2>&1
-timeout 120 "$RT" launch --gpus 2 "$plan" --steps 2 --checkpoint-dir /tmp/ckB >> "$LOGS/ckpt.log" 2>&1
+# On one GPU its two ranks share it (copy engines).
+share=$(ranks_per_gpu "$plan"); p2p=nccl; [ "$share" -gt 1 ] && p2p=copy
+ck=(launch --gpus 2 "$plan" --p2p "$p2p" --ranks-per-gpu "$share")
+timeout 120 "$RT" "${ck[@]}" --steps 4 --checkpoint-dir /tmp/ckA --dump /tmp/dA > "$LOGS/ckpt.log" 2>&1
+timeout 120 "$RT" "${ck[@]}" --steps 2 --checkpoint-dir /tmp/ckB >> "$LOGS/ckpt.log" 2>&1
 # The resumed run without this machine's kernel and tuning cache (an empty one), as if on
 # another machine: it must use the GEMM algorithms its checkpoint records.
-PIPEWRIGHT_CACHE_DIR=$(mktemp -d) timeout 120 "$RT" launch --gpus 2 "$plan" --steps 4 --checkpoint-dir /tmp/ckB --resume --dump /tmp/dB >> "$LOGS/ckpt.log" 2>&1
+PIPEWRIGHT_CACHE_DIR=$(mktemp -d) timeout 120 "$RT" "${ck[@]}" --steps 4 --checkpoint-dir /tmp/ckB --resume --dump /tmp/dB >> "$LOGS/ckpt.log" 2>&1
 python3 - <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
 import json
 a = json.load(open("/tmp/dA/rank1-losses.json"))["losses"]
@@ -99,9 +102,12 @@ print(f"checkpoint/resume: steps 2-3 losses {'bitwise equal' if same else 'DIFFE
 PY
 fi
 
-# (transport, ranks, ranks per GPU): each rank on a GPU of its own with either transport,
-# and on fewer than 4 GPUs also 4 ranks sharing them (copy engines, no NCCL communicator).
-W=$((GPUS >= 4 ? 4 : 2)); setups="nccl:$W:1 copy:$W:1"
+# (transport, ranks, ranks per GPU): each rank on a GPU of its own with either transport
+# (4 ranks, else 2, where the GPUs suffice), and on fewer GPUs the ranks sharing them
+# (copy engines, no NCCL communicator): 4 on 2 GPUs; 2 and 4 on one.
+W=$((GPUS >= 4 ? 4 : 2)); setups=""
+[ "$GPUS" -ge "$W" ] && setups="nccl:$W:1 copy:$W:1"
+[ "$GPUS" -lt 2 ] && setups="copy:2:2"
 [ "$GPUS" -lt 4 ] && [ $((4 % GPUS)) -eq 0 ] && setups="$setups copy:4:$((4 / GPUS))"
 for setup in $setups; do
 IFS=: read -r p2p W share <<< "$setup"; victim=$((W - 1))
