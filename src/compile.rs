@@ -86,14 +86,10 @@ pub(crate) fn run_compile(
             programs: plan_hash.clone(),
             certificates: verify::certificate::sha256(manifest_text.as_bytes()),
         };
-        // A family's programs post a B's batch after its input gradient; the optimiser's
-        // where it placed them, as its simulator times them (emit::EmitOptions).
-        let emit_options =
-            pipewright_compiler::emit::EmitOptions { comm: compiled.spec.costs.comm, early_batches: options.is_none() };
         let plan =
-            pipewright_compiler::emit::emit_plan(&compiled.programs, model, training, hashes, emit_options).map_err(
-                |e| Failure { code: 2, message: format!("error: emitting the plan of {}: {e}\n", spec_path.display()) },
-            )?;
+            pipewright_compiler::emit::emit_with(&compiled.programs, model, training, hashes, comm).map_err(|e| {
+                Failure { code: 2, message: format!("error: emitting the plan of {}: {e}\n", spec_path.display()) }
+            })?;
         plan.validate().map_err(|e| Failure { code: 1, message: format!("error: emitter bug: {e}\n") })?;
         files.push(("plan.json".into(), serde_json::to_string(&plan).unwrap_or_default()));
     }

@@ -50,8 +50,10 @@ fn every_optimised_spec_is_verified_never_worse_and_does_the_same_work() {
 #[test]
 fn the_optimiser_recovers_the_headroom_the_families_leave() {
     // Measured headroom (report.json's gap): blocking zb-v and interleaved lose to
-    // rendezvous waits, heterogeneous 1F1B to its slow end stages.
-    for (file, at_least) in [("zb-v.toml", 0.20), ("interleaved-1f1b.toml", 0.30), ("heterogeneous-1f1b.toml", 0.05)] {
+    // rendezvous waits, heterogeneous 1F1B to its slow end stages (its family takes 79.6
+    // with early batches, 84.6 with batches after the whole B; the optimiser reaches the
+    // lower bound, 75.8).
+    for (file, at_least) in [("zb-v.toml", 0.20), ("interleaved-1f1b.toml", 0.30), ("heterogeneous-1f1b.toml", 0.04)] {
         let path = common::root().join("specs").join(file);
         let compiled = compile_with(read(&path), Some(&quick())).unwrap();
         let base = compiled.report.baseline_makespan.flatten().unwrap();

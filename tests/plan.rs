@@ -3,7 +3,7 @@
 //! gives the per-microbatch losses and the weight gradients of the model computed
 //! directly, one microbatch after another; plans are refused when they do not fit.
 
-use pipewright_compiler::emit::emit;
+use pipewright_compiler::emit::{emit, emit_with};
 use pipewright_compiler::families::Family;
 use pipewright_compiler::verify::verify;
 use pipewright_plan::{cpu, data, reference, Dtype, Hashes, Model, Node, Plan, PlanRefusal, Training};
@@ -305,7 +305,6 @@ fn check_async_hazards(plan: &Plan) -> usize {
 #[test]
 fn async_plans_wait_for_a_batch_only_where_its_buffers_are_used() {
     use pipewright_compiler::cost::CommMode;
-    use pipewright_compiler::emit::emit_with;
     for (family, ranks, m) in
         [(Family::ZbV, 2, 4), (Family::OneFOneB, 4, 8), (Family::DualPipe, 4, 8), (Family::Interleaved1F1B, 2, 4)]
     {
@@ -325,11 +324,10 @@ fn async_plans_wait_for_a_batch_only_where_its_buffers_are_used() {
         // And it computes the model, like the blocking plan.
         let mut want = cpu::initial_memory(&blocking);
         cpu::run(&blocking, &mut want, 1).unwrap();
-        // So do its early batches (EmitOptions::early_batches).
-        let options = pipewright_compiler::emit::EmitOptions { comm: CommMode::Async, early_batches: true };
-        let early = pipewright_compiler::emit::emit_plan(&set, &model(1), &training(), hashes(), options).unwrap();
-        check_async_hazards(&early);
-        for plan in [&plan, &early] {
+        // So does it with every batch after the whole op before it (AsyncInOrder).
+        let in_order = emit_with(&set, &model(1), &training(), hashes(), CommMode::AsyncInOrder).unwrap();
+        check_async_hazards(&in_order);
+        for plan in [&plan, &in_order] {
             let mut memory = cpu::initial_memory(plan);
             cpu::run(plan, &mut memory, 1).unwrap();
             for (a, b) in memory.iter().zip(&want) {
@@ -716,7 +714,6 @@ fn check_stream_order(plan: &Plan) -> usize {
 #[test]
 fn no_stream_touches_a_buffer_another_has_not_finished_with() {
     use pipewright_compiler::cost::CommMode;
-    use pipewright_compiler::emit::{emit_plan, EmitOptions};
     for (family, ranks, m) in [
         (Family::ZbV, 2, 4),
         (Family::OneFOneB, 4, 8),
@@ -728,10 +725,9 @@ fn no_stream_touches_a_buffer_another_has_not_finished_with() {
         (Family::Interleaved1F1B, 2, 4),
     ] {
         let set = family.generate(ranks, m, 2);
-        for (comm, early_batches) in [(CommMode::Blocking, false), (CommMode::Async, false), (CommMode::Async, true)] {
+        for comm in [CommMode::Blocking, CommMode::AsyncInOrder, CommMode::Async] {
             for layers in [1, 2] {
-                let options = EmitOptions { comm, early_batches };
-                let plan = emit_plan(&set, &model(layers), &training(), hashes(), options).unwrap();
+                let plan = emit_with(&set, &model(layers), &training(), hashes(), comm).unwrap();
                 plan.validate().unwrap();
                 assert!(check_stream_order(&plan) > 0, "{}", family.name());
             }
@@ -744,10 +740,8 @@ fn the_race_check_catches_a_batch_moved_before_the_units_it_waits_for() {
     // Mutation: the first batch of an async DualPipe plan with early batches waits for
     // nothing; its send then races the product that writes it.
     use pipewright_compiler::cost::CommMode;
-    use pipewright_compiler::emit::{emit_plan, EmitOptions};
     let set = Family::DualPipe.generate(2, 8, 2);
-    let options = EmitOptions { comm: CommMode::Async, early_batches: true };
-    let mut plan = emit_plan(&set, &model(1), &training(), hashes(), options).unwrap();
+    let mut plan = emit_with(&set, &model(1), &training(), hashes(), CommMode::Async).unwrap();
     let r = &mut plan.ranks[0];
     let i = r.nodes.iter().position(|n| matches!(n, Node::Wait { stream: 2, .. })).unwrap();
     r.nodes.remove(i);
@@ -791,16 +785,12 @@ fn weight_products_overlapping_batches(plan: &Plan) -> usize {
 #[test]
 fn early_batches_leave_a_backwards_weight_gradient_to_overlap_the_transfer() {
     use pipewright_compiler::cost::CommMode;
-    use pipewright_compiler::emit::{emit_plan, EmitOptions};
     for (family, ranks, m) in
         [(Family::DualPipe, 2, 8), (Family::DualPipeV, 2, 8), (Family::OneFOneB, 4, 8), (Family::DualPipeV, 1, 16)]
     {
         let set = family.generate(ranks, m, 2);
-        let emit = |early_batches| {
-            let options = EmitOptions { comm: CommMode::Async, early_batches };
-            emit_plan(&set, &model(1), &training(), hashes(), options).unwrap()
-        };
-        let (in_order, early) = (emit(false), emit(true));
+        let emit = |comm| emit_with(&set, &model(1), &training(), hashes(), comm).unwrap();
+        let (in_order, early) = (emit(CommMode::AsyncInOrder), emit(CommMode::Async));
         assert_eq!(weight_products_overlapping_batches(&in_order), 0, "{}", family.name());
         // (One rank has no batches, and must not pay a slot for them.)
         assert!(ranks == 1 || weight_products_overlapping_batches(&early) > 0, "{}", family.name());

@@ -26,15 +26,18 @@ fn case() -> impl Strategy<Value = (Family, u32, u32)> {
     })
 }
 
-fn costs() -> impl Strategy<Value = (f64, f64, f64, f64, f64, bool)> {
-    (0.5f64..3.0, 0.5f64..4.0, 0.0f64..1.0, 0.5f64..1.5, 0.0f64..1.5, any::<bool>())
-        .prop_map(|(f, b, wfrac, fbfrac, p2p, async_comm)| (f, b, b * wfrac, (f + b) * fbfrac, p2p, async_comm))
+type Costs = (f64, f64, f64, f64, f64, CommMode);
+
+fn costs() -> impl Strategy<Value = Costs> {
+    let comm = prop_oneof![Just(CommMode::Blocking), Just(CommMode::Async), Just(CommMode::AsyncInOrder)];
+    (0.5f64..3.0, 0.5f64..4.0, 0.0f64..1.0, 0.5f64..1.5, 0.0f64..1.5, comm)
+        .prop_map(|(f, b, wfrac, fbfrac, p2p, comm)| (f, b, b * wfrac, (f + b) * fbfrac, p2p, comm))
 }
 
 /// The same costs on every one of `stages` stages, with the comm mode `c` draws.
-fn uniform(stages: u32, c: (f64, f64, f64, f64, f64, bool)) -> CostModel {
+fn uniform(stages: u32, c: Costs) -> CostModel {
     let mut costs = CostModel::uniform(stages, c.0, c.1, c.2, c.3, c.4);
-    costs.comm = if c.5 { CommMode::Async } else { CommMode::Blocking };
+    costs.comm = c.5;
     costs
 }
 
@@ -51,7 +54,7 @@ fn bound_holds(set: &ProgramSet, costs: &CostModel) -> Result<(), TestCaseError>
     Ok(())
 }
 
-/// Where each unit runs and when: (rank, start, end).
+/// Where each unit runs and when: (rank, start, when its output is final).
 fn unit_times(set: &ProgramSet, sim: &Simulation) -> HashMap<Unit, Vec<(u32, f64, f64)>> {
     let layout = set.layout.as_ref().unwrap();
     let mut at: HashMap<Unit, Vec<(u32, f64, f64)>> = HashMap::new();
@@ -59,14 +62,14 @@ fn unit_times(set: &ProgramSet, sim: &Simulation) -> HashMap<Unit, Vec<(u32, f64
         for (e, span) in program.iter().zip(&sim.timeline[r]) {
             for (k, c) in e.units() {
                 let m = layout.modules[r][c.dir as usize];
-                at.entry((k, m.pipe, m.stage, c.mb)).or_default().push((r as u32, span.start, span.end));
+                at.entry((k, m.pipe, m.stage, c.mb)).or_default().push((r as u32, span.start, span.output));
             }
         }
     }
     at
 }
 
-fn check(family: Family, ranks: u32, m: u32, c: (f64, f64, f64, f64, f64, bool)) -> Result<(), TestCaseError> {
+fn check(family: Family, ranks: u32, m: u32, c: Costs) -> Result<(), TestCaseError> {
     let set = family.generate(ranks, m, 2);
     let layout = set.layout.clone().unwrap();
     let costs = uniform(layout.stages, c);
@@ -160,6 +163,36 @@ proptest! {
     #[test]
     fn families_are_complete_ordered_and_bounded((family, ranks, m) in case(), c in costs()) {
         check(family, ranks, m, c)?;
+    }
+
+    /// Early batches (async p2p, a batch after a B posted behind its input gradient) only
+    /// relax waits: without contention no step takes longer than with every batch after
+    /// the whole op before it, and every rank computes as long. Under blocking p2p the
+    /// two async modes' programs are not split at all.
+    #[test]
+    fn early_batches_never_lengthen_a_step_without_contention((family, ranks, m) in case(), c in costs()) {
+        let set = family.generate(ranks, m, 2);
+        let stages = set.layout.as_ref().unwrap().stages;
+        let mut costs = uniform(stages, c);
+        let mut run = |comm| {
+            costs.comm = comm;
+            lower_and_simulate(&set, &costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))
+        };
+        let (_, in_order, _) = run(CommMode::AsyncInOrder)?;
+        let (dag, early, _) = run(CommMode::Async)?;
+        prop_assert!(early.makespan <= in_order.makespan + 1e-9, "{} > {}", early.makespan, in_order.makespan);
+        for (a, b) in early.ranks.iter().zip(&in_order.ranks) {
+            prop_assert!((a.busy - b.busy).abs() < 1e-9, "rank {}: busy {} vs {}", a.rank, a.busy, b.busy);
+        }
+        // Split exactly where a batch follows a B or an FB pair, and the head ends first.
+        for (r, program) in set.programs.iter().enumerate() {
+            for (i, en) in dag.nodes[r].iter().enumerate() {
+                let split = en.output != en.last && !program[i].is_comm();
+                prop_assert_eq!(split, pipewright_compiler::dag::posts_early(program, i, CommMode::Async));
+                let span = early.timeline[r][i];
+                prop_assert!(span.start <= span.output + 1e-9 && span.output <= span.end + 1e-9);
+            }
+        }
     }
 
     /// The lower bound holds under heterogeneous stage costs too, for the family's plan
@@ -366,7 +399,8 @@ fn every_family_at_every_small_size_runs() {
                 if family.check_size(ranks, m, 2).is_err() {
                     continue;
                 }
-                let c = (1.0, 2.0, 1.0, 2.5, 0.1, m % 2 == 0);
+                let comm = [CommMode::Blocking, CommMode::Async, CommMode::AsyncInOrder][m as usize % 3];
+                let c = (1.0, 2.0, 1.0, 2.5, 0.1, comm);
                 check(family, ranks, m, c).unwrap_or_else(|e| panic!("{} r={ranks} m={m}: {e}", family.name()));
             }
         }

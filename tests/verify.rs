@@ -269,6 +269,37 @@ fn a_budget_one_byte_below_the_peak_is_rejected() {
     }
 }
 
+#[test]
+fn early_batches_keep_a_backwards_activations_beside_its_batchs_receives() {
+    // Async p2p posts a batch right after a B behind the B's input gradient, while its
+    // weight gradient still reads the activations: the worst case counts them beside the
+    // batch's receive buffers. Never below the in-order count, above it somewhere, and a
+    // budget that fits batches in order is then refused.
+    let mut grew = Vec::new();
+    for (name, set) in corpus() {
+        let stages = set.resolved_layout().unwrap().stages as usize;
+        let mut memory = MemoryModel {
+            activation: vec![1000; stages],
+            weight_grad_part: vec![400; stages],
+            parameters: vec![10_000; stages],
+            p2p_buffer: vec![300; stages],
+            budget: u64::MAX / 4,
+        };
+        let peaks = |comm, memory: &MemoryModel| verify(&set, comm, Some(memory)).unwrap().peak_bytes.unwrap();
+        let in_order = peaks(CommMode::AsyncInOrder, &memory);
+        let early = peaks(CommMode::Async, &memory);
+        assert_eq!(in_order, peaks(CommMode::Blocking, &memory), "{name}");
+        assert!(early.iter().zip(&in_order).all(|(e, o)| e >= o), "{name}: {early:?} < {in_order:?}");
+        if early != in_order {
+            memory.budget = *in_order.iter().max().unwrap();
+            let v = verify(&set, CommMode::Async, Some(&memory)).unwrap();
+            assert!(!v.ok() && names(&v).iter().all(|n| *n == "within_budget"), "{name}: {:?}", v.violations);
+            grew.push(name);
+        }
+    }
+    assert!(grew.iter().any(|n| n.starts_with("dualpipe")) && grew.iter().any(|n| n.starts_with("1f1b")), "{grew:?}");
+}
+
 fn z3_available() -> bool {
     std::process::Command::new("z3").arg("-version").output().is_ok_and(|o| o.status.success())
 }

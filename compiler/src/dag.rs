@@ -8,6 +8,12 @@
 //! - `Done`: every op of the batch has been matched and transferred (its duration: the
 //!   cost model's [`CostModel::batch`] of its sends and receives).
 //!
+//! Under async p2p ([`CommMode::Async`]) a B (or an FB pair with a B) right before a batch
+//! is split in two: a `Head` node, until its input gradient (and the pair's forward output)
+//! is done — what the batch sends, and where the batch is posted — and the `Compute` node
+//! of the rest (the weight gradient), which the next compute op waits for
+//! ([`posts_early`]).
+//!
 //! Edges are program order on each stream, send↔recv matches (a batch is done only once
 //! every partner batch holding one of its ops' partners has been posted — rendezvous and
 //! group atomicity), and data dependencies (an op waits for the values it reads). Sends
@@ -25,8 +31,12 @@ use thiserror::Error;
 /// What a node of the Plan DAG stands for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum NodeKind {
-    /// A compute event (F, B, I, W or FB).
+    /// A compute event (F, B, I, W or FB), or the rest of one after its `Head`.
     Compute,
+    /// The first part of a compute event that a batch right after it is posted behind
+    /// ([`posts_early`]): a B's input gradient; in an FB pair, until both the forward's
+    /// output and the backward's input gradient are done.
+    Head,
     /// A COMM batch reached in program order.
     Post,
     /// A COMM batch reached on the communication stream (async mode).
@@ -69,6 +79,19 @@ pub struct EventNodes {
     pub ready: NodeIndex,
     /// The node whose end is the event's end (Compute or Done).
     pub last: NodeIndex,
+    /// The node whose end is when the values the event produces for other ops are final:
+    /// its `Head` when it has one, else `last`.
+    pub output: NodeIndex,
+}
+
+impl EventNodes {
+    /// The compute nodes of a compute event (its `Head` and the rest, or its one node);
+    /// none for a batch.
+    pub fn compute_parts(&self, graph: &DiGraph<Node, Dep>) -> impl Iterator<Item = NodeIndex> {
+        let compute = graph[self.first].kind != NodeKind::Post;
+        let rest = (self.last != self.first).then_some(self.last);
+        [Some(self.first), rest].into_iter().flatten().filter(move |_| compute)
+    }
 }
 
 /// A unit of work, identified independently of where it runs.
@@ -116,6 +139,35 @@ pub enum PlanError {
     CostStages { costs: usize, layout: u32 },
 }
 
+/// Whether event `i` of `program` is split at its head under `comm`: async p2p
+/// ([`CommMode::Async`]), a B or an FB pair (whose backward is a B), and a batch right
+/// after it, which is posted once the B's input gradient (and the pair's forward) is done.
+/// The emitter posts it there (a B's weight gradient does not move the point the next
+/// batch waits for), and the verifier's memory order frees the B's activations only after
+/// that batch.
+pub fn posts_early(program: &[Event], i: usize, comm: CommMode) -> bool {
+    comm == CommMode::Async
+        && matches!(program.get(i), Some(Event::B { .. } | Event::FB { .. }))
+        && program.get(i + 1).is_some_and(Event::is_comm)
+}
+
+/// How long the head of a split event lasts ([`posts_early`]), of its `whole` duration: a
+/// B's input gradient alone; in an FB pair, the later of the forward and the input
+/// gradient, both stretched as much as the pair stretches its longer half.
+fn head_duration(costs: &CostModel, keys: &[UnitKey], whole: f64) -> f64 {
+    let head = match keys {
+        [b] => costs.unit(UnitKind::I, b.stage),
+        [f, b] => {
+            let (fwd, bwd) = (costs.unit(UnitKind::F, f.stage), costs.unit(UnitKind::B, b.stage));
+            let longer = fwd.max(bwd);
+            let stretch = if longer > 0.0 { (whole / longer).max(1.0) } else { 1.0 };
+            fwd.max(costs.unit(UnitKind::I, b.stage)) * stretch
+        }
+        _ => whole,
+    };
+    head.clamp(0.0, whole)
+}
+
 /// A unit's human name, e.g. `B(stage 3, mb 7)`.
 pub fn unit_name(u: &UnitKey, pipes: u32) -> String {
     if pipes > 1 {
@@ -148,6 +200,8 @@ pub struct PlanDag {
     /// How much slower compute runs beside a batch in flight on its rank
     /// ([`CostModel::p2p_contention`]; 0 with blocking p2p, where compute waits anyway).
     pub contention: f64,
+    /// The p2p semantics the DAG was built under.
+    pub comm: CommMode,
     /// When each rank's program can start: after its prologue
     /// ([`CostModel::prologue_of`]; 0 without).
     pub starts: Vec<f64>,
@@ -188,7 +242,7 @@ impl PlanDag {
             return Err(PlanError::CostStages { costs: costs.stages(), layout: layout.stages });
         }
         let ranks = set.ranks;
-        let async_comm = costs.comm == CommMode::Async;
+        let async_comm = costs.comm.is_async();
         let total: usize = set.programs.iter().map(|p| p.len()).sum();
         let mut graph = DiGraph::with_capacity(total * 2, total * 4);
         let mut nodes = Vec::with_capacity(ranks as usize);
@@ -204,7 +258,12 @@ impl PlanDag {
             let rank = r as u32;
             let mut rank_nodes = Vec::with_capacity(program.len());
             let mut rank_units = Vec::with_capacity(program.len());
-            let mut last_compute_stream: Option<NodeIndex> = None;
+            // What the next compute op waits for (the op before it, or in async mode the
+            // batch posted before it and a split B's rest), and what the next batch is
+            // posted behind.
+            let mut compute_after: Vec<NodeIndex> = Vec::new();
+            let mut post_after: Option<NodeIndex> = None;
+            let mut split_rest: Option<NodeIndex> = None;
             let mut last_comm_stream: Option<NodeIndex> = None;
             for (i, e) in program.iter().enumerate() {
                 let event = i as u32;
@@ -235,10 +294,10 @@ impl PlanDag {
                             }
                             graph.add_edge(start, done, Dep::Program);
                             last_comm_stream = Some(done);
-                            (EventNodes { first: post, ready: start, last: done }, Vec::new())
+                            (EventNodes { first: post, ready: start, last: done, output: done }, Vec::new())
                         } else {
                             graph.add_edge(post, done, Dep::Program);
-                            (EventNodes { first: post, ready: post, last: done }, Vec::new())
+                            (EventNodes { first: post, ready: post, last: done, output: done }, Vec::new())
                         }
                     }
                     _ => {
@@ -264,15 +323,35 @@ impl PlanDag {
                             }
                             producer.insert(*k, (rank, event));
                         }
-                        let n = graph.add_node(node(NodeKind::Compute, duration));
-                        (EventNodes { first: n, ready: n, last: n }, keys)
+                        if posts_early(program, i, costs.comm) {
+                            let head_ms = head_duration(costs, &keys, duration);
+                            let head = graph.add_node(node(NodeKind::Head, head_ms));
+                            let rest = graph.add_node(node(NodeKind::Compute, duration - head_ms));
+                            graph.add_edge(head, rest, Dep::Program);
+                            (EventNodes { first: head, ready: head, last: rest, output: head }, keys)
+                        } else {
+                            let n = graph.add_node(node(NodeKind::Compute, duration));
+                            (EventNodes { first: n, ready: n, last: n, output: n }, keys)
+                        }
                     }
                 };
-                if let Some(prev) = last_compute_stream {
+                let after = if e.is_comm() { post_after.as_slice() } else { compute_after.as_slice() };
+                for &prev in after {
                     graph.add_edge(prev, en.first, Dep::Program);
                 }
-                // In async mode the compute stream moves on right after posting a batch.
-                last_compute_stream = Some(if async_comm && e.is_comm() { en.first } else { en.last });
+                if !e.is_comm() {
+                    compute_after = vec![en.last];
+                    post_after = Some(en.output);
+                    split_rest = (en.output != en.last).then_some(en.last);
+                } else if async_comm {
+                    // The compute stream moves on right after posting a batch, but not past
+                    // the rest of a split B.
+                    compute_after = [Some(en.first), split_rest].into_iter().flatten().collect();
+                    post_after = Some(en.first);
+                } else {
+                    compute_after = vec![en.last];
+                    post_after = Some(en.last);
+                }
                 rank_nodes.push(en);
                 rank_units.push(keys);
             }
@@ -289,6 +368,7 @@ impl PlanDag {
             mismatches: Vec::new(),
             misordered: Vec::new(),
             contention: if async_comm { costs.p2p_contention } else { 0.0 },
+            comm: costs.comm,
             starts: (0..ranks as usize).map(|r| costs.prologue_of(r)).collect(),
         };
         dag.add_matches(set, &sends, &recvs)?;
@@ -490,7 +570,7 @@ impl PlanDag {
     /// `from` comes first in program order, an order violation otherwise.
     fn depend(&mut self, set: &ProgramSet, rank: u32, from: u32, to: u32, value: Option<UnitKey>) {
         if from < to {
-            let (source, consumer) = (self.at(rank, from).last, self.at(rank, to).first);
+            let (source, consumer) = (self.at(rank, from).output, self.at(rank, to).first);
             self.graph.update_edge(source, consumer, Dep::Data);
         } else {
             self.misordered.push(PlanError::OutOfOrder {

@@ -97,10 +97,7 @@ impl Report {
 
     /// A short human summary.
     pub fn summary(&self) -> String {
-        let comm = match self.comm {
-            CommMode::Blocking => "blocking",
-            CommMode::Async => "async",
-        };
+        let comm = self.comm.name();
         let mut s = format!(
             "{}: {} ranks, {} stages, {} microbatches, {comm} p2p\nmakespan {:.3}, bubble {:.1}%, lower bound {:.3} (gap {:.1}%)\n",
             self.schedule,

@@ -31,6 +31,10 @@ use std::collections::HashSet;
 pub struct Span {
     pub start: f64,
     pub end: f64,
+    /// When the values it produces for other ops are final: a B split at its head (async
+    /// p2p, a batch right after it: [`crate::dag::posts_early`]) has its input gradient
+    /// before its end; otherwise its end.
+    pub output: f64,
 }
 
 /// Per-rank results.
@@ -85,10 +89,13 @@ pub fn simulate(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -
     for (r, nodes) in dag.nodes.iter().enumerate() {
         let spans: Vec<Span> = nodes
             .iter()
-            .map(|en| Span { start: end[en.ready.index()] - duration[en.ready.index()], end: end[en.last.index()] })
+            .map(|en| Span {
+                start: end[en.ready.index()] - duration[en.ready.index()],
+                end: end[en.last.index()],
+                output: end[en.output.index()],
+            })
             .collect();
-        let busy: f64 =
-            nodes.iter().filter(|en| g[en.first].kind == NodeKind::Compute).map(|en| duration[en.first.index()]).sum();
+        let busy: f64 = nodes.iter().flat_map(|en| en.compute_parts(g)).map(|n| duration[n.index()]).sum();
         let peak_in_flight = peak_in_flight(&dag.units[r]);
         let (peak_act, peak_mem, timeline_r) = match memory {
             Some(m) => {
@@ -152,8 +159,7 @@ fn stretch(dag: &PlanDag, duration: &[f64], end: &[f64]) -> Vec<f64> {
         if flight.is_empty() {
             continue;
         }
-        for en in events.iter().filter(|en| g[en.first].kind == NodeKind::Compute) {
-            let i = en.first.index();
+        for i in events.iter().flat_map(|en| en.compute_parts(g)).map(|n| n.index()) {
             let (a, b) = (end[i] - duration[i], end[i]);
             if !(a.is_finite() && b.is_finite()) {
                 continue;

@@ -19,10 +19,10 @@
 //!   ([`emit_with`]): the batch records its own event, and a compute stream waits for it
 //!   only before a node that reads a buffer it received or overwrites one it sent (slots
 //!   are reused), so it overlaps compute as the async semantics say; the compute stream
-//!   joins the last batch before the epilogue. With early batches
-//!   ([`EmitOptions::early_batches`], a family's programs) a batch after a B waits for the
-//!   B's input gradient and for the last use of each buffer it moves, not for the B's
-//!   weight gradient, which then runs beside the transfer.
+//!   joins the last batch before the epilogue. Under [`CommMode::Async`] (not
+//!   `AsyncInOrder`) a batch after a B waits for the B's input gradient and for the last
+//!   use of each buffer it moves, not for the B's weight gradient, which then runs beside
+//!   the transfer ("early batches", as the simulator times them: `dag::posts_early`).
 //!
 //! A microbatch's activations live in a *slot* of its module, taken when its forward input
 //! arrives and given back once its backward and its input-gradient send are done, so the
@@ -87,8 +87,8 @@ struct Rank<'a> {
     microbatches_in_step: u32,
     /// Async p2p: compute waits for a batch only where it uses one of its buffers.
     async_comm: bool,
-    /// Async p2p with [`EmitOptions::early_batches`]: a batch after a B waits for its
-    /// input gradient, not its weight gradient ([`Rank::await_units`]).
+    /// [`CommMode::Async`]: a batch after a B waits for its input gradient, not its
+    /// weight gradient ([`Rank::await_units`]).
     early: bool,
     /// Async p2p: the event of the last batch that sent or received each buffer.
     pending: HashMap<u32, u32>,
@@ -385,10 +385,14 @@ pub fn emit(set: &ProgramSet, model: &Model, training: &Training, hashes: Hashes
     emit_with(set, model, training, hashes, CommMode::Blocking)
 }
 
-/// Emits the plan of `set`, verified under `comm`: with [`CommMode::Async`] a batch is
-/// waited for only by the compute that reads what it received or overwrites what it sent
-/// (per-batch events), so communication overlaps compute as the async semantics say.
-/// Batches are posted where the program places them.
+/// Emits the plan of `set`, verified under `comm`. With async p2p a batch is waited for
+/// only by the compute that reads what it received or overwrites what it sent (per-batch
+/// events), so communication overlaps compute as the async semantics say; batches are
+/// posted where the program places them, and under [`CommMode::Async`] one right after a
+/// B (alone, or as an FB pair's backward) once the B's input gradient is done — what it
+/// sends — while the B's weight gradient runs beside the transfer
+/// ([`crate::dag::posts_early`]); a receive it makes goes to a slot not given back since
+/// the last batch (one more slot where needed).
 pub fn emit_with(
     set: &ProgramSet,
     model: &Model,
@@ -396,34 +400,6 @@ pub fn emit_with(
     hashes: Hashes,
     comm: CommMode,
 ) -> Result<Plan, EmitError> {
-    emit_plan(set, model, training, hashes, EmitOptions { comm, early_batches: false })
-}
-
-/// How [`emit_plan`] lowers a program set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EmitOptions {
-    /// The p2p semantics the programs were verified under.
-    pub comm: CommMode,
-    /// Async p2p: post a batch that follows a B (alone, or as an FB pair's backward) once
-    /// the B's input gradient is done — what the batch sends — instead of after its weight
-    /// gradient, which then overlaps the transfer; a receive it makes goes to a slot not
-    /// given back since the last batch (one more slot where needed). The simulator, and so
-    /// the optimiser, place a batch after the op before it, so `compile` sets this for a
-    /// family's programs only (measured on 2 × H200: DualPipe's and DualPipeV's families
-    /// at 2048 1.2–2.7% faster with it, DualPipe's at 4096 1.8%; the optimiser's programs
-    /// at 2048 0.7–1.4% slower; README, Runtime).
-    pub early_batches: bool,
-}
-
-/// Emits the plan of `set` as `options` say (see [`emit_with`]).
-pub fn emit_plan(
-    set: &ProgramSet,
-    model: &Model,
-    training: &Training,
-    hashes: Hashes,
-    options: EmitOptions,
-) -> Result<Plan, EmitError> {
-    let comm = options.comm;
     if model.kind != "mlp" {
         return Err(EmitError::Kind(model.kind.clone()));
     }
@@ -444,8 +420,8 @@ pub fn emit_plan(
             free: vec![Vec::new(); modules],
             live: vec![HashMap::new(); modules],
             microbatches_in_step,
-            async_comm: comm == CommMode::Async,
-            early: comm == CommMode::Async && options.early_batches,
+            async_comm: comm.is_async(),
+            early: comm == CommMode::Async,
             pending: HashMap::new(),
             waited: [0; 2],
             next_event: 4,

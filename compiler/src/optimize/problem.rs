@@ -134,7 +134,7 @@ impl Problem {
             return None;
         }
         if let Some(m) = &self.memory {
-            if worst_case_memory(set, &self.layout, m).iter().any(|&(peak, _)| peak > m.budget) {
+            if worst_case_memory(set, &self.layout, m, self.costs.comm).iter().any(|&(peak, _)| peak > m.budget) {
                 return None;
             }
         }

@@ -214,9 +214,10 @@ pub(super) fn given_costs(
         Some(v) => Some(match v.get_ref().as_str() {
             "blocking" => CommMode::Blocking,
             "async" => CommMode::Async,
+            "async_in_order" => CommMode::AsyncInOrder,
             other => {
                 return Err(SourceError::new(file, source, Some(v.span()), format!("unknown comm mode \"{other}\""))
-                    .with_help("use \"blocking\" or \"async\""))
+                    .with_help("use \"blocking\", \"async\" or \"async_in_order\""))
             }
         }),
     };

@@ -19,7 +19,8 @@
 //! p2p = 0.0
 //! p2p_per_transfer = 0.0   # each transfer of a batch's busier direction adds this
 //! p2p_contention = 0.0     # async: compute runs this fraction slower beside a batch in flight
-//! comm = "blocking"        # or "async"
+//! comm = "blocking"        # or "async" (a batch after a B waits for its input gradient
+//!                          # only), or "async_in_order" (after the whole B)
 //! per_step = 0.0           # once a step, outside the programs (prologue, optimizer); or
 //!                          # a list, one per rank (step_time: the latest rank's end plus its own)
 //! prologue = 0.0           # of per_step: what runs before the program (data), or one per rank

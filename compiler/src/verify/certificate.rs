@@ -48,6 +48,7 @@ fn node_name(dag: &PlanDag, n: petgraph::graph::NodeIndex) -> String {
     let node = dag.graph[n];
     let suffix = match node.kind {
         NodeKind::Compute => "",
+        NodeKind::Head => "i",
         NodeKind::Post => "p",
         NodeKind::Start => "s",
         NodeKind::Done => "d",
@@ -95,9 +96,10 @@ pub fn deadlock_from(set: &ProgramSet, dag: &PlanDag, comm: CommMode, plan_hash:
     // edge (the p2p stream, matches, data across streams or ranks) one by one, except those
     // the chain already implies by transitivity.
     let mut chained = std::collections::HashSet::new();
-    // Position of each node in its rank's chain: an edge between two nodes of one chain,
-    // forward, is implied by the chain and needs no assertion of its own.
-    let mut position: Vec<Option<(u32, usize)>> = vec![None; dag.graph.node_count()];
+    // Position of each node in a run of its rank's chain: an edge between two nodes of one
+    // run, forward, is implied by the run and needs no assertion of its own.
+    let mut position: Vec<Option<(usize, usize)>> = vec![None; dag.graph.node_count()];
+    let mut runs = 0usize;
     for rank_nodes in &dag.nodes {
         let mut chain: Vec<petgraph::graph::NodeIndex> = Vec::new();
         for en in rank_nodes {
@@ -106,18 +108,24 @@ pub fn deadlock_from(set: &ProgramSet, dag: &PlanDag, comm: CommMode, plan_hash:
                 chain.push(en.last);
             }
         }
-        for w in chain.windows(2) {
-            if let Some(e) = dag.graph.find_edge(w[0], w[1]) {
-                chained.insert(e);
-            }
-        }
+        // The chain asserted in runs of direct edges: a split B's rest and the batch
+        // posted behind its head are not ordered (dag::posts_early).
+        let mut run: Vec<String> = Vec::new();
         for (i, &n) in chain.iter().enumerate() {
-            position[n.index()] = Some((dag.graph[n].rank, i));
+            let edge = i.checked_sub(1).and_then(|p| dag.graph.find_edge(chain[p], n));
+            match edge {
+                Some(e) => {
+                    chained.insert(e);
+                }
+                None => {
+                    flush_run(&mut s, &mut run);
+                    runs += 1;
+                }
+            }
+            position[n.index()] = Some((runs, i));
+            run.push(node_name(dag, n));
         }
-        if chain.len() > 1 {
-            let names: Vec<String> = chain.iter().map(|&n| node_name(dag, n)).collect();
-            let _ = writeln!(s, "(assert (< {}))", names.join(" "));
-        }
+        flush_run(&mut s, &mut run);
     }
     for e in dag.graph.edge_indices() {
         if chained.contains(&e) {
@@ -134,10 +142,18 @@ pub fn deadlock_from(set: &ProgramSet, dag: &PlanDag, comm: CommMode, plan_hash:
     Ok(s)
 }
 
+/// Asserts the nodes of `run` in increasing order (one `<` chain) and empties it.
+fn flush_run(s: &mut String, run: &mut Vec<String>) {
+    if run.len() > 1 {
+        let _ = writeln!(s, "(assert (< {}))", run.join(" "));
+    }
+    run.clear();
+}
+
 /// The memory certificate: expected `unsat`.
-pub fn memory(set: &ProgramSet, m: &MemoryModel, plan_hash: &str) -> Option<String> {
+pub fn memory(set: &ProgramSet, m: &MemoryModel, comm: CommMode, plan_hash: &str) -> Option<String> {
     let layout = set.resolved_layout()?;
-    let events = memory_events(set, &layout, m);
+    let events = memory_events(set, &layout, m, comm);
     let mut s = String::new();
     let _ = writeln!(s, "; pipewright certificate: per-rank memory within budget over every permitted order");
     let _ = writeln!(s, "; plan sha256 {plan_hash}");
@@ -208,7 +224,7 @@ pub fn all_from(
     let mut out =
         vec![("deadlock.smt2".into(), "deadlock_free".into(), "sat".into(), deadlock_from(set, dag, comm, plan_hash)?)];
     if let Some(m) = memory_model {
-        if let Some(text) = memory(set, m, plan_hash) {
+        if let Some(text) = memory(set, m, comm, plan_hash) {
             out.push(("memory.smt2".into(), "within_budget".into(), "unsat".into(), text));
         }
     }

@@ -96,18 +96,19 @@ pub fn verify(set: &ProgramSet, comm: CommMode, memory: Option<&MemoryModel>) ->
     let layout = set.resolved_layout().ok_or_else(|| PlanError::NoLayout(set.schedule.clone()))?;
     let mut costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
     costs.comm = comm;
-    check(set, PlanDag::build(set, &costs).as_ref(), memory)
+    check(set, PlanDag::build(set, &costs).as_ref(), comm, memory)
 }
 
 /// [`verify`] on the Plan DAG already built for `set` (durations play no part: only which
 /// op waits for which).
 pub fn verify_dag(set: &ProgramSet, dag: &PlanDag, memory: Option<&MemoryModel>) -> Result<Verification, PlanError> {
-    check(set, Ok(dag), memory)
+    check(set, Ok(dag), dag.comm, memory)
 }
 
 fn check(
     set: &ProgramSet,
     dag: Result<&PlanDag, &PlanError>,
+    comm: CommMode,
     memory: Option<&MemoryModel>,
 ) -> Result<Verification, PlanError> {
     let layout = set.resolved_layout().ok_or_else(|| PlanError::NoLayout(set.schedule.clone()))?;
@@ -163,7 +164,7 @@ fn check(
 
     let (within_budget, peak_bytes) = match memory {
         Some(m) => {
-            let peaks = worst_case_memory(set, &layout, m);
+            let peaks = worst_case_memory(set, &layout, m, comm);
             let mut ok = true;
             for (r, &(peak, event)) in peaks.iter().enumerate() {
                 if peak > m.budget {
@@ -266,8 +267,8 @@ fn completeness(set: &ProgramSet, layout: &Layout) -> Result<Vec<Violation>, Pla
 
 /// Per rank: the worst-case peak bytes over every permitted order and the event where it
 /// is reached (see the module doc, property 4).
-pub fn worst_case_memory(set: &ProgramSet, layout: &Layout, m: &MemoryModel) -> Vec<(u64, u32)> {
-    memory_events(set, layout, m)
+pub fn worst_case_memory(set: &ProgramSet, layout: &Layout, m: &MemoryModel, comm: CommMode) -> Vec<(u64, u32)> {
+    memory_events(set, layout, m, comm)
         .iter()
         .enumerate()
         .map(|(r, events)| {
@@ -286,8 +287,10 @@ pub fn worst_case_memory(set: &ProgramSet, layout: &Layout, m: &MemoryModel) -> 
 }
 
 /// Each rank's memory events in the order its compute stream issues them: (event, bytes).
-/// Within one op, allocations come before frees.
-pub fn memory_events(set: &ProgramSet, layout: &Layout, m: &MemoryModel) -> Vec<Vec<(u32, i64)>> {
+/// Within one op, allocations come before frees. Under async p2p a B whose batch is posted
+/// behind its input gradient ([`crate::dag::posts_early`]) frees after that batch's
+/// receives are allocated (its weight gradient still reads its activations meanwhile).
+pub fn memory_events(set: &ProgramSet, layout: &Layout, m: &MemoryModel, comm: CommMode) -> Vec<Vec<(u32, i64)>> {
     set.programs
         .iter()
         .enumerate()
@@ -295,8 +298,13 @@ pub fn memory_events(set: &ProgramSet, layout: &Layout, m: &MemoryModel) -> Vec<
             let mut out = Vec::new();
             // Receive buffers wait for their consumer: (unit that consumes) → bytes.
             let mut pending: HashMap<(UnitKind, u32, u32, u32), i64> = HashMap::new();
+            // The frees of a B whose batch is posted early, until the next compute op.
+            let mut deferred: Vec<(u32, i64)> = Vec::new();
             for (i, e) in program.iter().enumerate() {
                 let event = i as u32;
+                if !e.is_comm() {
+                    out.append(&mut deferred);
+                }
                 match e {
                     Event::Comm { ops } => {
                         for op in ops.iter().filter(|o| !o.kind.is_send()) {
@@ -323,10 +331,16 @@ pub fn memory_events(set: &ProgramSet, layout: &Layout, m: &MemoryModel) -> Vec<
                                 frees.push(-bytes);
                             }
                         }
-                        out.extend(frees.into_iter().map(|d| (event, d)));
+                        let frees = frees.into_iter().map(|d| (event, d));
+                        if crate::dag::posts_early(program, i, comm) {
+                            deferred.extend(frees);
+                        } else {
+                            out.extend(frees);
+                        }
                     }
                 }
             }
+            out.append(&mut deferred);
             out
         })
         .collect()
