@@ -48,6 +48,27 @@ fn every_optimised_spec_is_verified_never_worse_and_does_the_same_work() {
 }
 
 #[test]
+fn under_async_p2p_the_optimisers_programs_keep_their_batches_in_order_unless_asked() {
+    // Measured: the optimiser's programs ran slower with early batches, the families'
+    // faster; so `compile --optimize` plans, verifies and emits async programs in order.
+    use pipewright_compiler::cost::CommMode;
+    let path = common::root().join("specs/heterogeneous-1f1b.toml");
+    let family = compile_with(read(&path), None).unwrap();
+    assert_eq!(family.report.comm, CommMode::Async);
+    let in_order = compile_with(read(&path), Some(&quick())).unwrap();
+    assert_eq!((in_order.spec.costs.comm, in_order.report.comm), (CommMode::AsyncInOrder, CommMode::AsyncInOrder));
+    assert!(in_order.dag.graph.node_weights().all(|n| n.kind != pipewright_compiler::dag::NodeKind::Head));
+    let early = compile_with(read(&path), Some(&Options { early_batches: true, ..quick() })).unwrap();
+    assert_eq!(early.report.comm, CommMode::Async);
+    assert!(early.verification.ok() && in_order.verification.ok());
+    // Its baseline is the family under the same semantics.
+    assert_eq!(early.report.baseline_makespan.flatten(), Some(family.report.makespan));
+    // A blocking spec stays blocking.
+    let blocking = compile_with(read(&common::root().join("specs/zb-v.toml")), Some(&quick())).unwrap();
+    assert_eq!(blocking.report.comm, CommMode::Blocking);
+}
+
+#[test]
 fn the_optimiser_recovers_the_headroom_the_families_leave() {
     // Measured headroom (report.json's gap): blocking zb-v and interleaved lose to
     // rendezvous waits, heterogeneous 1F1B to its slow end stages (its family takes 79.6

@@ -68,7 +68,13 @@ pub fn compile(spec: Spec) -> Result<Compiled, CompileError> {
 
 /// [`compile`], and with `optimize`, the optimiser's pass between lowering and output.
 /// The verifier runs on every plan a pass produced: **the optimiser is untrusted**.
-pub fn compile_with(spec: Spec, optimize: Option<&optimize::Options>) -> Result<Compiled, CompileError> {
+/// Under `comm = "async"` the optimiser's programs are planned, verified and emitted with
+/// batches in program order (`async_in_order`, what `Compiled::spec` then says) unless
+/// [`optimize::Options::early_batches`].
+pub fn compile_with(mut spec: Spec, optimize: Option<&optimize::Options>) -> Result<Compiled, CompileError> {
+    if optimize.is_some_and(|o| !o.early_batches) && spec.costs.comm == cost::CommMode::Async {
+        spec.costs.comm = cost::CommMode::AsyncInOrder;
+    }
     let family = spec.family.generate(spec.ranks, spec.microbatches, spec.chunks_per_rank);
     let memory = spec.memory.as_ref();
     let (programs, baseline) = match optimize {

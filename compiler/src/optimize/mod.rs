@@ -64,11 +64,21 @@ pub struct Options {
     /// Ops per rank-local window.
     pub window: usize,
     pub objective: Objective,
+    /// Under `comm = "async"`, whether [`crate::compile_with`] plans and emits the
+    /// optimiser's programs with early batches too (a batch after a B posted behind the B's
+    /// input gradient) or, by default, with every batch after the whole op before it
+    /// (`async_in_order`). Why: measured on 2 × H200, the optimiser's programs posted
+    /// early ran 1.4% slower (DualPipe at 2048: 20.92 → 21.21 ms; DualPipeV 44.20 →
+    /// 44.53; session 11), which the simulator does not predict — it times the same
+    /// programs alike both ways, their batches' contention moving from one op to the
+    /// next — while the families' programs ran 3–5% faster early.
+    #[serde(default)]
+    pub early_batches: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { time_limit: 10.0, node_limit: 20_000, window: 8, objective: Objective::Makespan }
+        Options { time_limit: 10.0, node_limit: 20_000, window: 8, objective: Objective::Makespan, early_batches: false }
     }
 }
 

@@ -73,6 +73,8 @@
 //! node_limit = 20000       # e-nodes per window e-graph
 //! window = 8               # ops per rank-local window
 //! objective = "makespan"
+//! early_batches = false    # comm = "async": the optimiser's programs post a batch after a
+//!                          # B behind its input gradient too (default: after the whole B)
 //! ```
 
 mod costs;
@@ -207,6 +209,7 @@ struct RawOptimize {
     node_limit: Option<Spanned<i64>>,
     window: Option<Spanned<i64>>,
     objective: Option<Spanned<String>>,
+    early_batches: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +430,9 @@ fn optimize_options(file: &str, source: &str, raw: &RawOptimize) -> Result<crate
     }
     if let Some(w) = &raw.window {
         o.window = count(w, "window", 2, 16)?;
+    }
+    if let Some(early) = raw.early_batches {
+        o.early_batches = early;
     }
     if let Some(obj) = &raw.objective {
         o.objective = match obj.get_ref().as_str() {
