@@ -4,6 +4,7 @@
 
 mod common;
 
+use pipewright_compiler::cost::CommMode;
 use pipewright_compiler::families::Family;
 use pipewright_compiler::optimize::problem::{compute_order, work};
 use pipewright_compiler::optimize::Options;
@@ -12,7 +13,10 @@ use std::path::Path;
 
 fn read(path: &Path) -> spec::Spec {
     let source = std::fs::read_to_string(path).unwrap();
-    spec::parse(&path.display().to_string(), &source).unwrap_or_else(|e| panic!("{}", e.render()))
+    let name = path.display().to_string();
+    let mut spec = spec::parse(&name, &source).unwrap_or_else(|e| panic!("{}", e.render()));
+    spec::load_costs(&mut spec, &name, &source, path.parent().unwrap()).unwrap_or_else(|e| panic!("{}", e.render()));
+    spec
 }
 
 fn quick() -> Options {
@@ -44,6 +48,18 @@ fn every_optimised_spec_is_verified_never_worse_and_does_the_same_work() {
         assert_eq!(work(&compute_order(&compiled.programs)), work(&compute_order(&family)), "{name}: work changed");
         let stats = report.optimizer.as_ref().unwrap();
         assert!(stats.evaluated > 0 && !stats.seeds.is_empty(), "{name}: nothing was searched");
+        // Async: planned in order, and never slower than the family with early batches,
+        // which is kept (with its semantics) when the optimised program is not faster.
+        if let Some(family_step) = stats.early_family_step {
+            assert!(
+                report.step_time <= family_step + 1e-9,
+                "{name}: {} > the family's {family_step}",
+                report.step_time
+            );
+            let kept = !report.schedule.ends_with("+optimized");
+            assert_eq!(report.comm == CommMode::Async, kept, "{name}: {:?}", report.comm);
+            assert_eq!(compiled.dag.comm, report.comm);
+        }
     }
 }
 
@@ -51,7 +67,6 @@ fn every_optimised_spec_is_verified_never_worse_and_does_the_same_work() {
 fn under_async_p2p_the_optimisers_programs_keep_their_batches_in_order_unless_asked() {
     // Measured: the optimiser's programs ran slower with early batches, the families'
     // faster; so `compile --optimize` plans, verifies and emits async programs in order.
-    use pipewright_compiler::cost::CommMode;
     let path = common::root().join("specs/heterogeneous-1f1b.toml");
     let family = compile_with(read(&path), None).unwrap();
     assert_eq!(family.report.comm, CommMode::Async);
@@ -63,6 +78,13 @@ fn under_async_p2p_the_optimisers_programs_keep_their_batches_in_order_unless_as
     assert!(early.verification.ok() && in_order.verification.ok());
     // Its baseline is the family under the same semantics.
     assert_eq!(early.report.baseline_makespan.flatten(), Some(family.report.makespan));
+    // DualPipeV at 2048 under the costs measured on 2 × H200: the family with early
+    // batches (42.39 ms a step) beats every program planned in order (43.55 after a full
+    // search), so it is kept, with its early batches.
+    let path = common::root().join("specs/mlp-dualpipev-h2048-measured.toml");
+    let kept = compile_with(read(&path), Some(&quick())).unwrap();
+    assert_eq!((kept.report.comm, kept.programs.schedule.as_str()), (CommMode::Async, "dualpipev"));
+    assert_eq!(kept.report.optimizer.as_ref().unwrap().early_family_step, Some(kept.report.step_time));
     // A blocking spec stays blocking.
     let blocking = compile_with(read(&common::root().join("specs/zb-v.toml")), Some(&quick())).unwrap();
     assert_eq!(blocking.report.comm, CommMode::Blocking);

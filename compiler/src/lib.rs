@@ -70,17 +70,35 @@ pub fn compile(spec: Spec) -> Result<Compiled, CompileError> {
 /// The verifier runs on every plan a pass produced: **the optimiser is untrusted**.
 /// Under `comm = "async"` the optimiser's programs are planned, verified and emitted with
 /// batches in program order (`async_in_order`, what `Compiled::spec` then says) unless
-/// [`optimize::Options::early_batches`].
+/// [`optimize::Options::early_batches`]; and the family with its early batches is kept
+/// instead when the simulator times its step no slower (the start wins ties: the
+/// optimiser never makes a plan worse).
 pub fn compile_with(mut spec: Spec, optimize: Option<&optimize::Options>) -> Result<Compiled, CompileError> {
-    if optimize.is_some_and(|o| !o.early_batches) && spec.costs.comm == cost::CommMode::Async {
-        spec.costs.comm = cost::CommMode::AsyncInOrder;
-    }
     let family = spec.family.generate(spec.ranks, spec.microbatches, spec.chunks_per_rank);
     let memory = spec.memory.as_ref();
     let (programs, baseline) = match optimize {
         None => (family, None),
         Some(options) => {
-            let outcome = optimize::optimize(&family, &spec.costs, memory, options)?;
+            let early = spec.costs.comm == cost::CommMode::Async && !options.early_batches;
+            let family_costs = spec.costs.clone();
+            if early {
+                spec.costs.comm = cost::CommMode::AsyncInOrder;
+            }
+            let mut outcome = optimize::optimize(&family, &spec.costs, memory, options)?;
+            if early {
+                let step = |set: &ProgramSet, costs: &CostModel| {
+                    let runs = |r: &Report| r.memory.as_ref().is_none_or(|m| m.within_budget);
+                    lower_and_simulate(set, costs, memory).ok().filter(|(_, _, r)| runs(r)).map(|(_, _, r)| r.step_time)
+                };
+                let kept = step(&family, &family_costs);
+                outcome.stats.early_family_step = kept;
+                if kept.is_some_and(|f| step(&outcome.programs, &spec.costs).is_none_or(|o| f <= o)) {
+                    spec.costs.comm = cost::CommMode::Async;
+                    outcome.baseline_makespan =
+                        lower_and_simulate(&family, &family_costs, memory).ok().map(|r| r.1.makespan);
+                    outcome.programs = family;
+                }
+            }
             (outcome.programs, Some((outcome.baseline_makespan, outcome.stats)))
         }
     };

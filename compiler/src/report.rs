@@ -122,6 +122,16 @@ impl Report {
                 "optimised: family makespan {base} → {:.3}; best seed {}; {} windows ({} improved), {} candidates ({} rejected), {:.2} s\n",
                 self.makespan, o.best_seed, o.windows, o.improved, o.evaluated, o.rejected, o.seconds
             ));
+            if let Some(step) = o.early_family_step {
+                let verdict = if self.schedule.ends_with("+optimized") {
+                    "slower: the optimised program kept"
+                } else {
+                    "no slower: kept instead"
+                };
+                s.push_str(&format!(
+                    "optimised in order (async_in_order); the family with early batches takes {step:.3} a step, {verdict}\n"
+                ));
+            }
         }
         s.push_str("rank       busy       idle  in-flight  peak activation\n");
         for r in &self.ranks {

@@ -78,7 +78,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { time_limit: 10.0, node_limit: 20_000, window: 8, objective: Objective::Makespan, early_batches: false }
+        Options {
+            time_limit: 10.0,
+            node_limit: 20_000,
+            window: 8,
+            objective: Objective::Makespan,
+            early_batches: false,
+        }
     }
 }
 
@@ -108,6 +114,11 @@ pub struct Stats {
     pub seconds: f64,
     /// Seconds until the result was found (the rest of the time found nothing better).
     pub seconds_to_best: f64,
+    /// Under `comm = "async"`, planned in order ([`Options::early_batches`] false): the
+    /// family's simulated step with its early batches, which [`crate::compile_with`] keeps
+    /// instead of the optimised program unless that one's step is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_family_step: Option<f64>,
 }
 
 /// The optimiser's result.
