@@ -82,8 +82,9 @@ pub(crate) fn run_verify(
             let spec = spec_for_programs(p, programs, &set, false)?;
             (spec.costs.comm, spec.memory)
         }
-        // PyTorch's runtime issues each p2p op on its own and only consumers wait.
-        None if torch => (pipewright_compiler::cost::CommMode::Async, None),
+        // PyTorch's runtime issues each p2p op on its own, after the whole op before it
+        // (its backward computes both gradients at once), and only consumers wait.
+        None if torch => (pipewright_compiler::cost::CommMode::AsyncInOrder, None),
         None => (pipewright_compiler::cost::CommMode::Blocking, None),
     };
     let result = verify::verify(&set, comm, memory.as_ref())

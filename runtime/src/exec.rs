@@ -257,7 +257,7 @@ pub fn run(
     } else {
         None
     };
-    let comm = fabric.as_ref().map(|f| (f.nccl.as_deref(), f.mark.as_ref()));
+    let comm = fabric.as_ref();
     let loss = rp.buffers.iter().find(|b| b.name == "loss").cloned();
     let mut report = RunReport {
         rank: place.rank,
@@ -338,7 +338,7 @@ pub fn run(
             steps,
         )?;
     }
-    if let (true, Some((Some(c), _))) = (opts.profile, comm) {
+    if let (true, Some(c)) = (opts.profile, comm.and_then(|f| f.nccl.as_deref())) {
         // What a batch costs with nothing to wait for (see crate::profile): every rank
         // takes part, in pairs of neighbours, by its transport.
         if let Some((bytes, most)) = crate::profile::calibration_shape(plan) {
@@ -459,7 +459,7 @@ fn replay_each(
     Ok(())
 }
 
-/// Captures this rank's whole step as a graph (without p2p when `comm` is none: see
+/// Captures this rank's whole step as a graph (without p2p when `fabric` is none: see
 /// [`issue`]), with its memset nodes rewritten as kernels unless `keep_memsets`, and
 /// uploads it, so that replays only launch. With `timed` spans, their timing events are
 /// captured with it (see [`OpTimer`]), and the timer comes back to read them after each
@@ -468,7 +468,7 @@ fn capture(
     gpu: &mut Gpu,
     plan: &Plan,
     rank: u32,
-    comm: Option<(Option<&Communicator>, &HostMark)>,
+    fabric: Option<&Fabric>,
     keep_memsets: bool,
     timed: Option<Vec<(usize, usize, usize)>>,
 ) -> Result<(crate::graph::Replay, Option<OpTimer>), RuntimeError> {
@@ -476,7 +476,7 @@ fn capture(
     gpu.streams[0].begin_capture(mode).map_err(driver)?;
     let issued = (|| {
         let mut timer = timed.map(|spans| OpTimer::new(gpu, spans, false, true)).transpose()?;
-        issue(gpu, plan, rank, comm, timer.as_mut())?;
+        issue(gpu, plan, rank, fabric, timer.as_mut())?;
         Ok::<_, RuntimeError>(timer)
     })();
     // Ended whatever happened, so that the streams leave capture mode.
@@ -499,17 +499,17 @@ fn capture_timed(
     gpu: &mut Gpu,
     plan: &Plan,
     rank: u32,
-    comm: Option<(Option<&Communicator>, &HostMark)>,
+    fabric: Option<&Fabric>,
     keep_memsets: bool,
 ) -> Result<(crate::graph::Replay, OpTimer), RuntimeError> {
     let spans = op_spans(&plan.ranks[rank as usize]);
-    let (g, timer) = capture(gpu, plan, rank, comm, keep_memsets, Some(spans))?;
+    let (g, timer) = capture(gpu, plan, rank, fabric, keep_memsets, Some(spans))?;
     Ok((g, timer.ok_or_else(|| RuntimeError::Driver("the timed capture returned no timer".into()))?))
 }
 
 /// Issues every node of this rank's step, in order, on its stream.
-/// With more than one rank, `comm` is the NCCL communicator (none when ranks share GPUs:
-/// the copy engines move every group then) and the watchdog's progress mark:
+/// With more than one rank, `fabric` gives the NCCL communicator (none when ranks share
+/// GPUs: the copy engines move every group then) and the watchdog's progress mark:
 /// zeroed when the step starts, then after each p2p group node i set to i + 1; without it,
 /// p2p groups are left out (a one-rank plan has none; a rank's compute alone, see
 /// [`RunOptions::alone_steps`], runs without them).
@@ -518,15 +518,15 @@ fn issue(
     gpu: &mut Gpu,
     plan: &Plan,
     rank: u32,
-    comm: Option<(Option<&Communicator>, &HostMark)>,
+    fabric: Option<&Fabric>,
     mut timer: Option<&mut OpTimer>,
 ) -> Result<(), RuntimeError> {
     let rp = &plan.ranks[rank as usize];
     let off = |b: u32| rp.buffers[b as usize].offset;
     // The reset goes on the compute stream: the step (and a graph capture) starts there,
     // and the communication stream only joins through the plan's events, which follow.
-    if let Some((_, mark)) = comm {
-        gpu.mark(0, mark, 0)?;
+    if let Some(f) = fabric {
+        gpu.mark(0, &f.mark, 0)?;
     }
     for (i, node) in rp.nodes.iter().enumerate() {
         if let Some(t) = timer.as_deref_mut() {
@@ -539,7 +539,7 @@ fn issue(
                 gpu.kernel(k.stream as usize, &k.name, &offsets, k.elements, &k.scalars)?
             }
             Node::Group { ops, .. } => {
-                if let Some((comm, mark)) = comm {
+                if let Some(f) = fabric {
                     let ops: Vec<(bool, u32, u64, usize)> = ops
                         .iter()
                         .map(|o| {
@@ -547,8 +547,8 @@ fn issue(
                             (o.send, o.peer, b.offset, b.bytes as usize)
                         })
                         .collect();
-                    gpu.group(comm, rank, i, &ops)?;
-                    gpu.mark(2, mark, i as u32 + 1)?
+                    gpu.group(f.nccl.as_deref(), rank, i, &ops)?;
+                    gpu.mark(2, &f.mark, i as u32 + 1)?
                 }
             }
             Node::Record { stream, event } => gpu.record(*stream as usize, *event as usize)?,

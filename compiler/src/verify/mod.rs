@@ -20,7 +20,9 @@
 //!    their consumer, resident parameters — ≤ budget over every execution order the
 //!    streams permit. Every allocation and free happens on the rank's one compute stream
 //!    (p2p only posts there), so the permitted orders agree on the sequence of memory
-//!    events and the worst case is its largest prefix sum.
+//!    events and the worst case is its largest prefix sum — with one reordering under
+//!    async p2p: a batch posted behind a B's input gradient ([`crate::dag::posts_early`])
+//!    allocates its receives before the B's weight gradient ends and frees.
 //! 5. **Buffer safety**: applies once buffers are assigned (the runtime's plan artifact);
 //!    reported as not applicable until then.
 //!
