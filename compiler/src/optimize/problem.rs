@@ -8,7 +8,7 @@
 //! the Plan DAG and simulates it. Only a candidate that runs (acyclic DAG, every input
 //! present) and stays within the memory budget over every permitted order has a makespan.
 
-use crate::cost::{CommMode, CostModel, MemoryModel};
+use crate::cost::{CostModel, MemoryModel};
 use crate::dag::PlanDag;
 use crate::families::comm;
 use crate::ir::{Event, Layout, ProgramSet, UnitKind};
@@ -100,7 +100,7 @@ impl Problem {
         };
         let timed =
             comm::timed(&self.layout, &order, &self.costs).map(set).and_then(|s| self.makespan(&s).map(|m| (s, m)));
-        if self.costs.comm == CommMode::Async {
+        if self.costs.comm.is_async() {
             if let Some((set, makespan)) = timed {
                 return Some(Candidate { order, set, makespan });
             }
