@@ -144,4 +144,16 @@ done
   --optimize --json \
   | python3 -c "import json,sys; r=json.load(sys.stdin); print('dualpipe-r2-h2048-opt-copy simulated makespan', r['makespan'], 'step', r['step_time'])" \
   | tee -a target/gpu/bench/simulated.txt
+# DualPipe optimised with early batches planned in (`[optimize] early_batches = true`):
+# against the default `-opt` (planned in order), what the simulator's early-batch model
+# makes of an optimiser's program (BENCH_FILTER='^dualpipe-r2-h(2048|4096)-opt(-early)?$').
+for h in 2048 4096; do
+  early=$(mktemp -d)/mlp-dualpipe-h$h-measured.toml
+  sed "s|^from = \"measured/|from = \"$PWD/specs/measured/|" "specs/mlp-dualpipe-h$h-measured.toml" > "$early"
+  printf '\n[optimize]\nearly_batches = true\n' >> "$early"
+  ./target/release/pipewright compile "$early" -o "target/gpu/bench/dualpipe-r2-h$h-opt-early" --json \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); print('dualpipe-r2-h$h-opt-early', r['schedule'], 'simulated makespan', r['makespan'], 'step', r['step_time'])" \
+    | tee -a target/gpu/bench/simulated.txt
+  rm -f "target/gpu/bench/dualpipe-r2-h$h-opt-early/schedule.svg"
+done
 du -sh target/gpu
