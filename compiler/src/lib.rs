@@ -85,19 +85,8 @@ pub fn compile_with(mut spec: Spec, optimize: Option<&optimize::Options>) -> Res
                 spec.costs.comm = cost::CommMode::AsyncInOrder;
             }
             let mut outcome = optimize::optimize(&family, &spec.costs, memory, options)?;
-            if early {
-                let step = |set: &ProgramSet, costs: &CostModel| {
-                    let runs = |r: &Report| r.memory.as_ref().is_none_or(|m| m.within_budget);
-                    lower_and_simulate(set, costs, memory).ok().filter(|(_, _, r)| runs(r)).map(|(_, _, r)| r.step_time)
-                };
-                let kept = step(&family, &family_costs);
-                outcome.stats.early_family_step = kept;
-                if kept.is_some_and(|f| step(&outcome.programs, &spec.costs).is_none_or(|o| f <= o)) {
-                    spec.costs.comm = cost::CommMode::Async;
-                    outcome.baseline_makespan =
-                        lower_and_simulate(&family, &family_costs, memory).ok().map(|r| r.1.makespan);
-                    outcome.programs = family;
-                }
+            if early && keep_early_family(family.clone(), &family_costs, &spec.costs, memory, &mut outcome) {
+                spec.costs.comm = cost::CommMode::Async;
             }
             (outcome.programs, Some((outcome.baseline_makespan, outcome.stats)))
         }
@@ -117,6 +106,35 @@ pub fn compile_with(mut spec: Spec, optimize: Option<&optimize::Options>) -> Res
         m.loads.as_ref().and_then(|loads| eplb::rebalance(loads, &m.params, m.policy).ok())
     });
     Ok(Compiled { spec, programs, dag, simulation, report, verification, experts })
+}
+
+/// [`compile_with`]'s choice under `comm = "async"` between the optimiser's `outcome`,
+/// planned under `in_order` costs, and the `family` with its early batches (`early`
+/// costs): the family, put into `outcome`, when its simulated step (within the budget) is
+/// no longer; returns whether it was. Records the family's step in the outcome's stats.
+fn keep_early_family(
+    family: ProgramSet,
+    early: &CostModel,
+    in_order: &CostModel,
+    memory: Option<&MemoryModel>,
+    outcome: &mut optimize::Outcome,
+) -> bool {
+    let simulated = |set: &ProgramSet, costs: &CostModel| {
+        let runs = |r: &Report| r.memory.as_ref().is_none_or(|m| m.within_budget);
+        lower_and_simulate(set, costs, memory)
+            .ok()
+            .filter(|(_, _, r)| runs(r))
+            .map(|(_, s, r)| (s.makespan, r.step_time))
+    };
+    let kept = simulated(&family, early);
+    outcome.stats.early_family_step = kept.map(|k| k.1);
+    let Some((makespan, step)) = kept else { return false };
+    if simulated(&outcome.programs, in_order).is_some_and(|(_, optimised)| optimised < step) {
+        return false;
+    }
+    (outcome.baseline_makespan, outcome.makespan) = (Some(makespan), makespan);
+    outcome.programs = family;
+    true
 }
 
 /// Lowers any program set (a family's, an imported or a hand-written one) to its Plan DAG
