@@ -166,6 +166,16 @@ fn compile_optimize_writes_baseline_stats_and_checkable_certificates() {
     if z3 {
         let check = common::bin().arg("check").arg(&out).output().unwrap();
         assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        // So are an async spec's, planned in order: the manifest says async_in_order, and
+        // `check` re-derives the certificates under it.
+        let out = tmp.path().join("async");
+        let spec = common::root().join("specs/heterogeneous-1f1b.toml");
+        let run = common::bin().arg("compile").arg(spec).arg("--optimize").arg("-o").arg(&out).output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let manifest = std::fs::read_to_string(out.join("proof/manifest.json")).unwrap();
+        assert!(manifest.contains("\"comm\": \"async_in_order\""), "{manifest}");
+        let check = common::bin().arg("check").arg(&out).output().unwrap();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     } else {
         assert!(std::env::var_os("CI").is_none(), "CI must install the z3 binary (.ci/run does)");
         eprintln!("skipped the z3 re-check: no z3 binary on PATH");
