@@ -6,7 +6,7 @@
 //! - **F**: `h_l = x_l·W1_l`, `a_l = gelu(h_l)`, `x_{l+1} = a_l·W2_l`; on a pipe's last
 //!   stage `mse_loss` writes the loss and the output gradient. The first stage's input and
 //!   the last stage's target are generated (`synth_data`) on the forward's stream right
-//!   before it ([`Rank::data`]).
+//!   before it (`Rank::data`).
 //! - **I** (input gradient): `da = dy_l·W2_lᵀ`, `dh_l = gelu'(h_l)·da`, `dy_{l−1} = dh_l·W1_lᵀ`.
 //! - **W** (weight gradient, accumulated in f32): `G2_l += a_lᵀ·dy_l`, `G1_l += x_lᵀ·dh_l`.
 //! - With `fuse_gelu` (`[model] gelu`), GELU lives in the products' epilogues: F's first

@@ -310,7 +310,7 @@ impl Lt {
         Ok(Scratch { operands, pre, beta: if s.accumulate { 1.0 } else { 0.0 }, _buffers: buffers })
     }
 
-    /// Frees the scratch buffers kept by [`Lt::scratch`] (once products are prepared).
+    /// Frees the scratch buffers kept by `Lt::scratch` (once products are prepared).
     pub fn release_scratch(&self) {
         *self.scratch.borrow_mut() = None;
     }

@@ -26,7 +26,7 @@ const WARM_UP: u32 = 2;
 
 impl Gpu {
     /// Times batches of `k` sends to and `k` receives from `peer`, `bytes` each, for `k` in
-    /// `1..=max_transfers`, `reps` times each after [`WARM_UP`], every batch posted right
+    /// `1..=max_transfers`, `reps` times each after `WARM_UP`, every batch posted right
     /// after an all-reduce over the communicator, by this rank's transport: `(k, ms)` per
     /// timed batch (none of a size the copy engines have no transfer of `plan` for). Every
     /// rank of the communicator must call it with the same `max_transfers` and `reps` (the

@@ -292,7 +292,7 @@ impl Gpu {
     }
 
     /// Launches kernel `name` over `elements` with buffer offsets `buffers` and `scalars`
-    /// ([`kernels::launch`]).
+    /// (`kernels::launch`).
     pub fn kernel(
         &self,
         stream: usize,
