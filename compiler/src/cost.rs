@@ -19,7 +19,9 @@ pub enum CommMode {
     /// 3–5% faster than with every batch after the whole B.
     Async,
     /// [`CommMode::Async`] with each batch posted after the whole op before it in program
-    /// order (the B's weight gradient too): kept to compare with.
+    /// order (the B's weight gradient too): what `compile --optimize` plans async programs
+    /// with (measured, the optimiser's programs ran faster so; [`crate::compile_with`]),
+    /// what PyTorch's runtime does (`verify --torch-csv`), and a baseline to compare with.
     AsyncInOrder,
 }
 
