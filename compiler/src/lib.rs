@@ -79,14 +79,17 @@ pub fn compile_with(mut spec: Spec, optimize: Option<&optimize::Options>) -> Res
     let (programs, baseline) = match optimize {
         None => (family, None),
         Some(options) => {
-            let early = spec.costs.comm == cost::CommMode::Async && !options.early_batches;
-            let family_costs = spec.costs.clone();
-            if early {
+            // The family's costs, with its early batches, when the optimiser plans in order.
+            let early =
+                (spec.costs.comm == cost::CommMode::Async && !options.early_batches).then(|| spec.costs.clone());
+            if early.is_some() {
                 spec.costs.comm = cost::CommMode::AsyncInOrder;
             }
             let mut outcome = optimize::optimize(&family, &spec.costs, memory, options)?;
-            if early && keep_early_family(family.clone(), &family_costs, &spec.costs, memory, &mut outcome) {
-                spec.costs.comm = cost::CommMode::Async;
+            if let Some(early) = early {
+                if keep_early_family(family, &early, &spec.costs, memory, &mut outcome) {
+                    spec.costs = early;
+                }
             }
             (outcome.programs, Some((outcome.baseline_makespan, outcome.stats)))
         }
