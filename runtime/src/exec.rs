@@ -151,11 +151,7 @@ pub fn run(
     plan.validate()?;
     let rp = &plan.ranks[place.rank as usize];
     let per_gpu = opts.ranks_per_gpu.max(1);
-    if per_gpu > 1 && opts.p2p != crate::gpu::Transport::Copy {
-        return Err(RuntimeError::Environment(format!(
-            "--ranks-per-gpu {per_gpu} needs --p2p copy: NCCL refuses two ranks on one GPU"
-        )));
-    }
+    check_sharing(per_gpu, opts.p2p)?;
     let mut gpu =
         Gpu::open((place.local_rank / per_gpu) as usize, rp.streams, rp.events, rp.arena_bytes, cache, opts.sharing())?;
     // Initial weights: the same generator as the CPU reference, once per matrix (a bf16
@@ -395,6 +391,17 @@ pub fn run(
         dog.done();
     }
     Ok((report, gpu))
+}
+
+/// Refuses ranks sharing GPUs (`ranks_per_gpu` above 1) with any transport but the copy
+/// engines: NCCL refuses two ranks on one GPU.
+pub fn check_sharing(ranks_per_gpu: u32, p2p: crate::gpu::Transport) -> Result<(), RuntimeError> {
+    if ranks_per_gpu > 1 && p2p != crate::gpu::Transport::Copy {
+        return Err(RuntimeError::Environment(format!(
+            "--ranks-per-gpu {ranks_per_gpu} needs --p2p copy: NCCL refuses two ranks on one GPU"
+        )));
+    }
+    Ok(())
 }
 
 /// How the ranks of a job of more than one reach each other.

@@ -381,11 +381,8 @@ fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {
     match load_valid(dir) {
         Err(e) => return refuse(e),
         Ok(plan) => {
-            if args.ranks_per_gpu > 1 && args.p2p != pipewright_runtime::gpu::Transport::Copy {
-                return refuse(RuntimeError::Environment(format!(
-                    "--ranks-per-gpu {} needs --p2p copy: NCCL refuses two ranks on one GPU",
-                    args.ranks_per_gpu
-                )));
+            if let Err(e) = exec::check_sharing(args.ranks_per_gpu, args.p2p) {
+                return refuse(e);
             }
             if plan.world_size != gpus {
                 return refuse(RuntimeError::Environment(format!(
