@@ -64,74 +64,8 @@ impl HostGroup {
     /// Joins every rank of `place`'s job (each calls this once); gives up after `timeout`
     /// with a message naming the address and the ranks missing.
     pub fn join(place: &Place, timeout: Duration) -> Result<HostGroup, RuntimeError> {
-        let env_err = |what: String| RuntimeError::Environment(what);
-        let links = if place.rank == 0 {
-            let listener = TcpListener::bind(&place.master).map_err(|e| {
-                env_err(format!("rank 0 cannot listen on {} (MASTER_ADDR:MASTER_PORT): {e}", place.master))
-            })?;
-            listener.set_nonblocking(true).map_err(|e| env_err(e.to_string()))?;
-            let deadline = Instant::now() + timeout;
-            let mut joined: Vec<Option<TcpStream>> = (1..place.world_size).map(|_| None).collect();
-            while joined.iter().any(Option::is_none) {
-                match listener.accept() {
-                    Ok((mut s, from)) => {
-                        s.set_nonblocking(false).map_err(|e| env_err(e.to_string()))?;
-                        s.set_read_timeout(Some(timeout)).map_err(|e| env_err(e.to_string()))?;
-                        let mut word = [0u8; 4];
-                        s.read_exact(&mut word)
-                            .map_err(|e| env_err(format!("reading a rank's number from {from}: {e}")))?;
-                        let r = u32::from_le_bytes(word);
-                        match joined.get_mut((r as usize).wrapping_sub(1)) {
-                            Some(slot @ None) => *slot = Some(s),
-                            _ => {
-                                return Err(env_err(format!(
-                                "{from} joined as rank {r}, which is not a rank of this world of {} or joined twice; \
-                                     give each process its own RANK < WORLD_SIZE",
-                                place.world_size
-                            )))
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if Instant::now() > deadline {
-                            let missing: Vec<String> = joined
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, s)| s.is_none())
-                                .map(|(i, _)| (i + 1).to_string())
-                                .collect();
-                            return Err(env_err(format!(
-                                "ranks {} did not reach rank 0 at {} within {timeout:?}",
-                                missing.join(", "),
-                                place.master
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(env_err(format!("accepting a rank: {e}"))),
-                }
-            }
-            joined.into_iter().flatten().collect()
-        } else {
-            let deadline = Instant::now() + timeout;
-            loop {
-                match TcpStream::connect(&place.master) {
-                    Ok(mut s) => {
-                        s.set_read_timeout(Some(timeout)).map_err(|e| env_err(e.to_string()))?;
-                        s.write_all(&place.rank.to_le_bytes())
-                            .map_err(|e| env_err(format!("rank {} joining rank 0: {e}", place.rank)))?;
-                        break vec![s];
-                    }
-                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                    Err(e) => {
-                        return Err(env_err(format!(
-                            "rank {} cannot reach rank 0 at {}: {e}",
-                            place.rank, place.master
-                        )))
-                    }
-                }
-            }
-        };
+        let links =
+            if place.rank == 0 { accept_ranks(place, timeout)? } else { vec![connect_to_rank0(place, timeout)?] };
         Ok(HostGroup { rank: place.rank, world_size: place.world_size, links, timeout })
     }
 
@@ -193,6 +127,80 @@ impl HostGroup {
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<(), RuntimeError> {
         self.all_gather(&[]).map(|_| ())
+    }
+}
+
+/// Rank 0's side of [`HostGroup::join`]: every other rank's stream, in rank order, each
+/// rank known by the number it sends first.
+fn accept_ranks(place: &Place, timeout: Duration) -> Result<Vec<TcpStream>, RuntimeError> {
+    let listener = TcpListener::bind(&place.master).map_err(|e| {
+        RuntimeError::Environment(format!("rank 0 cannot listen on {} (MASTER_ADDR:MASTER_PORT): {e}", place.master))
+    })?;
+    listener.set_nonblocking(true).map_err(|e| RuntimeError::Environment(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    let mut joined: Vec<Option<TcpStream>> = (1..place.world_size).map(|_| None).collect();
+    while joined.iter().any(Option::is_none) {
+        match listener.accept() {
+            Ok((mut s, from)) => {
+                s.set_nonblocking(false).map_err(|e| RuntimeError::Environment(e.to_string()))?;
+                s.set_read_timeout(Some(timeout)).map_err(|e| RuntimeError::Environment(e.to_string()))?;
+                let mut word = [0u8; 4];
+                s.read_exact(&mut word)
+                    .map_err(|e| RuntimeError::Environment(format!("reading a rank's number from {from}: {e}")))?;
+                let r = u32::from_le_bytes(word);
+                match joined.get_mut((r as usize).wrapping_sub(1)) {
+                    Some(slot @ None) => *slot = Some(s),
+                    _ => {
+                        return Err(RuntimeError::Environment(format!(
+                            "{from} joined as rank {r}, which is not a rank of this world of {} or joined twice; \
+                             give each process its own RANK < WORLD_SIZE",
+                            place.world_size
+                        )))
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    let missing: Vec<String> = joined
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.is_none())
+                        .map(|(i, _)| (i + 1).to_string())
+                        .collect();
+                    return Err(RuntimeError::Environment(format!(
+                        "ranks {} did not reach rank 0 at {} within {timeout:?}",
+                        missing.join(", "),
+                        place.master
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(RuntimeError::Environment(format!("accepting a rank: {e}"))),
+        }
+    }
+    Ok(joined.into_iter().flatten().collect())
+}
+
+/// Another rank's side of [`HostGroup::join`]: its stream to rank 0, once it has sent its
+/// number.
+fn connect_to_rank0(place: &Place, timeout: Duration) -> Result<TcpStream, RuntimeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect(&place.master) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(timeout)).map_err(|e| RuntimeError::Environment(e.to_string()))?;
+                s.write_all(&place.rank.to_le_bytes())
+                    .map_err(|e| RuntimeError::Environment(format!("rank {} joining rank 0: {e}", place.rank)))?;
+                return Ok(s);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                return Err(RuntimeError::Environment(format!(
+                    "rank {} cannot reach rank 0 at {}: {e}",
+                    place.rank, place.master
+                )))
+            }
+        }
     }
 }
 
