@@ -25,3 +25,6 @@ ranks_per_gpu() {
   else fits "$1" >&2; return 1
   fi
 }
+# transport_for SHARE: the p2p transport of ranks SHARE to a GPU: the copy engines when
+# they share one (NCCL refuses two ranks on one GPU), else NCCL.
+transport_for() { if [ "$1" -gt 1 ]; then echo copy; else echo nccl; fi; }

@@ -26,8 +26,8 @@ echo "== host launch per replayed step against the microbatch count (hidden 256,
 # host's launch of a replay does not depend on it, the step time does.
 for plan in target/gpu/launch/*/; do
   share=$(ranks_per_gpu "$plan" 2>> "$OUT/launch.txt") || continue
-  name=$(basename "$plan"); ranks=$(ranks_of "$plan"); p2p=nccl
-  [ "$share" -gt 1 ] && p2p=copy && name="$name[copy, $ranks ranks on $GPUS GPUs]"
+  name=$(basename "$plan"); ranks=$(ranks_of "$plan"); p2p=$(transport_for "$share")
+  [ "$share" -gt 1 ] && name="$name[copy, $ranks ranks on $GPUS GPUs]"
   start=$(date +%s.%N)
   timeout 150 "$RT" launch --gpus "$ranks" "$plan" --steps 30 --p2p "$p2p" --ranks-per-gpu "$share" \
     > "$LOGS/launch-$(basename "$plan").log" 2>&1
@@ -78,8 +78,8 @@ done
 echo "== PyTorch (float64 autograd) on the runtime's first step" | tee -a "$OUT/summary.txt"
 for name in dualpipev-r1-f32 1f1b-r2-f32 dualpipe-r4-f32 dualpipev-r4-f32; do
   plan=target/gpu/plans/$name; share=$(ranks_per_gpu "$plan") || continue
-  ranks=$(ranks_of "$plan"); p2p=nccl; tag=$name
-  [ "$share" -gt 1 ] && p2p=copy && tag="$name[copy, $ranks ranks on $GPUS GPUs]"
+  ranks=$(ranks_of "$plan"); p2p=$(transport_for "$share"); tag=$name
+  [ "$share" -gt 1 ] && tag="$name[copy, $ranks ranks on $GPUS GPUs]"
   timeout 300 "$RT" launch --gpus "$ranks" "$plan" --steps 1 --dump "$LOGS/dump-$name" --p2p $p2p \
     --ranks-per-gpu "$share" > /dev/null 2>&1
   python3 tests/torch_reference.py "$LOGS/dump-$name" 2>&1 | sed "s/^/$tag: /" | tee -a "$OUT/summary.txt"
@@ -89,7 +89,7 @@ rm -rf "$LOGS"/dump-*
 echo "== checkpoint, stop, resume: the resumed steps' losses equal an uninterrupted run's" | tee -a "$OUT/summary.txt"
 plan=target/gpu/plans/1f1b-r2-f32
 # On one GPU its two ranks share it (copy engines).
-share=$(ranks_per_gpu "$plan"); p2p=nccl; [ "$share" -gt 1 ] && p2p=copy
+share=$(ranks_per_gpu "$plan"); p2p=$(transport_for "$share")
 ck=(launch --gpus 2 "$plan" --p2p "$p2p" --ranks-per-gpu "$share")
 timeout 120 "$RT" "${ck[@]}" --steps 4 --checkpoint-dir /tmp/ckA --dump /tmp/dA > "$LOGS/ckpt.log" 2>&1
 timeout 120 "$RT" "${ck[@]}" --steps 2 --checkpoint-dir /tmp/ckB >> "$LOGS/ckpt.log" 2>&1
