@@ -1,7 +1,8 @@
 //! The copy-engine p2p transport's protocol (`runtime/src/copy_protocol.rs`), run on the
 //! CPU: every rank of real plans a thread, its communication stream's steps in program
 //! order, each forked branch a thread of its own, flags as atomics, arenas as bytes. Over
-//! the families at 2 and 4 ranks (blocking and async, and an optimised program), two
+//! the families at 2 and 4 ranks (blocking, async with early batches and async in order,
+//! and an optimised program as `compile --optimize` emits it), two
 //! steps back to back as graph replays run them: nothing deadlocks, every receive ends
 //! holding exactly the bytes its matched send held, and every flag is back at 0. Mutated
 //! protocols (a receive never posted, a copy to the wrong place) are caught.
@@ -197,7 +198,9 @@ fn rank_steps(
 #[test]
 fn every_family_moves_its_bytes_without_deadlock() {
     let mut forked = 0;
-    for comm in [CommMode::Blocking, CommMode::Async] {
+    // Async plans post batches early (after a B's input gradient), async_in_order ones after
+    // the whole op: the same transfers, waited for at different points.
+    for comm in [CommMode::Blocking, CommMode::Async, CommMode::AsyncInOrder] {
         for (family, ranks, m) in [
             (Family::OneFOneB, 2, 4),
             (Family::OneFOneB, 4, 8),
@@ -230,7 +233,10 @@ fn an_optimised_program_moves_its_bytes_without_deadlock() {
     let model = plan(Family::DualPipe, 4, 8, CommMode::Async).model;
     let training = Training { optimizer: "sgd".into(), lr: 0.1, steps: 1, checkpoint_every: 0 };
     let hashes = Hashes { spec: "s".into(), programs: "p".into(), certificates: "c".into() };
-    let p = emit_with(&compiled.programs, &model, &training, hashes, CommMode::Async).unwrap();
+    // Emitted as `compile` emits it: planned in order under async (`async_in_order`) unless
+    // `[optimize] early_batches` says otherwise.
+    assert_eq!(compiled.dag.comm, CommMode::AsyncInOrder);
+    let p = emit_with(&compiled.programs, &model, &training, hashes, compiled.dag.comm).unwrap();
     run_plan(&p, 2, None, PATIENCE).unwrap();
 }
 
