@@ -50,7 +50,11 @@ fn bound_holds(set: &ProgramSet, costs: &CostModel) -> Result<(), TestCaseError>
     prop_assert!(bound <= sim.makespan + 1e-9, "bound {} above the family's makespan {}", bound, sim.makespan);
     let options = optimize::Options { time_limit: 0.3, ..Default::default() };
     let best = optimize::optimize(set, costs, None, &options).map_err(|e| TestCaseError::fail(format!("{e}")))?;
-    prop_assert!(bound <= best.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, best.makespan);
+    let (_, sim, _) =
+        lower_and_simulate(&best.programs, costs, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    prop_assert!(bound <= sim.makespan + 1e-9, "bound {} above the optimised makespan {}", bound, sim.makespan);
+    // The step the optimiser minimised is never shorter than its programs.
+    prop_assert!(best.time + 1e-9 >= sim.makespan, "step {} below the makespan {}", best.time, sim.makespan);
     Ok(())
 }
 

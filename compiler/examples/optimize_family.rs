@@ -24,10 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     stats.seeds.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
     stats.seeds.truncate(5);
     println!(
-        "{}: family {:?}, optimised {:.3}, lower bound {:.3}",
+        "{}: family {:?}, optimised {:.3} (by the {}), lower bound of the makespan {:.3}",
         family.name(),
-        outcome.baseline_makespan,
-        outcome.makespan,
+        outcome.stats.baseline,
+        outcome.time,
+        outcome.stats.objective.name(),
         spec_lower_bound(&layout, &spec.costs)
     );
     println!("{}", serde_json::to_string_pretty(&stats)?);

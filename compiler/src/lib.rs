@@ -135,7 +135,12 @@ fn keep_early_family(
     if simulated(&outcome.programs, in_order).is_some_and(|(_, optimised)| optimised < step) {
         return false;
     }
-    (outcome.baseline_makespan, outcome.makespan) = (Some(makespan), makespan);
+    outcome.baseline_makespan = Some(makespan);
+    outcome.time = match outcome.stats.objective {
+        optimize::Objective::Step => step,
+        optimize::Objective::Makespan => makespan,
+    };
+    outcome.stats.baseline = Some(outcome.time);
     outcome.programs = family;
     true
 }
@@ -153,20 +158,8 @@ pub fn lower_and_simulate(
     }
     let simulation = sim::simulate(programs, &dag, memory)?;
     let lower_bound = bound::spec_lower_bound(&dag.layout, costs);
-    // Once a step, outside the programs: each rank's own work — its prologue before its
-    // program (the DAG starts it there), the rest after its program's end
-    // and, where pipes are mirrored, after the gradient exchange (the copies that finish
-    // early travel during the programs' tails; what outlasts them counts), each mirrored
-    // stage's update after its group ([`mirror::rank_step_end`]).
-    let groups = mirror::group_ends(&dag.layout, programs, &simulation, costs.mirror_sum).unwrap_or_default();
-    let step = (simulation.timeline.iter().enumerate())
-        .map(|(r, spans)| {
-            let end = spans.iter().map(|s| s.end).fold(0.0, f64::max);
-            let mine = groups.get(r).map_or(&[][..], Vec::as_slice);
-            let after = costs.per_step_of(r) - costs.prologue_of(r);
-            mirror::rank_step_end(end, mine, after, costs.mirror_update)
-        })
-        .fold(simulation.makespan, f64::max);
+    let step =
+        mirror::step_time(&dag.layout, programs, &mirror::timeline_ends(&simulation), simulation.makespan, costs);
     let budget = memory.map(|m| m.budget);
     let outside = step - simulation.makespan;
     let report = Report::new(programs, dag.layout.stages, costs.comm, &simulation, budget, (lower_bound, outside));

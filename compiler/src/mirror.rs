@@ -10,6 +10,7 @@
 //! early travel while the programs' tails still compute, and only what finishes last is
 //! necessarily exposed.
 
+use crate::cost::CostModel;
 use crate::ir::{Event, Layout, ProgramSet};
 use crate::sim::Simulation;
 
@@ -57,40 +58,37 @@ pub fn finishing_order(layout: &Layout, set: &ProgramSet, rank: u32, peer: u32) 
     last.into_iter().map(|(events, stage)| (stage, events)).collect()
 }
 
-/// When the last group of the exchange ends in `sim`, each stage's copies taking
-/// `mirror_sum` divided by the busier rank's mirrored stages (`mirror_sum` is a rank's
-/// whole exchange per step, as `profile` measures it): a group starts once both ranks'
-/// copies are final, both ranks' programs have posted their last batch, and the pair's
-/// previous group is done. None without mirrored pipes.
-pub fn exchange_end(layout: &Layout, set: &ProgramSet, sim: &Simulation, mirror_sum: f64) -> Option<f64> {
-    group_ends(layout, set, sim, mirror_sum).map(|ends| ends.iter().flatten().copied().fold(0.0, f64::max))
+/// When the last group of the exchange ends, each stage's copies taking `mirror_sum`
+/// divided by the busier rank's mirrored stages (`mirror_sum` is a rank's whole exchange
+/// per step, as `profile` measures it): a group starts once both ranks' copies are final,
+/// both ranks' programs have posted their last batch, and the pair's previous group is
+/// done. `ends[rank][event]`: when each program event ends (a simulation's timeline, or
+/// the optimiser's finish times). None without mirrored pipes.
+pub fn exchange_end(layout: &Layout, set: &ProgramSet, ends: &[Vec<f64>], mirror_sum: f64) -> Option<f64> {
+    group_ends(layout, set, ends, mirror_sum).map(|ends| ends.iter().flatten().copied().fold(0.0, f64::max))
 }
 
 /// [`exchange_end`]'s groups: per rank, when each of its groups ends, in the order it runs
 /// them (pair by pair, each pair's in finishing order). None without mirrored pipes.
-pub fn group_ends(layout: &Layout, set: &ProgramSet, sim: &Simulation, mirror_sum: f64) -> Option<Vec<Vec<f64>>> {
+pub fn group_ends(layout: &Layout, set: &ProgramSet, ends: &[Vec<f64>], mirror_sum: f64) -> Option<Vec<Vec<f64>>> {
     if layout.mirrored_pipes.is_empty() {
         return None;
     }
     let ranks = set.programs.len();
     let time_after = |rank: u32, events: usize| -> f64 {
-        if events == 0 {
-            0.0
-        } else {
-            sim.timeline[rank as usize].get(events - 1).map_or(0.0, |s| s.end)
-        }
+        events.checked_sub(1).and_then(|i| ends[rank as usize].get(i)).map_or(0.0, |&t| t)
     };
     // Each rank's communication stream is free after its program's last batch.
     let mut free: Vec<f64> = (0..ranks)
         .map(|r| {
             let program = &set.programs[r];
             let last = program.iter().rposition(|e| matches!(e, Event::Comm { .. }));
-            last.map_or(0.0, |i| sim.timeline[r][i].end)
+            last.map_or(0.0, |i| ends[r][i])
         })
         .collect();
     let mirrored =
         |r: u32| (0..layout.modules[r as usize].len() as u32).filter(|&d| mirror_of(layout, r, d).is_some()).count();
-    let mut ends = vec![Vec::new(); ranks];
+    let mut out = vec![Vec::new(); ranks];
     for r in 0..ranks as u32 {
         for p in peers(layout, r).into_iter().filter(|&p| p > r) {
             let each = mirror_sum / mirrored(r).max(mirrored(p)).max(1) as f64;
@@ -99,12 +97,36 @@ pub fn group_ends(layout: &Layout, set: &ProgramSet, sim: &Simulation, mirror_su
                 let start = free[r as usize].max(free[p as usize]).max(time_after(r, a)).max(time_after(p, b));
                 free[r as usize] = start + each;
                 free[p as usize] = start + each;
-                ends[r as usize].push(start + each);
-                ends[p as usize].push(start + each);
+                out[r as usize].push(start + each);
+                out[p as usize].push(start + each);
             }
         }
     }
-    Some(ends)
+    Some(out)
+}
+
+/// The step: when the last rank is done with its program and, after it, its own work
+/// once a step — its prologue before its program (the DAG starts the program there), the
+/// rest after the program's end and, where pipes are mirrored, after the gradient
+/// exchange (the copies that finish early travel during the programs' tails; what
+/// outlasts them counts), each mirrored stage's update after its group
+/// ([`rank_step_end`]). `ends[rank][event]` as in [`exchange_end`]; never below
+/// `makespan`.
+pub fn step_time(layout: &Layout, set: &ProgramSet, ends: &[Vec<f64>], makespan: f64, costs: &CostModel) -> f64 {
+    let groups = group_ends(layout, set, ends, costs.mirror_sum).unwrap_or_default();
+    (ends.iter().enumerate())
+        .map(|(r, events)| {
+            let end = events.iter().copied().fold(0.0, f64::max);
+            let mine = groups.get(r).map_or(&[][..], Vec::as_slice);
+            let after = costs.per_step_of(r) - costs.prologue_of(r);
+            rank_step_end(end, mine, after, costs.mirror_update)
+        })
+        .fold(makespan, f64::max)
+}
+
+/// The event ends of a simulation's timeline, as [`step_time`] takes them.
+pub fn timeline_ends(sim: &Simulation) -> Vec<Vec<f64>> {
+    sim.timeline.iter().map(|spans| spans.iter().map(|s| s.end).collect()).collect()
 }
 
 /// When rank `r`'s step ends after its program (which ends at `program_end`): with
@@ -153,7 +175,7 @@ mod tests {
         assert_eq!((0..4).map(|r| peers(&layout, r)).collect::<Vec<_>>(), vec![vec![3], vec![2], vec![1], vec![0]]);
         // No mirrored pipes, no exchange.
         let (set, layout, sim) = simulated(Family::DualPipeV, 2, 8);
-        assert_eq!(exchange_end(&layout, &set, &sim, 5.0), None);
+        assert_eq!(exchange_end(&layout, &set, &timeline_ends(&sim), 5.0), None);
     }
 
     #[test]
@@ -170,10 +192,10 @@ mod tests {
         assert_eq!(rank_step_end(11.0, &[], 3.0, 1.0), 14.0);
         // The groups of a DualPipe step, per rank: one per mirrored stage, in finishing order.
         let (set, layout, sim) = simulated(Family::DualPipe, 2, 8);
-        let ends = group_ends(&layout, &set, &sim, 2.0).unwrap();
+        let ends = group_ends(&layout, &set, &timeline_ends(&sim), 2.0).unwrap();
         assert!(ends.iter().all(|e| e.len() == 2 && e[0] <= e[1]), "{ends:?}");
         assert_eq!(ends[0], ends[1], "a pair's groups end together");
-        assert_eq!(exchange_end(&layout, &set, &sim, 2.0), Some(ends[0][1]));
+        assert_eq!(exchange_end(&layout, &set, &timeline_ends(&sim), 2.0), Some(ends[0][1]));
     }
 
     #[test]
@@ -182,10 +204,10 @@ mod tests {
         // W, 1 + 1 ms here) is longer than stage 1's half of a 2 ms exchange, so that half
         // is hidden and the exchange ends one half (1 ms) after the programs.
         let (set, layout, sim) = simulated(Family::DualPipe, 2, 8);
-        let end = exchange_end(&layout, &set, &sim, 2.0).unwrap();
+        let end = exchange_end(&layout, &set, &timeline_ends(&sim), 2.0).unwrap();
         assert!((end - sim.makespan - 1.0).abs() < 1e-9, "end {end}, makespan {}", sim.makespan);
         // An exchange longer than the tail is exposed beyond its last half.
-        let end = exchange_end(&layout, &set, &sim, 10.0).unwrap();
+        let end = exchange_end(&layout, &set, &timeline_ends(&sim), 10.0).unwrap();
         assert!(end - sim.makespan > 5.0, "end {end}, makespan {}", sim.makespan);
         assert!(end - sim.makespan < 10.0, "end {end}, makespan {}", sim.makespan);
     }

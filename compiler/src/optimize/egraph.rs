@@ -149,7 +149,7 @@ impl CostFunction<Sched> for &Window {
 /// Returns when the last improvement was found, if any.
 pub fn refine(p: &Problem, best: &mut Candidate, o: &Options, deadline: Instant, stats: &mut Stats) -> Option<Instant> {
     let mut last = None;
-    let bound = crate::bound::spec_lower_bound(&p.layout, &p.costs);
+    let bound = p.lower_bound();
     let mut tried: HashSet<(usize, Vec<OpData>)> = HashSet::new();
     let mut o = o.clone();
     let widest = 2 * o.window;
@@ -181,11 +181,11 @@ pub fn refine(p: &Problem, best: &mut Candidate, o: &Options, deadline: Instant,
             for order in window_candidates(p, best, r, a, b, &start, &end, &o, deadline, stats) {
                 stats.evaluated += 1;
                 match p.evaluate(order) {
-                    Some(c) if c.makespan < best.makespan - 1e-9 => {
+                    Some(c) if c.time < best.time - 1e-9 => {
                         *best = c;
                         last = Some(Instant::now());
                         stats.improved += 1;
-                        if best.makespan <= bound * (1.0 + 1e-9) {
+                        if best.time <= bound * (1.0 + 1e-9) {
                             // At the lower bound: optimal.
                             return last;
                         }

@@ -6,8 +6,10 @@
 //! per rank; [`Problem::evaluate`] places the p2p batches the way the families do
 //! ([`comm::insert`], then [`comm::repair`], then [`comm::lockstep`]), lowers the result to
 //! the Plan DAG and simulates it. Only a candidate that runs (acyclic DAG, every input
-//! present) and stays within the memory budget over every permitted order has a makespan.
+//! present) and stays within the memory budget over every permitted order has a time:
+//! its simulated step or makespan, per the [`Objective`].
 
+use super::Objective;
 use crate::cost::{CostModel, MemoryModel};
 use crate::dag::PlanDag;
 use crate::families::comm;
@@ -24,16 +26,18 @@ pub struct Problem {
     pub layout: Layout,
     pub costs: CostModel,
     pub memory: Option<MemoryModel>,
+    pub objective: Objective,
     /// `where_[pipe][stage]`: (rank, dir) holding it.
     where_: Vec<Vec<(u32, u32)>>,
 }
 
 /// A candidate that runs: its compute order, the program set with communication placed,
-/// and its simulated makespan.
+/// its time (what the optimiser minimises: [`Problem::time`]) and its makespan.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub order: Vec<Vec<Event>>,
     pub set: ProgramSet,
+    pub time: f64,
     pub makespan: f64,
 }
 
@@ -58,8 +62,28 @@ impl Problem {
             layout,
             costs: costs.clone(),
             memory: memory.cloned(),
+            objective: Objective::default(),
             where_,
         })
+    }
+
+    /// The problem judged by `objective` instead of the default.
+    pub fn with_objective(self, objective: Objective) -> Problem {
+        Problem { objective, ..self }
+    }
+
+    /// No candidate's time is below this: the makespan's lower bound ([`crate::bound`]),
+    /// and for the step, plus the least work a rank does after its program (a step ends
+    /// no earlier than the last program's end and that rank's work after it).
+    pub fn lower_bound(&self) -> f64 {
+        let makespan = crate::bound::spec_lower_bound(&self.layout, &self.costs);
+        match self.objective {
+            Objective::Makespan => makespan,
+            Objective::Step => {
+                let after = (0..self.ranks as usize).map(|r| self.costs.per_step_of(r) - self.costs.prologue_of(r));
+                makespan + after.fold(f64::INFINITY, f64::min).max(0.0)
+            }
+        }
     }
 
     /// (rank, dir) of a stage.
@@ -99,20 +123,20 @@ impl Problem {
             programs,
         };
         let timed =
-            comm::timed(&self.layout, &order, &self.costs).map(set).and_then(|s| self.makespan(&s).map(|m| (s, m)));
+            comm::timed(&self.layout, &order, &self.costs).map(set).and_then(|s| self.judge(&s).map(|t| (s, t)));
         if self.costs.comm.is_async() {
-            if let Some((set, makespan)) = timed {
-                return Some(Candidate { order, set, makespan });
+            if let Some((set, (time, makespan))) = timed {
+                return Some(Candidate { order, set, time, makespan });
             }
         }
         let mut inserted = set(comm::insert(&self.layout, &order));
         if comm::repair(&mut inserted).is_none() {
             inserted.programs = comm::lockstep(&self.layout, &order);
         }
-        let inserted = self.makespan(&inserted).map(|m| (inserted, m));
-        let (set, makespan) = match (timed, inserted) {
+        let inserted = self.judge(&inserted).map(|t| (inserted, t));
+        let (set, (time, makespan)) = match (timed, inserted) {
             (Some(a), Some(b)) => {
-                if a.1 <= b.1 {
+                if a.1 .0 <= b.1 .0 {
                     a
                 } else {
                     b
@@ -120,11 +144,44 @@ impl Problem {
             }
             (a, b) => a.or(b)?,
         };
-        Some(Candidate { order, set, makespan })
+        Some(Candidate { order, set, time, makespan })
+    }
+
+    /// A program set as a candidate as it is (communication where it stands), if it runs.
+    pub fn candidate(&self, set: &ProgramSet) -> Option<Candidate> {
+        let (time, makespan) = self.judge(set)?;
+        Some(Candidate { order: compute_order(set), set: set.clone(), time, makespan })
+    }
+
+    /// What the optimiser minimises for a program set, if it runs within the budget: its
+    /// simulated makespan, or its step ([`crate::mirror::step_time`]: the makespan and each
+    /// rank's work after its program, the mirror exchange's exposed part included).
+    pub fn time(&self, set: &ProgramSet) -> Option<f64> {
+        self.judge(set).map(|(time, _)| time)
+    }
+
+    /// [`Problem::time`] and the makespan.
+    fn judge(&self, set: &ProgramSet) -> Option<(f64, f64)> {
+        let (dag, end) = self.simulated(set)?;
+        let makespan = end.iter().copied().fold(0.0, f64::max);
+        let time = match self.objective {
+            Objective::Makespan => makespan,
+            Objective::Step => {
+                let ends: Vec<Vec<f64>> =
+                    dag.nodes.iter().map(|events| events.iter().map(|en| end[en.last.index()]).collect()).collect();
+                crate::mirror::step_time(&self.layout, set, &ends, makespan, &self.costs)
+            }
+        };
+        Some((time, makespan))
     }
 
     /// The simulated makespan of a program set, if it runs within the budget.
     pub fn makespan(&self, set: &ProgramSet) -> Option<f64> {
+        self.simulated(set).map(|(_, end)| end.iter().copied().fold(0.0, f64::max))
+    }
+
+    /// A program set's Plan DAG and its nodes' finish times, if it runs within the budget.
+    fn simulated(&self, set: &ProgramSet) -> Option<(PlanDag, Vec<f64>)> {
         let dag = PlanDag::build(set, &self.costs).ok()?;
         if !dag.mismatches.is_empty() || !dag.misordered.is_empty() {
             return None;
@@ -138,7 +195,7 @@ impl Problem {
                 return None;
             }
         }
-        Some(end.iter().copied().fold(0.0, f64::max))
+        Some((dag, end))
     }
 }
 
