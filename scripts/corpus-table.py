@@ -15,8 +15,8 @@ def compile_json(spec, *extra):
         return json.loads(run.stdout)
 
 
-print("| spec | schedule | comm | ranks | mb | family makespan | optimised | optimised as | lower bound | gap before → after | found at (s) |")
-print("|---|---|---|---:|---:|---:|---:|---|---:|---|---:|")
+print("| spec | schedule | comm | ranks | mb | family makespan | optimised | optimised as | lower bound | gap before → after | step: family → optimised | found at (s) |")
+print("|---|---|---|---:|---:|---:|---:|---|---:|---|---|---:|")
 for spec in sorted(glob.glob(os.path.join(ROOT, "specs", "*.toml"))):
     plain = compile_json(spec)
     opt = compile_json(spec, "--optimize")
@@ -28,5 +28,6 @@ for spec in sorted(glob.glob(os.path.join(ROOT, "specs", "*.toml"))):
     print(
         f"| {os.path.basename(spec)} | {plain['schedule']} | {plain['comm']} | {plain['world_size']} | {plain['microbatches']} "
         f"| {plain['makespan']:.1f} | {opt['makespan']:.1f} | {how} | {opt['lower_bound']:.1f} "
-        f"| {plain['gap'] * 100:.1f}% → {opt['gap'] * 100:.1f}% | {o['seconds_to_best']:.2f} |"
+        f"| {plain['gap'] * 100:.1f}% → {opt['gap'] * 100:.1f}% | {plain['step_time']:.2f} → {opt['step_time']:.2f} "
+        f"| {o['seconds_to_best']:.2f} |"
     )
