@@ -199,6 +199,29 @@ mod tests {
     }
 
     #[test]
+    fn the_step_is_the_latest_rank_with_its_work_after_its_program() {
+        // No mirrored pipes: each rank's end plus its per_step (less its prologue, which
+        // the DAG puts before its program); the latest wins, never below the makespan.
+        let (set, layout, sim) = simulated(Family::DualPipeV, 2, 8);
+        let mut costs = CostModel::uniform(4, 1.0, 2.0, 1.0, 2.5, 0.0);
+        costs.per_step_by_rank = vec![3.0, 0.5];
+        costs.prologue_by_rank = vec![1.0, 0.0];
+        let ends = timeline_ends(&sim);
+        let end = |r: usize| ends[r].iter().copied().fold(0.0, f64::max);
+        let want = (end(0) + 2.0).max(end(1) + 0.5);
+        assert!((step_time(&layout, &set, &ends, sim.makespan, &costs) - want).abs() < 1e-9);
+        // DualPipe: the exchange's last group, then its update and the rest of per_step.
+        let (set, layout, sim) = simulated(Family::DualPipe, 2, 8);
+        let mut costs = CostModel::uniform(2, 1.0, 2.0, 1.0, 2.5, 0.0);
+        (costs.mirror_sum, costs.mirror_update, costs.per_step) = (4.0, 0.5, 1.5);
+        let ends = timeline_ends(&sim);
+        let last = exchange_end(&layout, &set, &ends, 4.0).unwrap();
+        assert!(last > sim.makespan, "a 2 ms group is not hidden by a 2 ms tail here");
+        let step = step_time(&layout, &set, &ends, sim.makespan, &costs);
+        assert!((step - (last + 0.5 + 0.5)).abs() < 1e-9, "step {step}, last group {last}");
+    }
+
+    #[test]
     fn only_what_finishes_last_is_exposed() {
         // DualPipe on 2 ranks: the tail after stage 1's last backward (stage 0's last I and
         // W, 1 + 1 ms here) is longer than stage 1's half of a 2 ms exchange, so that half
