@@ -249,17 +249,17 @@ pub fn optimize_from(
     // costs: 91.00 ms without it, 90.30 with it, as the makespan's search found).
     let shortest = ranked.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|r| r.2);
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut ranked: Vec<list::Policy> = ranked.into_iter().take(2).map(|r| r.2).collect();
-    if let Some(p) = shortest.filter(|p| problem.objective != Objective::Makespan && !ranked.contains(p)) {
-        ranked.push(p);
+    let mut around: Vec<list::Policy> = ranked.into_iter().take(2).map(|r| r.2).collect();
+    if let Some(p) = shortest.filter(|p| problem.objective != Objective::Makespan && !around.contains(p)) {
+        around.push(p);
     }
     let sampling_ends = Instant::now() + Duration::from_secs_f64(options.time_limit.max(0.0) * JITTER_SHARE);
     let mut sample = 0u64;
-    while !ranked.is_empty()
+    while !around.is_empty()
         && Instant::now() < sampling_ends.min(deadline)
         && !pool.first().is_some_and(|(_, c, _)| optimal(c))
     {
-        let policy = list::Policy { jitter: Some(sample), ..ranked[sample as usize % ranked.len()] };
+        let policy = list::Policy { jitter: Some(sample), ..around[sample as usize % around.len()] };
         sample += 1;
         stats.sampled += 1;
         let c = list::schedule(&problem, &policy).and_then(|order| problem.evaluate(order));
