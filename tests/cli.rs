@@ -92,6 +92,7 @@ const BAD: &[(&str, &str, &str)] = &[
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\nchunks_per_rank = 2\n", ":5:19", "interleaved-1f1b only"),
     ("[pipeline]\nschedule = \"interleaved-1f1b\"\nranks = 4\nmicrobatches = 6\n", ":4:16", "multiple of ranks"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 0\nmicrobatches = 8\n", ":3:9", "positive"),
+    ("[pipeline]\nschedule = \"1f1b\"\nranks = 100000\nmicrobatches = 8\n", ":3:9", "ranks must be at most 65536, got 100000"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 65536\nmicrobatches = 16000000\n", ":4:16", "too large a plan"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\n", ":1:1", "missing field"),
     ("[pipeline\nschedule = 1", ":1:10", ""),

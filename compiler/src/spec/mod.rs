@@ -260,10 +260,9 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
             .with_help(format!("use one of: {}", Family::NAMES.join(", ")))
     })?;
     let ranks = positive(p.ranks.get_ref(), 1 << 16)
-        .ok_or_else(|| err(p.ranks.span(), format!("ranks must be a positive integer, got {}", p.ranks.get_ref())))?;
-    let microbatches = positive(p.microbatches.get_ref(), 1 << 24).ok_or_else(|| {
-        err(p.microbatches.span(), format!("microbatches must be a positive integer, got {}", p.microbatches.get_ref()))
-    })?;
+        .ok_or_else(|| err(p.ranks.span(), not_positive("ranks", *p.ranks.get_ref(), 1 << 16)))?;
+    let microbatches = positive(p.microbatches.get_ref(), 1 << 24)
+        .ok_or_else(|| err(p.microbatches.span(), not_positive("microbatches", *p.microbatches.get_ref(), 1 << 24)))?;
     let chunks_per_rank = match (&p.chunks_per_rank, family) {
         (Some(c), Family::Interleaved1F1B) => positive(c.get_ref(), 1 << 10).filter(|&v| v >= 2).ok_or_else(|| {
             err(c.span(), format!("chunks_per_rank must be at least 2, got {}", c.get_ref()))
@@ -331,6 +330,16 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
 /// `v` as a u32 when it is in 1..=max.
 pub(super) fn positive(v: &i64, max: i64) -> Option<u32> {
     (*v >= 1 && *v <= max).then_some(*v as u32)
+}
+
+/// What is wrong with `v` for `key` when [`positive`] refuses it: not positive, or above
+/// `max` (the largest a plan is kept in memory for).
+pub(super) fn not_positive(key: &str, v: i64, max: i64) -> String {
+    if v < 1 {
+        format!("{key} must be a positive integer, got {v}")
+    } else {
+        format!("{key} must be at most {max}, got {v}")
+    }
 }
 
 /// Expands a scalar or per-stage list to one value per stage, checking the list's length.
