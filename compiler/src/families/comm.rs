@@ -167,15 +167,30 @@ pub fn repair(set: &mut ProgramSet) -> Option<usize> {
     let layout = set.resolved_layout()?;
     let costs = CostModel::uniform(layout.stages, 1.0, 2.0, 1.0, 3.0, 0.0);
     // Every round moves or splits something. Converging placements take a few dozen
-    // rounds (zb-v at 16 × 64: 62); one that needs more is oscillating (a split undone by
-    // a later merge), and gets lockstep.
+    // rounds; one that needs more gets lockstep. Each round is a whole Plan DAG, so the
+    // repair also gives up when no round has let the programs run further for `STALL`
+    // rounds: a split undone by a later merge, as in the interleaved and zb-v placements,
+    // which stall from their first rounds (interleaved-1f1b on 8 ranks × 1024 spent 80
+    // rounds, 181 s, before lockstep). Converging placements (every family at 2–16 ranks,
+    // 8–96 microbatches) never stalled more than one round. (How far the programs run is
+    // no measure of how close the repair is: fixing the last stuck batch can free
+    // everything behind it at once, as in GPipe on 16 ranks.)
+    const STALL: usize = 8;
     let limit = 64 + 2 * set.ranks as usize;
+    let (mut best, mut best_at) = (0usize, 0usize);
     for round in 0..limit {
         let dag = PlanDag::build(set, &costs).ok().filter(|d| d.mismatches.is_empty() && d.misordered.is_empty())?;
         let end = finish_times_strict(&dag);
         let stuck = stuck_events(&dag, &end);
         if stuck.is_empty() {
             return Some(round);
+        }
+        let reached = end.iter().filter(|t| !t.is_nan()).count();
+        if reached > best {
+            (best, best_at) = (reached, round);
+        }
+        if round - best_at >= STALL {
+            return None;
         }
         // A send waits if its partner receive has not been posted.
         let waiting: std::collections::HashSet<(u32, u32, u32)> = dag
