@@ -93,6 +93,11 @@ const BAD: &[(&str, &str, &str)] = &[
     ("[pipeline]\nschedule = \"interleaved-1f1b\"\nranks = 4\nmicrobatches = 6\n", ":4:16", "multiple of ranks"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 0\nmicrobatches = 8\n", ":3:9", "positive"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 100000\nmicrobatches = 8\n", ":3:9", "ranks must be at most 65536, got 100000"),
+    (
+        "[pipeline]\nschedule = \"dualpipev\"\nranks = 1\nmicrobatches = 4\n[costs]\nper_step = [1.0, 2.0]\n",
+        ":6:12",
+        "per_step lists 2 values, but this pipeline has 1 rank",
+    ),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 65536\nmicrobatches = 16000000\n", ":4:16", "too large a plan"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\n", ":1:1", "missing field"),
     ("[pipeline\nschedule = 1", ":1:10", ""),

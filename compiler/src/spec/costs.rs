@@ -124,7 +124,11 @@ pub(super) fn given_costs(
                         file,
                         source,
                         Some(v.span()),
-                        format!("per_step lists {} values, but this pipeline has {ranks} ranks", list.len()),
+                        format!(
+                            "per_step lists {}, but this pipeline has {}",
+                            crate::diag::count(list.len(), "value"),
+                            crate::diag::count(ranks as usize, "rank")
+                        ),
                     )
                     .with_help(format!("give one value per rank ({ranks}), or a single number for the busiest")))
                 }
@@ -147,7 +151,11 @@ pub(super) fn given_costs(
                 PerStage::Many(list) if list.len() == ranks as usize => list.clone(),
                 PerStage::Many(list) => {
                     return Err(err(
-                        format!("prologue lists {} values, but this pipeline has {ranks} ranks", list.len()),
+                        format!(
+                            "prologue lists {}, but this pipeline has {}",
+                            crate::diag::count(list.len(), "value"),
+                            crate::diag::count(ranks as usize, "rank")
+                        ),
                         format!("give one value per rank ({ranks}), or a single number for every rank"),
                     ))
                 }
@@ -188,7 +196,11 @@ pub(super) fn given_costs(
             for p in v.get_ref() {
                 if p.f >= stages || p.b >= stages {
                     return Err(err(
-                        format!("overlapped_pairs names stage {} but this pipeline has {stages} stages", p.f.max(p.b)),
+                        format!(
+                            "overlapped_pairs names stage {} but this pipeline has {}",
+                            p.f.max(p.b),
+                            crate::diag::count(stages as usize, "stage")
+                        ),
                         "f and b are stages, 0-based: the forward's and the backward's of the pair",
                     ));
                 }

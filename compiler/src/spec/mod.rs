@@ -357,7 +357,11 @@ fn per_stage<T: Copy + std::fmt::Display>(
             file,
             source,
             Some(value.span()),
-            format!("{key} lists {} values, but this pipeline has {stages} stages", list.len()),
+            format!(
+                "{key} lists {}, but this pipeline has {}",
+                crate::diag::count(list.len(), "value"),
+                crate::diag::count(stages as usize, "stage")
+            ),
         )
         .with_help(format!("give one value per stage ({stages}), or a single number for all"))),
     }
