@@ -89,7 +89,7 @@ impl fmt::Display for SourceError {
 impl std::error::Error for SourceError {}
 
 /// `n` and the noun, singular when `n` is 1 ("1 rank", "4 ranks"): for messages.
-pub fn count(n: usize, noun: &str) -> String {
+pub fn quantity(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {

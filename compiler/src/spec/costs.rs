@@ -126,8 +126,8 @@ pub(super) fn given_costs(
                         Some(v.span()),
                         format!(
                             "per_step lists {}, but this pipeline has {}",
-                            crate::diag::count(list.len(), "value"),
-                            crate::diag::count(ranks as usize, "rank")
+                            crate::diag::quantity(list.len(), "value"),
+                            crate::diag::quantity(ranks as usize, "rank")
                         ),
                     )
                     .with_help(format!("give one value per rank ({ranks}), or a single number for the busiest")))
@@ -153,8 +153,8 @@ pub(super) fn given_costs(
                     return Err(err(
                         format!(
                             "prologue lists {}, but this pipeline has {}",
-                            crate::diag::count(list.len(), "value"),
-                            crate::diag::count(ranks as usize, "rank")
+                            crate::diag::quantity(list.len(), "value"),
+                            crate::diag::quantity(ranks as usize, "rank")
                         ),
                         format!("give one value per rank ({ranks}), or a single number for every rank"),
                     ))
@@ -199,7 +199,7 @@ pub(super) fn given_costs(
                         format!(
                             "overlapped_pairs names stage {} but this pipeline has {}",
                             p.f.max(p.b),
-                            crate::diag::count(stages as usize, "stage")
+                            crate::diag::quantity(stages as usize, "stage")
                         ),
                         "f and b are stages, 0-based: the forward's and the backward's of the pair",
                     ));

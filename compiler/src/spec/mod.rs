@@ -260,9 +260,9 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SourceError> {
             .with_help(format!("use one of: {}", Family::NAMES.join(", ")))
     })?;
     let ranks = positive(p.ranks.get_ref(), 1 << 16)
-        .ok_or_else(|| err(p.ranks.span(), not_positive("ranks", *p.ranks.get_ref(), 1 << 16)))?;
+        .ok_or_else(|| err(p.ranks.span(), out_of_range("ranks", *p.ranks.get_ref(), 1 << 16)))?;
     let microbatches = positive(p.microbatches.get_ref(), 1 << 24)
-        .ok_or_else(|| err(p.microbatches.span(), not_positive("microbatches", *p.microbatches.get_ref(), 1 << 24)))?;
+        .ok_or_else(|| err(p.microbatches.span(), out_of_range("microbatches", *p.microbatches.get_ref(), 1 << 24)))?;
     let chunks_per_rank = match (&p.chunks_per_rank, family) {
         (Some(c), Family::Interleaved1F1B) => positive(c.get_ref(), 1 << 10).filter(|&v| v >= 2).ok_or_else(|| {
             err(c.span(), format!("chunks_per_rank must be at least 2, got {}", c.get_ref()))
@@ -333,8 +333,8 @@ pub(super) fn positive(v: &i64, max: i64) -> Option<u32> {
 }
 
 /// What is wrong with `v` for `key` when [`positive`] refuses it: not positive, or above
-/// `max` (the largest a plan is kept in memory for).
-pub(super) fn not_positive(key: &str, v: i64, max: i64) -> String {
+/// `max`.
+pub(super) fn out_of_range(key: &str, v: i64, max: i64) -> String {
     if v < 1 {
         format!("{key} must be a positive integer, got {v}")
     } else {
@@ -359,8 +359,8 @@ fn per_stage<T: Copy + std::fmt::Display>(
             Some(value.span()),
             format!(
                 "{key} lists {}, but this pipeline has {}",
-                crate::diag::count(list.len(), "value"),
-                crate::diag::count(stages as usize, "stage")
+                crate::diag::quantity(list.len(), "value"),
+                crate::diag::quantity(stages as usize, "stage")
             ),
         )
         .with_help(format!("give one value per stage ({stages}), or a single number for all"))),

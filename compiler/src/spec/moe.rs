@@ -1,7 +1,7 @@
 //! The spec's `[moe]` section: what EPLB places, and with what; and the load statistics
 //! it names, read relative to the spec.
 
-use super::{not_positive, positive, Spec};
+use super::{out_of_range, positive, Spec};
 use crate::diag::SourceError;
 use crate::eplb::{self, Loads, Params, Policy};
 use serde::Deserialize;
@@ -41,7 +41,7 @@ pub(super) fn moe(file: &str, source: &str, raw: &RawMoe) -> Result<MoeSpec, Sou
     let count = |key: &str, v: &Spanned<i64>| -> Result<usize, SourceError> {
         positive(v.get_ref(), 1 << 24)
             .map(|x| x as usize)
-            .ok_or_else(|| SourceError::new(file, source, Some(v.span()), not_positive(key, *v.get_ref(), 1 << 24)))
+            .ok_or_else(|| SourceError::new(file, source, Some(v.span()), out_of_range(key, *v.get_ref(), 1 << 24)))
     };
     let experts = count("experts", &raw.experts)?;
     let top_k = count("top_k", &raw.top_k)?;
