@@ -9,6 +9,7 @@ mod common;
 use pipewright_compiler::{compile, spec};
 use proptest::prelude::*;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// What a mutated value becomes: wrong types, signs, non-finite floats, and a count above
 /// every limit. (Not a large count within the limits: a plan of 8 ranks and 65537
@@ -57,16 +58,20 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-fn corpus() -> Vec<(PathBuf, String)> {
-    let mut specs: Vec<(PathBuf, String)> = common::files_with_extension(&common::root().join("specs"), "toml")
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            (p, text)
-        })
-        .collect();
-    specs.sort();
-    specs
+/// The corpus specs and their texts, read once for every case.
+fn corpus() -> &'static [(PathBuf, String)] {
+    static CORPUS: OnceLock<Vec<(PathBuf, String)>> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut specs: Vec<(PathBuf, String)> = common::files_with_extension(&common::root().join("specs"), "toml")
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                (p, text)
+            })
+            .collect();
+        specs.sort();
+        specs
+    })
 }
 
 fn mutate(text: &str, m: &Mutation) -> String {
