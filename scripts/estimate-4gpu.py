@@ -23,7 +23,16 @@ The layout (why: each 4-rank stage is paired with the 2-rank stage of the same k
   rank exchanges two mirrored stages with one mirror rank over one hop, as there),
   DualPipeV's from the 2-rank DualPipeV costs.
 
-Usage: python3 scripts/estimate-4gpu.py   (rewrites the four files; re-simulate after)
+And for the copy-engine transport (`--p2p copy`), at hidden 2048 only (the one setting a
+copy-engine profile measured: h200x2-dualpipe-h2048-copy.toml), h200x4-*-h2048-copy-
+estimated.toml: the same compute (timed without p2p, whatever the transport), and what
+the transport decides from that profile — p2p, p2p_per_transfer (a transfer of the same
+bytes: the same model), p2p_contention (the copy engines take no SMs: compute slowed far
+less beside batches in flight) and DualPipe's mirror exchange. On 4 ranks NCCL's
+contention is what the predictions lose most to (README, Runtime), so these are what the
+optimiser plans the 4-GPU benchmark's `-opt-copy` programs with, run with `--p2p copy`.
+
+Usage: python3 scripts/estimate-4gpu.py   (rewrites the six files; re-simulate after)
 """
 
 import os
@@ -69,11 +78,15 @@ def session(first_line):
     return found.group(0) if found else "a profile"
 
 
-def header(family, hidden, v_source, d_source):
+def header(family, hidden, v_source, d_source, copy_source):
+    copy = "" if copy_source is None else (
+        f"\n# The transport's costs (p2p, contention, mirror exchange) from h200x2-dualpipe-h{hidden}-copy.toml\n"
+        f"# ({session(copy_source)}, `profile --p2p copy`): the copy-engine transport, `--p2p copy`."
+    )
     return f"""# ESTIMATED for 4 x H200, not measured there (no 4-GPU machine has been lent): laid out
 # for 4 ranks by scripts/estimate-4gpu.py (its doc says how) from the costs measured on
 # 2 x H200 and committed beside this file, h200x2-dualpipev-h{hidden}.toml ({session(v_source)})
-# and h200x2-dualpipe-h{hidden}.toml ({session(d_source)}).
+# and h200x2-dualpipe-h{hidden}.toml ({session(d_source)}).{copy}
 # What `compile --optimize` plans the 4-GPU benchmark's optimised {family} program with,
 # so that a 4-GPU call runs it at once (scripts/gpu-prepare.sh); once measured there,
 # re-profile.
@@ -81,9 +94,11 @@ def header(family, hidden, v_source, d_source):
 """
 
 
-def estimate(family, hidden):
+def estimate(family, hidden, copy):
+    """The costs file's text; `copy`: the transport's costs from the copy-engine profile."""
     v, v_source = costs(f"h200x2-dualpipev-h{hidden}.toml")
     d, d_source = costs(f"h200x2-dualpipe-h{hidden}.toml")
+    c, c_source = costs(f"h200x2-dualpipe-h{hidden}-copy.toml") if copy else (None, None)
     vp = pairs(v)
     kinds = ["forward", "backward", "weight", "overlapped"]
     out = {}
@@ -100,24 +115,32 @@ def estimate(family, hidden):
         p = {(f, 7 - f): middle for f in range(8)}
         p[(0, 7)], p[(7, 0)] = vp[(0, 3)], vp[(3, 0)]
         step, contention = v, v["p2p_contention"]
-    text = header(family, hidden, v_source, d_source)
+    # The transport's own costs: NCCL's from the 2-rank profile of the same family's batches
+    # (DualPipeV's p2p: its transfers go both ways, as on 4 ranks), the copy engines' from
+    # their one profile.
+    link = v
+    mirror = d
+    if c is not None:
+        link, contention, mirror = c, c["p2p_contention"], c
+    text = header(family, hidden, v_source, d_source, c_source)
     for k in kinds:
         text += f"{k} = {fmt(out[k])}\n"
     text += f"overlapped_pairs = {fmt_pairs(p)}\n"
-    text += f"p2p = {v['p2p']:.4f}\np2p_per_transfer = {v['p2p_per_transfer']:.4f}\n"
+    text += f"p2p = {link['p2p']:.4f}\np2p_per_transfer = {link['p2p_per_transfer']:.4f}\n"
     text += f"p2p_contention = {contention:.4f}\n"
     text += f"per_step = {fmt(ranks4(family, step['per_step']))}\n"
     text += f"prologue = {fmt(ranks4(family, step['prologue']))}\n"
     if family == "dualpipe":
-        text += f"mirror_sum = {d['mirror_sum']:.4f}\nmirror_update = {d['mirror_update']:.4f}\n"
+        text += f"mirror_sum = {mirror['mirror_sum']:.4f}\nmirror_update = {mirror['mirror_update']:.4f}\n"
     else:
         text += "mirror_sum = 0.0000\n"
     return text
 
 
 for family in ["dualpipe", "dualpipev"]:
-    for hidden in [2048, 4096]:
-        path = os.path.join(MEASURED, f"h200x4-{family}-h{hidden}-estimated.toml")
+    for hidden, copy in [(2048, False), (4096, False), (2048, True)]:
+        name = f"h200x4-{family}-h{hidden}{'-copy' if copy else ''}-estimated.toml"
+        path = os.path.join(MEASURED, name)
         with open(path, "w") as f:
-            f.write(estimate(family, hidden))
+            f.write(estimate(family, hidden, copy))
         print("wrote", os.path.relpath(path, ROOT))

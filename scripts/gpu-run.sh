@@ -151,14 +151,17 @@ done
 
 echo "== benchmarks: graph replay (15 steps), eager (12), profile (ideal, nodes.md; 4)" | tee -a "$OUT/summary.txt"
 # By default the issue's settings on this machine's largest rank count (4, else 2), and
-# the optimiser's programs of them where gpu-prepare.sh built some (2 ranks): the rest
-# (1-GPU baselines, async vs blocking, mirror bf16) with BENCH_FILTER.
+# the optimiser's programs of them that gpu-prepare.sh built (`-opt`; `-opt-copy`, planned
+# for the copy engines, with them only): the rest (1-GPU baselines, async vs blocking,
+# mirror bf16) with BENCH_FILTER.
 W=$((GPUS >= 4 ? 4 : 2))
 for plan in target/gpu/bench/*/; do
-  [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+(-opt)?$} ]] || continue
+  [[ $(basename "$plan") =~ ${BENCH_FILTER:-^dualpipev?-r$W-h[0-9]+(-opt(-copy)?)?$} ]] || continue
   fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
   modes=${BENCH_MODES:-graph eager copy profile}; [ "$ranks" -gt 1 ] || modes=${modes//copy/}
+  # A program planned for the copy engines (`-opt-copy`) runs with them only.
+  [[ $name == *-opt-copy && -z ${BENCH_MODES:-} ]] && modes=copy
   for mode in ${modes//profile/}; do
     # The graph run ends with 10 replays of each rank's step without its p2p: the ideal.
     # `copy`: the graph run again with the copy-engine transport.
@@ -185,7 +188,7 @@ if [ "$PART" = shared ]; then
 echo "== benchmark plans of more ranks than GPUs, ranks sharing them (copy engines; not timed)" | tee -a "$OUT/summary.txt"
 for plan in target/gpu/bench/*/; do
   name=$(basename "$plan")
-  [[ $name =~ ${SHARED_FILTER:-^dualpipev?-r4-h(2048|4096)(-opt)?$} ]] || continue
+  [[ $name =~ ${SHARED_FILTER:-^dualpipev?-r4-h(2048|4096)(-opt(-copy)?)?$} ]] || continue
   share=$(ranks_per_gpu "$plan") || continue; [ "$share" -gt 1 ] || continue
   timeout 300 "$RT" launch --gpus "$(ranks_of "$plan")" "$plan" --steps 3 --p2p copy --ranks-per-gpu "$share" \
     > "$LOGS/shared-$name.log" 2>&1
@@ -204,8 +207,8 @@ for log in sorted(logs.glob("shared-*.log")):
     name = log.stem.removeprefix("shared-")
     ok, losses, ms = first_losses(log)
     line = f"{'PASS' if ok and losses else 'FAIL'} {name}: ran 3 steps (last {ms:.1f} ms, shared GPUs)"
-    family = logs / f"shared-{name.removesuffix('-opt')}.log"
-    if name.endswith("-opt") and family.exists():
+    family = logs / f"shared-{re.sub(r'-opt(-copy)?$', '', name)}.log"
+    if re.search(r"-opt(-copy)?$", name) and family.exists():
         _, theirs, _ = first_losses(family)
         same = losses == theirs and any(losses.values())
         line += f"; first-step losses {'equal' if same else 'DIFFER from'} its family's"
