@@ -55,9 +55,9 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         graph_steps: u32,
         /// Leave this many SMs free of matrix products, as `run --comm-sms` (the costs
-        /// are those of the runs with the same setting).
-        #[arg(long, default_value_t = 0)]
-        comm_sms: u32,
+        /// are those of the runs with the same setting; default: the transport's, as `run`).
+        #[arg(long)]
+        comm_sms: Option<u32>,
         /// How p2p groups move their bytes, as `run --p2p` (the costs are those of runs
         /// with the same transport).
         #[arg(long, value_enum, default_value_t = pipewright_runtime::gpu::Transport::Nccl)]
@@ -178,10 +178,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub comm_high_priority: bool,
     /// Leave this many SMs free of matrix products (cuBLASLt's SM count target: the GPU's
-    /// SMs less these), for the NCCL kernels: a product holding every SM keeps a send or
-    /// receive launched beside it waiting until its blocks retire (0: products on every SM).
-    #[arg(long, default_value_t = 0)]
-    pub comm_sms: u32,
+    /// SMs less these), for the communication's kernels: a product holding every SM keeps
+    /// a kernel launched beside it waiting until its blocks retire (0: products on every
+    /// SM). Default: 0 with NCCL, 2 with `--p2p copy` (its flags are one-thread kernels).
+    #[arg(long)]
+    pub comm_sms: Option<u32>,
     /// Fuse every GELU epilogue cuBLASLt can fuse, instead of racing each fused product
     /// against the plain product and the GELU kernel at start-up and running the faster
     /// (for comparison).
@@ -220,7 +221,7 @@ impl RunArgs {
             profile_graph_steps: self.profile_graph,
             keep_memsets: self.keep_memsets,
             comm_high_priority: self.comm_high_priority,
-            comm_sms: self.comm_sms,
+            comm_sms: self.comm_sms.unwrap_or(self.p2p.default_comm_sms()),
             always_fuse: self.always_fuse,
             p2p: self.p2p,
             alone_steps: self.compute_alone,
@@ -238,7 +239,6 @@ impl RunArgs {
             ("--profile-alone", self.profile_alone.to_string()),
             ("--profile-graph", self.profile_graph.to_string()),
             ("--compute-alone", self.compute_alone.to_string()),
-            ("--comm-sms", self.comm_sms.to_string()),
             ("--ranks-per-gpu", self.ranks_per_gpu.to_string()),
             (
                 "--p2p",
@@ -269,6 +269,11 @@ impl RunArgs {
                 out.push(flag.into());
                 out.push(p.clone().into());
             }
+        }
+        // Given or not, as given: the default is the transport's.
+        if let Some(n) = self.comm_sms {
+            out.push("--comm-sms".into());
+            out.push(n.to_string().into());
         }
         out
     }
@@ -322,11 +327,25 @@ mod tests {
         assert!(parsed.comm_high_priority && parsed.keep_memsets && parsed.resume && parsed.compute_alone == 4);
         assert_eq!(
             (parsed.comm_sms, parsed.profile_graph, parsed.p2p),
-            (16, 6, pipewright_runtime::gpu::Transport::Copy)
+            (Some(16), 6, pipewright_runtime::gpu::Transport::Copy)
         );
+        assert_eq!(parsed.options().comm_sms, 16);
         let again = Just::parse_from(std::iter::once("x".into()).chain(parsed.to_args())).args;
         assert_eq!(again, parsed);
         let plain = Just::parse_from(["x"]).args;
         assert_eq!(Just::parse_from(std::iter::once("x".into()).chain(plain.to_args())).args, plain);
+    }
+
+    /// Without `--comm-sms` the products leave the transport's SMs free: none for NCCL,
+    /// 2 for the copy engines' one-thread flag kernels; given, it is what was given.
+    #[test]
+    fn the_sms_left_to_communication_default_by_transport() {
+        let sms =
+            |args: &[&str]| Just::parse_from(std::iter::once("x").chain(args.iter().copied())).args.options().comm_sms;
+        assert_eq!(sms(&[]), 0);
+        assert_eq!(sms(&["--p2p", "nccl"]), 0);
+        assert_eq!(sms(&["--p2p", "copy"]), 2);
+        assert_eq!(sms(&["--p2p", "copy", "--comm-sms", "0"]), 0);
+        assert_eq!(sms(&["--comm-sms", "8"]), 8);
     }
 }

@@ -228,7 +228,7 @@ fn profile(
     steps: u32,
     warmup: u32,
     replays: Replays,
-    (comm_sms, p2p): (u32, pipewright_runtime::gpu::Transport),
+    (comm_sms, p2p): (Option<u32>, pipewright_runtime::gpu::Transport),
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use pipewright_runtime::profile::{chrome_trace, costs_toml, graph_breakdown, with_simulated, Timeline};

@@ -37,6 +37,23 @@ pub enum Transport {
     Copy,
 }
 
+impl Transport {
+    /// The SMs the matrix products leave free by default (`run --comm-sms`). NCCL: none —
+    /// its kernels want many, and products on fewer SMs lost more than the waits (2 × H200,
+    /// `docs/runtime-measurements.md`). Copy engines: 2 — the flags around each copy are
+    /// kernels of one thread (`kernels/peer.cu`), one on the communication stream and one
+    /// on a send stream at a time, and a product holding every SM kept them waiting for
+    /// its blocks to retire: with 2 SMs free DualPipe's family at 2048 ran 2.5% faster a
+    /// step, its optimised program and DualPipeV's family 0.7–0.8%, and at 4096 level to
+    /// 0.8% faster (session 14).
+    pub fn default_comm_sms(self) -> u32 {
+        match self {
+            Transport::Nccl => 0,
+            Transport::Copy => 2,
+        }
+    }
+}
+
 /// Device memory from `cuMemAlloc`, zeroed: unlike the stream-ordered pool's allocations,
 /// CUDA IPC can export it to the other ranks of the host.
 #[derive(Debug)]
