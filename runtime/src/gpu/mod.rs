@@ -52,9 +52,10 @@ pub struct Sharing {
     /// kernels take SMs ahead of the products' blocks as they free up (a captured kernel
     /// keeps its stream's priority; see [`crate::graph`]).
     pub comm_first: bool,
-    /// SMs the matrix products leave free for the NCCL kernels: cuBLASLt's SM count target
-    /// is the GPU's SMs less these (0: every SM). A product already holding every SM keeps
-    /// an NCCL kernel launched beside it waiting for SMs until its blocks retire.
+    /// SMs the matrix products leave free for the communication's kernels (NCCL's, or the
+    /// copy engines' flags): cuBLASLt's SM count target is the GPU's SMs less these (0:
+    /// every SM). A product already holding every SM keeps a kernel launched beside it
+    /// waiting for SMs until its blocks retire.
     pub comm_sms: u32,
     /// Fuse every GELU epilogue cuBLASLt can fuse, unraced ([`crate::blas`]'s fusion: by
     /// default a fused product runs unfused where that measured faster).
