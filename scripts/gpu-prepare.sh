@@ -128,31 +128,28 @@ for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; d
   done
 done
 rm -rf "$plain"
+# optimized SPEC TAG: SPEC compiled with --optimize into target/gpu/bench/TAG, its simulated
+# makespan and step noted (the picture left out: the device tool carries 64 MiB at most).
+optimized() {
+  ./target/release/pipewright compile "$1" -o "target/gpu/bench/$2" --optimize --json \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); print('$2 simulated makespan', r['makespan'], 'step', r['step_time'])" \
+    | tee -a target/gpu/bench/simulated.txt
+  rm -f "target/gpu/bench/$2/schedule.svg"
+}
 # The same at 4 ranks, under costs estimated for 4 × H200 from the 2-GPU profiles
 # (specs/mlp-*-r4-*-estimated.toml): what a 4-GPU call's bench runs beside the families.
 for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; do
   set -- $case
-  tag="$1-r4-h$2-opt"
-  ./target/release/pipewright compile "specs/mlp-$1-r4-h$2-estimated.toml" -o "target/gpu/bench/$tag" --optimize --json \
-    | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'], 'step', r['step_time'])" \
-    | tee -a target/gpu/bench/simulated.txt
-  rm -f "target/gpu/bench/$tag/schedule.svg"
+  optimized "specs/mlp-$1-r4-h$2-estimated.toml" "$1-r4-h$2-opt"
 done
 # And at 2048 under the copy-engine transport's costs (specs/mlp-*-r4-h2048-copy-estimated.toml:
 # on 4 ranks NCCL's contention is what the predictions lose most to): run with `--p2p copy`.
 for fam in dualpipe dualpipev; do
-  tag="$fam-r4-h2048-opt-copy"
-  ./target/release/pipewright compile "specs/mlp-$fam-r4-h2048-copy-estimated.toml" -o "target/gpu/bench/$tag" --optimize --json \
-    | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'], 'step', r['step_time'])" \
-    | tee -a target/gpu/bench/simulated.txt
-  rm -f "target/gpu/bench/$tag/schedule.svg"
+  optimized "specs/mlp-$fam-r4-h2048-copy-estimated.toml" "$fam-r4-h2048-opt-copy"
 done
 # DualPipe at 2048 optimised under the costs measured with the copy-engine transport
-# (`profile --p2p copy`: no contention): run with `--p2p copy`.
-./target/release/pipewright compile specs/mlp-dualpipe-h2048-copy-measured.toml -o target/gpu/bench/dualpipe-r2-h2048-opt-copy \
-  --optimize --json \
-  | python3 -c "import json,sys; r=json.load(sys.stdin); print('dualpipe-r2-h2048-opt-copy simulated makespan', r['makespan'], 'step', r['step_time'])" \
-  | tee -a target/gpu/bench/simulated.txt
+# (`profile --p2p copy`): run with `--p2p copy`.
+optimized specs/mlp-dualpipe-h2048-copy-measured.toml dualpipe-r2-h2048-opt-copy
 # DualPipe optimised with early batches planned in (`[optimize] early_batches = true`):
 # against the default `-opt` (planned in order), what the simulator's early-batch model
 # makes of an optimiser's program (BENCH_FILTER='^dualpipe-r2-h(2048|4096)-opt(-early)?$').
