@@ -230,13 +230,57 @@ fn a_bf16_plan_keeps_f32_master_weights_and_gradients() {
                 _ => None,
             })
             .collect();
-        for k in ["gelu_forward_bf16", "gelu_backward_bf16", "cast_bf16"] {
+        for k in ["gelu_forward_bf16", "gelu_backward_bf16", "sgd_update_bf16"] {
             assert!(kernels.contains(&k), "rank {}: no {k}", r.rank);
         }
         assert!(!kernels.contains(&"gelu_forward"), "rank {}: an f32 kernel on bf16 activations", r.rank);
+        // SGD updates the f32 master and writes its bf16 copy in the same pass.
+        for n in &r.nodes {
+            let pipewright_plan::node::Node::Kernel(k) = n else { continue };
+            if k.name == "sgd_update_bf16" {
+                let [master, grad, copy] = k.buffers[..] else { panic!("{k:?}") };
+                let (master, grad, copy) =
+                    (&r.buffers[master as usize], &r.buffers[grad as usize], &r.buffers[copy as usize]);
+                assert_eq!(master.name, format!("master.{}", copy.name), "rank {}", r.rank);
+                assert_eq!((master.dtype, grad.dtype, copy.dtype), (Dtype::F32, Dtype::F32, Dtype::Bf16));
+            }
+        }
     }
     // The CPU executor holds f32, so the bf16 plan computes the f32 model exactly there.
     first_step_matches_the_reference(&plan, &model);
+}
+
+/// DualPipe's epilogue with SGD adds the mirror copy's f32 gradient in the update's own
+/// pass (one `sgd_update_sum[_bf16]` per mirrored matrix, no `accumulate`); with AdamW the
+/// sum is a pass of its own before the update (and the cast). Either way the step computes
+/// the model's gradients.
+#[test]
+fn dualpipe_sums_the_mirror_gradient_in_the_sgd_pass() {
+    let set = Family::DualPipe.generate(2, 4, 1);
+    for (dtype, optimizer) in [(Dtype::F32, "sgd"), (Dtype::Bf16, "sgd"), (Dtype::Bf16, "adamw")] {
+        let model = Model { dtype, ..model(1) };
+        let training = Training { optimizer: optimizer.into(), ..training() };
+        let plan = emit(&set, &model, &training, hashes()).unwrap();
+        plan.validate().unwrap();
+        for r in &plan.ranks {
+            let count = |name: &str| {
+                r.nodes.iter().filter(|n| matches!(n, pipewright_plan::node::Node::Kernel(k) if k.name == name)).count()
+            };
+            // Two mirrored stages a rank, two matrices each.
+            let (sum, add, adamw) = (
+                count(&pipewright_plan::node::kernel_name("sgd_update_sum", dtype)),
+                count("accumulate"),
+                count("adamw_update"),
+            );
+            let case = format!("{dtype:?} {optimizer}, rank {}", r.rank);
+            if optimizer == "sgd" {
+                assert_eq!((sum, add, adamw), (4, 0, 0), "{case}");
+            } else {
+                assert_eq!((sum, add, adamw, count("cast_bf16")), (0, 4, 4, 4), "{case}");
+            }
+        }
+        first_step_matches_the_reference(&plan, &model);
+    }
 }
 
 #[test]
@@ -498,7 +542,7 @@ fn dualpipe_exchanges_mirrored_gradients_in_finishing_order_while_the_tail_compu
             let updated: Vec<(String, u32)> = r.nodes[at..end]
                 .iter()
                 .filter_map(|n| match n {
-                    Node::Kernel(k) if k.name == "sgd_update" => Some(matrix(k.buffers[1])),
+                    Node::Kernel(k) if k.name == "sgd_update_sum" => Some(matrix(k.buffers[1])),
                     _ => None,
                 })
                 .collect();

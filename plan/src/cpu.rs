@@ -196,9 +196,24 @@ fn kernel(k: &Kernel, mem: &mut HashMap<String, Vec<f32>>, name: &dyn Fn(u32) ->
             set(mem, 1, x[..n].to_vec());
         }
         "sgd_update" => {
+            // (w, g), and in bf16 the weights' copy (w, g, copy).
             let (mut w, g) = (get(mem, 0), get(mem, 1));
             w[..n].iter_mut().zip(&g).for_each(|(w, g)| *w -= s(0) * g);
             set(mem, 0, w[..n].to_vec());
+            if k.buffers.len() > 2 {
+                set(mem, 2, w[..n].to_vec());
+            }
+        }
+        "sgd_update_sum" => {
+            // (w, g, r), and in bf16 the weights' copy (w, g, r, copy): g += r, then SGD.
+            let (mut w, mut g, r) = (get(mem, 0), get(mem, 1), get(mem, 2));
+            g[..n].iter_mut().zip(&r).for_each(|(g, r)| *g += r);
+            w[..n].iter_mut().zip(&g).for_each(|(w, g)| *w -= s(0) * g);
+            set(mem, 1, g[..n].to_vec());
+            set(mem, 0, w[..n].to_vec());
+            if k.buffers.len() > 3 {
+                set(mem, 3, w[..n].to_vec());
+            }
         }
         "tick" => {
             let mut t = get(mem, 0);

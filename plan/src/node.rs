@@ -27,6 +27,8 @@ pub const KERNELS: &[KernelSig] = &[
     KernelSig { name: "accumulate", per_element: &[true, true], scalars: 0 },
     // w −= lr · g(f32)                         (w, g)
     KernelSig { name: "sgd_update", per_element: &[true, true], scalars: 1 },
+    // g += r; w −= lr · g (f32): a mirrored gradient's sum and SGD in one pass  (w, g, r)
+    KernelSig { name: "sgd_update_sum", per_element: &[true, true, true], scalars: 1 },
     // AdamW on w with f32 moments m, v and the step count  (w, g, m, v, step)
     KernelSig { name: "adamw_update", per_element: &[true, true, true, true, false], scalars: 5 },
     // step += 1                                (step)
@@ -48,6 +50,10 @@ pub const KERNELS: &[KernelSig] = &[
     KernelSig { name: "cast_bf16", per_element: &[true, true], scalars: 0 },
     // acc(f32) += g(bf16)                      (g, acc)
     KernelSig { name: "accumulate_bf16", per_element: &[true, true], scalars: 0 },
+    // w(f32) −= lr · g; copy(bf16) = w         (w, g, copy)
+    KernelSig { name: "sgd_update_bf16", per_element: &[true, true, true], scalars: 1 },
+    // g += r; w(f32) −= lr · g; copy(bf16) = w  (w, g, r, copy)
+    KernelSig { name: "sgd_update_sum_bf16", per_element: &[true, true, true, true], scalars: 1 },
 ];
 
 /// The signature of kernel `name`, if a plan may name it.

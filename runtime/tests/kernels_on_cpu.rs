@@ -97,7 +97,7 @@ fn stored(elem: Elem, x: f32) -> (u32, f32) {
 /// The scalars each kernel gets in this test (a plan's values of the kind it passes).
 fn test_scalars(base: &str) -> Vec<f32> {
     match base {
-        "sgd_update" => vec![0.01],
+        "sgd_update" | "sgd_update_sum" => vec![0.01],
         "adamw_update" => vec![1e-3, 0.9, 0.999, 1e-8, 0.01],
         "synth_data" => vec![2.0, 7.0, 1.0, 2.0, 3.0, 4.0],
         _ => vec![],

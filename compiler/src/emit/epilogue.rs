@@ -158,9 +158,13 @@ fn exchange_with(
         let first = rank.nodes.len() as u32;
         rank.nodes.push(Node::Wait { stream: COMPUTE, event });
         let (g, s, n, l, which) = matrices(rank, stage)[j];
-        let accumulate = node::kernel_name("accumulate", travel_dtype(rank));
-        rank.kernel(COMPUTE, &accumulate, vec![s, g], n, vec![]);
-        update_matrix(rank, training, step, stage, l, which);
+        // SGD adds the peer's f32 copy in its own pass; else the sum is a pass of its own.
+        let fused = step.is_none() && travel_dtype(rank) == Dtype::F32;
+        if !fused {
+            let accumulate = node::kernel_name("accumulate", travel_dtype(rank));
+            rank.kernel(COMPUTE, &accumulate, vec![s, g], n, vec![]);
+        }
+        update_matrix(rank, training, step, (stage, l, which), fused.then_some(s));
         let label = format!("epilogue: stage {stage} w{which}.{}", rank.global_layer(stage, l));
         spans.extend(step_span(&label, first, rank.nodes.len() as u32));
     }
@@ -179,32 +183,52 @@ fn ticks(rank: &mut Rank, training: &Training) -> Option<u32> {
 }
 
 /// The optimizer's update of layer `l` of `stage` (AdamW when `step` is its counter, else
-/// SGD); bf16: on the f32 master weights, then a cast into the bf16 copy.
+/// SGD); bf16: on the f32 master weights, and into the bf16 copy.
 fn update(rank: &mut Rank, training: &Training, step: Option<u32>, stage: u32, l: u32) {
     for which in [1, 2] {
-        update_matrix(rank, training, step, stage, l, which);
+        update_matrix(rank, training, step, (stage, l, which), None);
     }
 }
 
-/// [`update`] of one matrix of the layer: w1 (`which` 1) or w2.
-fn update_matrix(rank: &mut Rank, training: &Training, step: Option<u32>, stage: u32, l: u32, which: u32) {
+/// [`update`] of one matrix of the layer: w1 (`which` 1) or w2, with `sum` (SGD only) the
+/// mirror copy's f32 gradient to add first. SGD is one pass over the matrix — the sum, the
+/// update and the bf16 copy fused (`sgd_update[_sum][_bf16]`: the epilogue runs beside the
+/// next gradient exchange, which the memory traffic of separate passes slowed); AdamW is
+/// its update, then in bf16 a cast.
+fn update_matrix(
+    rank: &mut Rank,
+    training: &Training,
+    step: Option<u32>,
+    (stage, l, which): (u32, u32, u32),
+    sum: Option<u32>,
+) {
     let n = rank.model.hidden as u64 * rank.model.ffn as u64;
     let lr = training.lr as f32;
     let gl = rank.global_layer(stage, l);
     let (w1, w2, g1, g2) = rank.weights(stage, l);
     let (w, g) = if which == 1 { (w1, g1) } else { (w2, g2) };
-    let bf16 = rank.model.dtype == Dtype::Bf16;
+    let dtype = rank.model.dtype;
     let copy = w;
-    let w = if bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
+    let w = if dtype == Dtype::Bf16 { rank.buffer(format!("master.w{which}.{gl}"), n, Dtype::F32) } else { w };
     match step {
         Some(step) => {
+            debug_assert!(sum.is_none(), "AdamW's plans sum the mirror copy in a pass of its own");
             let m = rank.buffer(format!("adam.m{which}.{gl}"), n, Dtype::F32);
             let v = rank.buffer(format!("adam.v{which}.{gl}"), n, Dtype::F32);
             rank.kernel(COMPUTE, "adamw_update", vec![w, g, m, v, step], n, vec![lr, 0.9, 0.999, 1e-8, 0.01]);
+            if dtype == Dtype::Bf16 {
+                rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
+            }
         }
-        None => rank.kernel(COMPUTE, "sgd_update", vec![w, g], n, vec![lr]),
-    }
-    if bf16 {
-        rank.kernel(COMPUTE, "cast_bf16", vec![w, copy], n, vec![]);
+        None => {
+            let (base, mut buffers) = match sum {
+                Some(r) => ("sgd_update_sum", vec![w, g, r]),
+                None => ("sgd_update", vec![w, g]),
+            };
+            if dtype == Dtype::Bf16 {
+                buffers.push(copy);
+            }
+            rank.kernel(COMPUTE, &node::kernel_name(base, dtype), buffers, n, vec![lr]);
+        }
     }
 }
