@@ -24,8 +24,10 @@ pub use node::{Epilogue, Gemm, Kernel, Node};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The plan format this build writes and reads.
-pub const PLAN_VERSION: u32 = 2;
+/// The plan format this build writes and reads. 3: the fused SGD kernels
+/// (`sgd_update_sum`, `sgd_update_bf16`, `sgd_update_sum_bf16`), which a runtime of
+/// version 2 does not know.
+pub const PLAN_VERSION: u32 = 3;
 
 /// Element type of a buffer.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
