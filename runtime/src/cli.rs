@@ -190,7 +190,8 @@ pub struct RunArgs {
     pub always_fuse: bool,
     /// How p2p groups move their bytes: `nccl` (NCCL's send/receive kernels, any hosts) or
     /// `copy` (the GPUs' copy engines through CUDA IPC, straight into the receiver's
-    /// buffer: no SM taken from the products; every rank on one host).
+    /// buffer: no SM busy moving bytes, 2 left free of the products for its flags by default,
+    /// `--comm-sms`; every rank on one host).
     #[arg(long, value_enum, default_value_t = pipewright_runtime::gpu::Transport::Nccl)]
     pub p2p: pipewright_runtime::gpu::Transport,
     /// After the run, replay the step this many times without its p2p (each rank's compute
