@@ -123,6 +123,8 @@ def estimate(family, hidden, copy):
     if c is not None:
         link, contention, mirror = c, c["p2p_contention"], c
     text = header(family, hidden, v_source, d_source, c_source)
+    if c is not None:
+        text += 'transport = "copy"\n'
     for k in kinds:
         text += f"{k} = {fmt(out[k])}\n"
     text += f"overlapped_pairs = {fmt_pairs(p)}\n"

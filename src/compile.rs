@@ -86,10 +86,12 @@ pub(crate) fn run_compile(
             programs: plan_hash.clone(),
             certificates: verify::certificate::sha256(manifest_text.as_bytes()),
         };
-        let plan =
+        let mut plan =
             pipewright_compiler::emit::emit_with(&compiled.programs, model, training, hashes, comm).map_err(|e| {
                 Failure { code: 2, message: format!("error: emitting the plan of {}: {e}\n", spec_path.display()) }
             })?;
+        // Planned under costs measured with this transport: the runtime's default for it.
+        plan.transport = compiled.spec.costs.transport;
         plan.validate().map_err(|e| Failure { code: 1, message: format!("error: emitter bug: {e}\n") })?;
         files.push(("plan.json".into(), serde_json::to_string(&plan).unwrap_or_default()));
     }

@@ -89,6 +89,7 @@ const BAD: &[(&str, &str, &str)] = &[
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[costs]\nbackward = 2.0\nweight = 3.0\n", ":7:10", "exceeds backward"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[costs]\nforward = [1.0, 2.0]\n", ":6:11", "4 stages"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[costs]\ncomm = \"eager\"\n", ":6:8", "unknown comm mode"),
+    ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\n[costs]\ntransport = \"ib\"\n", ":6:13", "unknown transport"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 4\nmicrobatches = 8\nchunks_per_rank = 2\n", ":5:19", "interleaved-1f1b only"),
     ("[pipeline]\nschedule = \"interleaved-1f1b\"\nranks = 4\nmicrobatches = 6\n", ":4:16", "multiple of ranks"),
     ("[pipeline]\nschedule = \"1f1b\"\nranks = 0\nmicrobatches = 8\n", ":3:9", "positive"),
@@ -142,6 +143,29 @@ fn gelu_is_fused_into_the_gemms_in_bf16_and_a_kernel_in_f32_unless_the_spec_says
             )
         });
         assert_eq!((epilogues > 0, kernels > 0), (fused, !fused), "case {i}: {epilogues} epilogues, {kernels} kernels");
+    }
+}
+
+/// The plan carries the transport its costs were measured with (`[costs] transport`), the
+/// runtime's default for it: NCCL unless the costs say "copy".
+#[test]
+fn the_plan_carries_the_transport_its_costs_were_measured_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (line, want)) in [("", "nccl"), ("transport = \"copy\"\n", "copy")].into_iter().enumerate() {
+        let spec = tmp.path().join(format!("s{i}.toml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "[pipeline]\nschedule = \"1f1b\"\nranks = 2\nmicrobatches = 4\n[costs]\n{line}[model]\nkind = \"mlp\"\n\
+                 hidden = 8\nseq = 4\nmicrobatch_size = 1\n"
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("o{i}"));
+        let run = compile(&spec, &out);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let plan: Value = serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+        assert_eq!(plan["transport"], want, "case {i}");
     }
 }
 

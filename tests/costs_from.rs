@@ -211,3 +211,21 @@ fn a_ranks_prologue_delays_its_program_and_the_ranks_that_wait_for_it() {
         assert!(e.contains("bad.toml:") && e.contains(says), "{line}: {e}");
     }
 }
+
+/// `transport`: the p2p transport the costs were measured with (what `profile --p2p copy`
+/// writes), from the file unless the spec says otherwise; the plan carries it and the
+/// runtime runs with it by default. Anything but "nccl" or "copy" is refused where it stands.
+#[test]
+fn the_costs_say_which_transport_they_were_measured_with() {
+    use pipewright_plan::Transport;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), "[costs]\ntransport = \"copy\"\nforward = 1.0\n").unwrap();
+    let from_file = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\n")).unwrap();
+    assert_eq!(from_file.costs.transport, Transport::Copy);
+    let own = load(dir.path(), &format!("{PIPELINE}[costs]\nfrom = \"m.toml\"\ntransport = \"nccl\"\n")).unwrap();
+    assert_eq!(own.costs.transport, Transport::Nccl, "the spec's own key wins");
+    let none = load(dir.path(), PIPELINE).unwrap();
+    assert_eq!(none.costs.transport, Transport::Nccl, "NCCL unless the costs say otherwise");
+    let e = error_from_file(dir.path(), "transport = \"rdma\"");
+    assert!(e.contains("bad.toml:2:13") && e.contains("unknown transport \"rdma\"") && e.contains("\"copy\""), "{e}");
+}

@@ -94,6 +94,10 @@ pub struct CostModel {
     pub p2p_contention: f64,
     /// Blocking or asynchronous communication.
     pub comm: CommMode,
+    /// The p2p transport these costs were measured with (`[costs] transport`): what the
+    /// plan is meant to run with, and the runtime's default for it.
+    #[serde(default, skip_serializing_if = "is_nccl")]
+    pub transport: pipewright_plan::Transport,
     /// Once per training step, outside the programs: the runtime's prologue and epilogue
     /// (zeroing, the step's data, the optimizer). Not part of the makespan; the report's
     /// `step_time` adds it.
@@ -130,6 +134,11 @@ pub struct CostModel {
     pub mirror_update: f64,
 }
 
+/// Whether `t` is the default transport (left out of serialised cost models).
+fn is_nccl(t: &pipewright_plan::Transport) -> bool {
+    *t == pipewright_plan::Transport::Nccl
+}
+
 impl CostModel {
     /// The same costs on every one of `stages` stages.
     pub fn uniform(stages: u32, f: f64, b: f64, w: f64, fb: f64, p2p: f64) -> Self {
@@ -144,6 +153,7 @@ impl CostModel {
             p2p_per_transfer: 0.0,
             p2p_contention: 0.0,
             comm: CommMode::Blocking,
+            transport: pipewright_plan::Transport::Nccl,
             per_step: 0.0,
             per_step_by_rank: Vec::new(),
             prologue_by_rank: Vec::new(),

@@ -47,6 +47,28 @@ impl Dtype {
     }
 }
 
+/// How a plan's p2p groups are meant to move their bytes: the transport its spec's costs
+/// were measured with (`[costs] transport`), and the runtime's default (`run --p2p`).
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// NCCL's send and receive kernels (any ranks, any hosts).
+    #[default]
+    Nccl,
+    /// The GPUs' copy engines through CUDA IPC (every rank on one host).
+    Copy,
+}
+
+impl Transport {
+    /// Its name in specs, costs files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Nccl => "nccl",
+            Transport::Copy => "copy",
+        }
+    }
+}
+
 /// The model a plan trains (the spec's `[model]`).
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct Model {
@@ -166,6 +188,9 @@ pub struct Plan {
     pub hashes: Hashes,
     pub model: Model,
     pub training: Training,
+    /// The p2p transport it was planned for (the runtime's default).
+    #[serde(default)]
+    pub transport: Transport,
     pub ranks: Vec<RankPlan>,
 }
 

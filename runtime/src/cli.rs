@@ -59,9 +59,9 @@ pub enum Command {
         #[arg(long)]
         comm_sms: Option<u32>,
         /// How p2p groups move their bytes, as `run --p2p` (the costs are those of runs
-        /// with the same transport).
-        #[arg(long, value_enum, default_value_t = pipewright_runtime::gpu::Transport::Nccl)]
-        p2p: pipewright_runtime::gpu::Transport,
+        /// with the same transport; default: the plan's, as `run`).
+        #[arg(long, value_enum)]
+        p2p: Option<pipewright_runtime::gpu::Transport>,
         /// Output directory (default: DIR/profile).
         #[arg(short, long)]
         out: Option<PathBuf>,
@@ -191,9 +191,10 @@ pub struct RunArgs {
     /// How p2p groups move their bytes: `nccl` (NCCL's send/receive kernels, any hosts) or
     /// `copy` (the GPUs' copy engines through CUDA IPC, straight into the receiver's
     /// buffer: no SM busy moving bytes, 2 left free of the products for its flags by default,
-    /// `--comm-sms`; every rank on one host).
-    #[arg(long, value_enum, default_value_t = pipewright_runtime::gpu::Transport::Nccl)]
-    pub p2p: pipewright_runtime::gpu::Transport,
+    /// `--comm-sms`; every rank on one host). Default: the plan's, the transport its spec's
+    /// costs were measured with (`[costs] transport`; NCCL unless it says `copy`).
+    #[arg(long, value_enum)]
+    pub p2p: Option<pipewright_runtime::gpu::Transport>,
     /// After the run, replay the step this many times without its p2p (each rank's compute
     /// with nothing to wait for: the bubble-free ideal step) and print the median; the
     /// training state is meaningless after it, so it comes after checkpoints and dumps.
@@ -208,7 +209,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn options(&self) -> exec::RunOptions {
+    /// The transport of a run of a plan planned for `planned`: `--p2p`, else the plan's.
+    pub fn transport(&self, planned: pipewright_plan::Transport) -> pipewright_runtime::gpu::Transport {
+        self.p2p.unwrap_or_else(|| planned.into())
+    }
+
+    /// The options of a run of a plan planned for `planned` (its transport, the default of
+    /// `--p2p` and through it of `--comm-sms`).
+    pub fn options(&self, planned: pipewright_plan::Transport) -> exec::RunOptions {
+        let p2p = self.transport(planned);
         exec::RunOptions {
             steps: self.steps,
             eager: self.eager,
@@ -222,9 +231,9 @@ impl RunArgs {
             profile_graph_steps: self.profile_graph,
             keep_memsets: self.keep_memsets,
             comm_high_priority: self.comm_high_priority,
-            comm_sms: self.comm_sms.unwrap_or(self.p2p.default_comm_sms()),
+            comm_sms: self.comm_sms.unwrap_or(p2p.default_comm_sms()),
             always_fuse: self.always_fuse,
-            p2p: self.p2p,
+            p2p,
             alone_steps: self.compute_alone,
             ranks_per_gpu: self.ranks_per_gpu,
         }
@@ -241,10 +250,6 @@ impl RunArgs {
             ("--profile-graph", self.profile_graph.to_string()),
             ("--compute-alone", self.compute_alone.to_string()),
             ("--ranks-per-gpu", self.ranks_per_gpu.to_string()),
-            (
-                "--p2p",
-                clap::ValueEnum::to_possible_value(&self.p2p).map_or_else(String::new, |v| v.get_name().to_owned()),
-            ),
         ];
         for (flag, value) in values {
             out.push(flag.into());
@@ -271,7 +276,13 @@ impl RunArgs {
                 out.push(p.clone().into());
             }
         }
-        // Given or not, as given: the default is the transport's.
+        // Given or not, as given: the defaults are the plan's (each rank reads it).
+        if let Some(t) = self.p2p {
+            out.push("--p2p".into());
+            out.push(
+                clap::ValueEnum::to_possible_value(&t).map_or_else(String::new, |v| v.get_name().to_owned()).into(),
+            );
+        }
         if let Some(n) = self.comm_sms {
             out.push("--comm-sms".into());
             out.push(n.to_string().into());
@@ -328,9 +339,9 @@ mod tests {
         assert!(parsed.comm_high_priority && parsed.keep_memsets && parsed.resume && parsed.compute_alone == 4);
         assert_eq!(
             (parsed.comm_sms, parsed.profile_graph, parsed.p2p),
-            (Some(16), 6, pipewright_runtime::gpu::Transport::Copy)
+            (Some(16), 6, Some(pipewright_runtime::gpu::Transport::Copy))
         );
-        assert_eq!(parsed.options().comm_sms, 16);
+        assert_eq!(parsed.options(pipewright_plan::Transport::Nccl).comm_sms, 16);
         let again = Just::parse_from(std::iter::once("x".into()).chain(parsed.to_args())).args;
         assert_eq!(again, parsed);
         let plain = Just::parse_from(["x"]).args;
@@ -341,12 +352,32 @@ mod tests {
     /// 2 for the copy engines' one-thread flag kernels; given, it is what was given.
     #[test]
     fn the_sms_left_to_communication_default_by_transport() {
-        let sms =
-            |args: &[&str]| Just::parse_from(std::iter::once("x").chain(args.iter().copied())).args.options().comm_sms;
+        let sms = |args: &[&str]| {
+            Just::parse_from(std::iter::once("x").chain(args.iter().copied()))
+                .args
+                .options(pipewright_plan::Transport::Nccl)
+                .comm_sms
+        };
         assert_eq!(sms(&[]), 0);
         assert_eq!(sms(&["--p2p", "nccl"]), 0);
         assert_eq!(sms(&["--p2p", "copy"]), 2);
         assert_eq!(sms(&["--p2p", "copy", "--comm-sms", "0"]), 0);
         assert_eq!(sms(&["--comm-sms", "8"]), 8);
+    }
+
+    /// Without `--p2p` a run takes the transport its plan was planned for (and that
+    /// transport's SMs for communication); `--p2p` overrides it.
+    #[test]
+    fn a_run_takes_the_transport_its_plan_was_planned_for() {
+        use pipewright_plan::Transport as Planned;
+        use pipewright_runtime::gpu::Transport;
+        let options = |args: &[&str], planned| {
+            let o = Just::parse_from(std::iter::once("x").chain(args.iter().copied())).args.options(planned);
+            (o.p2p, o.comm_sms)
+        };
+        assert_eq!(options(&[], Planned::Nccl), (Transport::Nccl, 0));
+        assert_eq!(options(&[], Planned::Copy), (Transport::Copy, 2));
+        assert_eq!(options(&["--p2p", "nccl"], Planned::Copy), (Transport::Nccl, 0));
+        assert_eq!(options(&["--p2p", "copy"], Planned::Nccl), (Transport::Copy, 2));
     }
 }

@@ -118,13 +118,14 @@ fn main() -> ExitCode {
 }
 
 fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
-    let opts = &args.options();
-    let (steps, eager) = (opts.steps, opts.eager || opts.profile);
     let (plan, place) = checked(dir, 1)?;
+    let opts = &args.options(plan.transport);
+    let (steps, eager) = (opts.steps, opts.eager || opts.profile);
     let cache = pipewright_runtime::cache_dir();
     let (report, gpu) = exec::run(&plan, &place, opts, &cache)?;
     if let Some(out) = &args.profile_out {
-        let p = pipewright_runtime::profile::rank_profile(&plan, place.rank, &report);
+        let mut p = pipewright_runtime::profile::rank_profile(&plan, place.rank, &report);
+        p.transport = opts.p2p.into();
         let path = out.join(format!("rank{}.json", place.rank));
         std::fs::create_dir_all(out)
             .and_then(|_| std::fs::write(&path, serde_json::to_string_pretty(&p).unwrap_or_default()))
@@ -228,7 +229,7 @@ fn profile(
     steps: u32,
     warmup: u32,
     replays: Replays,
-    (comm_sms, p2p): (Option<u32>, pipewright_runtime::gpu::Transport),
+    (comm_sms, p2p): (Option<u32>, Option<pipewright_runtime::gpu::Transport>),
     out: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use pipewright_runtime::profile::{chrome_trace, costs_toml, graph_breakdown, with_simulated, Timeline};
@@ -381,7 +382,7 @@ fn launch(gpus: u32, dir: &Path, args: &RunArgs) -> anyhow::Result<ExitCode> {
     match load_valid(dir) {
         Err(e) => return refuse(e),
         Ok(plan) => {
-            if let Err(e) = exec::check_sharing(args.ranks_per_gpu, args.p2p) {
+            if let Err(e) = exec::check_sharing(args.ranks_per_gpu, args.transport(plan.transport)) {
                 return refuse(e);
             }
             if plan.world_size != gpus {

@@ -539,6 +539,9 @@ pub fn emit_with(
         hashes,
         model: model.clone(),
         training: training.clone(),
+        // What the costs were measured with is the spec's, not the programs': the caller
+        // sets it (`compile` from `[costs] transport`).
+        transport: Default::default(),
         ranks,
     })
 }

@@ -24,6 +24,7 @@ pub(super) struct RawCosts {
     p2p_per_transfer: Option<Spanned<f64>>,
     p2p_contention: Option<Spanned<f64>>,
     comm: Option<Spanned<String>>,
+    transport: Option<Spanned<String>>,
     per_step: Option<Spanned<PerStage<f64>>>,
     prologue: Option<Spanned<PerStage<f64>>>,
     mirror_sum: Option<Spanned<f64>>,
@@ -42,6 +43,7 @@ pub(super) struct GivenCosts {
     p2p_per_transfer: Option<f64>,
     p2p_contention: Option<f64>,
     comm: Option<CommMode>,
+    transport: Option<pipewright_plan::Transport>,
     /// The busiest rank's, and each rank's when the table lists them.
     per_step: Option<(f64, Vec<f64>)>,
     /// Each rank's part of `per_step` before its program.
@@ -63,6 +65,7 @@ impl GivenCosts {
             p2p_per_transfer: self.p2p_per_transfer.or(other.p2p_per_transfer),
             p2p_contention: self.p2p_contention.or(other.p2p_contention),
             comm: self.comm.or(other.comm),
+            transport: self.transport.or(other.transport),
             per_step: self.per_step.or(other.per_step),
             prologue: self.prologue.or(other.prologue),
             mirror_sum: self.mirror_sum.or(other.mirror_sum),
@@ -233,6 +236,17 @@ pub(super) fn given_costs(
             }
         }),
     };
+    let transport = match raw.and_then(|r| r.transport.as_ref()) {
+        None => None,
+        Some(v) => Some(match v.get_ref().as_str() {
+            "nccl" => pipewright_plan::Transport::Nccl,
+            "copy" => pipewright_plan::Transport::Copy,
+            other => {
+                return Err(SourceError::new(file, source, Some(v.span()), format!("unknown transport \"{other}\""))
+                    .with_help("use \"nccl\" or \"copy\": the p2p transport these costs were measured with"))
+            }
+        }),
+    };
     Ok(GivenCosts {
         forward: get("forward", raw.and_then(|r| r.forward.as_ref()))?,
         backward: get("backward", raw.and_then(|r| r.backward.as_ref()))?,
@@ -243,6 +257,7 @@ pub(super) fn given_costs(
         p2p_per_transfer,
         p2p_contention,
         comm,
+        transport,
         per_step,
         prologue,
         mirror_sum,
@@ -270,6 +285,7 @@ pub(super) fn resolve_costs(g: GivenCosts, n: usize) -> Result<CostModel, (usize
         p2p_per_transfer: g.p2p_per_transfer.unwrap_or(0.0),
         p2p_contention: g.p2p_contention.unwrap_or(0.0),
         comm: g.comm.unwrap_or(CommMode::Blocking),
+        transport: g.transport.unwrap_or_default(),
         per_step: g.per_step.as_ref().map_or(0.0, |p| p.0),
         per_step_by_rank: g.per_step.map(|p| p.1).unwrap_or_default(),
         prologue_by_rank: g.prologue.unwrap_or_default(),

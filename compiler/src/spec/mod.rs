@@ -21,6 +21,8 @@
 //! p2p_contention = 0.0     # async: compute runs this fraction slower beside a batch in flight
 //! comm = "blocking"        # or "async" (a batch after a B waits for its input gradient
 //!                          # only), or "async_in_order" (after the whole B)
+//! transport = "nccl"       # or "copy": the p2p transport the costs were measured with (the
+//!                          # plan carries it: the runtime's default)
 //! per_step = 0.0           # once a step, outside the programs (prologue, optimizer); or
 //!                          # a list, one per rank (step_time: the latest rank's end plus its own)
 //! prologue = 0.0           # of per_step: what runs before the program (data), or one per rank
@@ -172,6 +174,7 @@ impl Spec {
             p2p_per_transfer: c.p2p_per_transfer,
             p2p_contention: c.p2p_contention,
             comm: c.comm,
+            transport: c.transport,
             per_step: c.per_step,
             // What each rank does once a step depends on the family (which rank holds the
             // loss): only the busiest rank's carries over to another.

@@ -37,6 +37,24 @@ pub enum Transport {
     Copy,
 }
 
+impl From<pipewright_plan::Transport> for Transport {
+    fn from(t: pipewright_plan::Transport) -> Transport {
+        match t {
+            pipewright_plan::Transport::Nccl => Transport::Nccl,
+            pipewright_plan::Transport::Copy => Transport::Copy,
+        }
+    }
+}
+
+impl From<Transport> for pipewright_plan::Transport {
+    fn from(t: Transport) -> pipewright_plan::Transport {
+        match t {
+            Transport::Nccl => pipewright_plan::Transport::Nccl,
+            Transport::Copy => pipewright_plan::Transport::Copy,
+        }
+    }
+}
+
 impl Transport {
     /// The SMs the matrix products leave free by default (`run --comm-sms`). NCCL: none —
     /// its kernels want many, and products on fewer SMs lost more than the waits (2 × H200,

@@ -125,6 +125,11 @@ pub fn costs_toml_with(
     let mirror_update_line =
         if per_stage.is_empty() { String::new() } else { format!("mirror_update = {:.4}\n", median(per_stage)) };
     let scales: Vec<String> = profiles.iter().map(|p| format!("{:.3}", p.calibration())).collect();
+    // Measured with the copy engines: a plan compiled with these costs runs with them.
+    let transport_line = match profiles.first().map(|p| p.transport) {
+        Some(t @ pipewright_plan::Transport::Copy) => format!("transport = \"{}\"\n", t.name()),
+        _ => String::new(),
+    };
     format!(
         "# Measured by `pipewright-runtime profile` on {device}: plan {} ({} ranks, {} stages, {} microbatches{}),\n\
          # milliseconds per op, medians: {}; p2p and p2p_per_transfer: a line through\n\
@@ -134,7 +139,7 @@ pub fn costs_toml_with(
          # graph's compute without p2p (by {}, rank by rank). To simulate this machine:\n\
          # `[costs] from = \"<this file>\"` in the spec (whose own `comm` says how the plan\n\
          # communicates).\n\
-         [costs]\nforward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\n{pair_line}p2p = {:.4}\n\
+         [costs]\n{transport_line}forward = [{}]\nbackward = [{}]\nweight = [{}]\noverlapped = [{}]\n{pair_line}p2p = {:.4}\n\
          {per_transfer_line}{contention_line}per_step = {}\n{prologue_line}mirror_sum = {:.4}\n{mirror_update_line}",
         plan.schedule,
         plan.world_size,

@@ -106,6 +106,9 @@ pub struct RankProfile {
     /// each direction, ms) per timed batch; empty without (one rank, an older profile).
     #[serde(default)]
     pub p2p_calibration: Vec<(u32, f64)>,
+    /// The p2p transport the profiled run used (the costs are that transport's).
+    #[serde(default)]
+    pub transport: pipewright_plan::Transport,
 }
 
 /// Timed calibration batches of each size, per rank (see the module doc).
@@ -286,6 +289,8 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
         ops,
         nodes,
         p2p_calibration: report.p2p_calibration.clone(),
+        // The run's, which the caller knows (`run` sets it).
+        transport: Default::default(),
     }
 }
 
