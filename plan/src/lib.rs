@@ -47,15 +47,18 @@ impl Dtype {
     }
 }
 
-/// How a plan's p2p groups are meant to move their bytes: the transport its spec's costs
-/// were measured with (`[costs] transport`), and the runtime's default (`run --p2p`).
+/// How p2p groups move their bytes: what a plan is meant to run with (the transport its
+/// spec's costs were measured with, `[costs] transport`), and what a run uses (`run
+/// --p2p`, by default the plan's).
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
-    /// NCCL's send and receive kernels (any ranks, any hosts).
+    /// NCCL send/receive kernels (any ranks, any hosts).
     #[default]
     Nccl,
-    /// The GPUs' copy engines through CUDA IPC (every rank on one host).
+    /// The copy engines, through CUDA IPC (every peer on this host; see the runtime's
+    /// `copy_protocol`).
     Copy,
 }
 

@@ -211,7 +211,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The transport of a run of a plan planned for `planned`: `--p2p`, else the plan's.
     pub fn transport(&self, planned: pipewright_plan::Transport) -> pipewright_runtime::gpu::Transport {
-        self.p2p.unwrap_or_else(|| planned.into())
+        self.p2p.unwrap_or(planned)
     }
 
     /// The options of a run of a plan planned for `planned` (its transport, the default of
@@ -231,7 +231,7 @@ impl RunArgs {
             profile_graph_steps: self.profile_graph,
             keep_memsets: self.keep_memsets,
             comm_high_priority: self.comm_high_priority,
-            comm_sms: self.comm_sms.unwrap_or(p2p.default_comm_sms()),
+            comm_sms: self.comm_sms.unwrap_or(pipewright_runtime::gpu::default_comm_sms(p2p)),
             always_fuse: self.always_fuse,
             p2p,
             alone_steps: self.compute_alone,
@@ -279,9 +279,7 @@ impl RunArgs {
         // Given or not, as given: the defaults are the plan's (each rank reads it).
         if let Some(t) = self.p2p {
             out.push("--p2p".into());
-            out.push(
-                clap::ValueEnum::to_possible_value(&t).map_or_else(String::new, |v| v.get_name().to_owned()).into(),
-            );
+            out.push(t.name().into());
         }
         if let Some(n) = self.comm_sms {
             out.push("--comm-sms".into());

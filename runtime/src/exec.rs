@@ -138,6 +138,8 @@ pub struct RunReport {
     /// With `profile` and more than one rank: p2p batches timed with nothing to wait for,
     /// (transfers in each direction, ms) each ([`Gpu::time_exchanges`]).
     pub p2p_calibration: Vec<(u32, f64)>,
+    /// The p2p transport the run used.
+    pub transport: crate::gpu::Transport,
 }
 
 /// Runs `steps` steps of this rank's part of `plan` on GPU `place.local_rank`.
@@ -272,6 +274,7 @@ pub fn run(
         after_alone_ms: Vec::new(),
         p2p_calibration: Vec::new(),
         warmup_steps: if opts.profile { opts.profile_warmup.min(steps.saturating_sub(first_step + 1)) } else { 0 },
+        transport: opts.p2p,
     };
     let mut graph: Option<crate::graph::Replay> = None;
     for step in first_step..steps {

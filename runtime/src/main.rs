@@ -124,8 +124,7 @@ fn run(dir: &Path, args: &RunArgs) -> Result<(), RuntimeError> {
     let cache = pipewright_runtime::cache_dir();
     let (report, gpu) = exec::run(&plan, &place, opts, &cache)?;
     if let Some(out) = &args.profile_out {
-        let mut p = pipewright_runtime::profile::rank_profile(&plan, place.rank, &report);
-        p.transport = opts.p2p.into();
+        let p = pipewright_runtime::profile::rank_profile(&plan, place.rank, &report);
         let path = out.join(format!("rank{}.json", place.rank));
         std::fs::create_dir_all(out)
             .and_then(|_| std::fs::write(&path, serde_json::to_string_pretty(&p).unwrap_or_default()))

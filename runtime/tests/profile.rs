@@ -62,6 +62,7 @@ fn report(rank: u32, op_times: Vec<Vec<(f64, f64)>>, node_ms: Vec<f64>) -> RunRe
         graph_step_ms: vec![],
         after_alone_ms: vec![],
         p2p_calibration: vec![],
+        transport: Default::default(),
     }
 }
 

@@ -238,14 +238,14 @@ pub(super) fn given_costs(
     };
     let transport = match raw.and_then(|r| r.transport.as_ref()) {
         None => None,
-        Some(v) => Some(match v.get_ref().as_str() {
-            "nccl" => pipewright_plan::Transport::Nccl,
-            "copy" => pipewright_plan::Transport::Copy,
-            other => {
-                return Err(SourceError::new(file, source, Some(v.span()), format!("unknown transport \"{other}\""))
-                    .with_help("use \"nccl\" or \"copy\": the p2p transport these costs were measured with"))
-            }
-        }),
+        Some(v) => {
+            use pipewright_plan::Transport;
+            let named = [Transport::Nccl, Transport::Copy].into_iter().find(|t| t.name() == v.get_ref());
+            Some(named.ok_or_else(|| {
+                SourceError::new(file, source, Some(v.span()), format!("unknown transport \"{}\"", v.get_ref()))
+                    .with_help("use \"nccl\" or \"copy\": the p2p transport these costs were measured with")
+            })?)
+        }
     };
     Ok(GivenCosts {
         forward: get("forward", raw.and_then(|r| r.forward.as_ref()))?,

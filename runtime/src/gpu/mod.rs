@@ -10,7 +10,7 @@ mod peer;
 
 pub use kernels::{functions_of, FILL_KERNEL, KERNEL_SOURCES};
 pub use nccl::{nccl_abort, nccl_async_error, Communicator, HostMark};
-pub use peer::Transport;
+pub use peer::{default_comm_sms, Transport};
 
 use crate::blas::{Fused, Lt, Shape};
 use crate::error::driver;

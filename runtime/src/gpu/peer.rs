@@ -26,49 +26,22 @@ use pipewright_plan::{Plan, COMM_STREAM};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// How a plan's p2p groups move their bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Transport {
-    /// NCCL send/receive kernels (any ranks, any hosts).
-    #[default]
-    Nccl,
-    /// The copy engines, through CUDA IPC (every peer on this host; see
-    /// [`crate::copy_protocol`]).
-    Copy,
-}
+/// How p2p groups move their bytes (the plan format's: a plan says what it was planned
+/// for, a run what it uses).
+pub use pipewright_plan::Transport;
 
-impl From<pipewright_plan::Transport> for Transport {
-    fn from(t: pipewright_plan::Transport) -> Transport {
-        match t {
-            pipewright_plan::Transport::Nccl => Transport::Nccl,
-            pipewright_plan::Transport::Copy => Transport::Copy,
-        }
-    }
-}
-
-impl From<Transport> for pipewright_plan::Transport {
-    fn from(t: Transport) -> pipewright_plan::Transport {
-        match t {
-            Transport::Nccl => pipewright_plan::Transport::Nccl,
-            Transport::Copy => pipewright_plan::Transport::Copy,
-        }
-    }
-}
-
-impl Transport {
-    /// The SMs the matrix products leave free by default (`run --comm-sms`). NCCL: none —
-    /// its kernels want many, and products on fewer SMs lost more than the waits (2 × H200,
-    /// `docs/runtime-measurements.md`). Copy engines: 2 — the flags around each copy are
-    /// kernels of one thread (`kernels/peer.cu`), one on the communication stream and one
-    /// on a send stream at a time, and a product holding every SM kept them waiting for
-    /// its blocks to retire: with 2 SMs free DualPipe's family at 2048 ran 2.5% faster a
-    /// step, its optimised program and DualPipeV's family 0.7–0.8%, and at 4096 level to
-    /// 0.8% faster (session 14).
-    pub fn default_comm_sms(self) -> u32 {
-        match self {
-            Transport::Nccl => 0,
-            Transport::Copy => 2,
-        }
+/// The SMs the matrix products leave free by default with `transport` (`run --comm-sms`).
+/// NCCL: none — its kernels want many, and products on fewer SMs lost more than the waits
+/// (2 × H200, `docs/runtime-measurements.md`). Copy engines: 2 — the flags around each
+/// copy are kernels of one thread (`kernels/peer.cu`), one on the communication stream and
+/// one on a send stream at a time, and a product holding every SM kept them waiting for
+/// its blocks to retire: with 2 SMs free DualPipe's family at 2048 ran 2.5% faster a step,
+/// its optimised program and DualPipeV's family 0.7–0.8%, and at 4096 level to 0.8% faster
+/// (session 14).
+pub fn default_comm_sms(transport: Transport) -> u32 {
+    match transport {
+        Transport::Nccl => 0,
+        Transport::Copy => 2,
     }
 }
 

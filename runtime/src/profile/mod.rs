@@ -289,8 +289,7 @@ pub fn rank_profile(plan: &Plan, rank: u32, report: &RunReport) -> RankProfile {
         ops,
         nodes,
         p2p_calibration: report.p2p_calibration.clone(),
-        // The run's, which the caller knows (`run` sets it).
-        transport: Default::default(),
+        transport: report.transport,
     }
 }
 
