@@ -5,6 +5,8 @@ export NCCL_NVLS_ENABLE=0
 RT=${RT:-target/gpu/pipewright-runtime}
 GPUS=$(nvidia-smi -L | wc -l)
 ranks_of() { python3 -c "import json;print(json.load(open('$1/plan.json'))['world_size'])"; }
+# planned_for PLAN: the p2p transport the plan was planned for (the runtime's default).
+planned_for() { python3 -c "import json;print(json.load(open('$1/plan.json')).get('transport', 'nccl'))"; }
 # fits PLAN [LOG]: the plan needs no more GPUs than this machine has (else say so in LOG,
 # default $OUT/summary.txt, and skip it).
 fits() {

@@ -109,6 +109,14 @@ for opt in "" "--optimize"; do
     | python3 -c "import json,sys; r=json.load(sys.stdin); print('$tag simulated makespan', r['makespan'])" \
     | tee -a target/gpu/bench/simulated.txt
 done
+# optimized SPEC TAG: SPEC compiled with --optimize into target/gpu/bench/TAG, its simulated
+# makespan and step noted (the picture left out: the device tool carries 64 MiB at most).
+optimized() {
+  ./target/release/pipewright compile "$1" -o "target/gpu/bench/$2" --optimize --json \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); print('$2 simulated makespan', r['makespan'], 'step', r['step_time'])" \
+    | tee -a target/gpu/bench/simulated.txt
+  rm -f "target/gpu/bench/$2/schedule.svg"
+}
 # DualPipe and DualPipeV optimised under the costs measured on 2 × H200 (specs/measured/):
 # the optimiser's programs against the family's at the bf16 settings (async p2p,
 # GELU fused).
@@ -121,21 +129,10 @@ for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; d
   fam=$1 h=$2 tag="$1-r2-h$2-opt"
   cp "specs/mlp-$fam-h$h-measured.toml" "$plain/"
   for variant in "specs/mlp-$fam-h$h-measured.toml $tag" "$plain/mlp-$fam-h$h-measured.toml $tag-nocontention"; do
-    set -- $variant
-    ./target/release/pipewright compile "$1" -o "target/gpu/bench/$2" --optimize --json \
-      | python3 -c "import json,sys; r=json.load(sys.stdin); print('$2 simulated makespan', r['makespan'], 'step', r['step_time'])" \
-      | tee -a target/gpu/bench/simulated.txt
+    optimized $variant
   done
 done
 rm -rf "$plain"
-# optimized SPEC TAG: SPEC compiled with --optimize into target/gpu/bench/TAG, its simulated
-# makespan and step noted (the picture left out: the device tool carries 64 MiB at most).
-optimized() {
-  ./target/release/pipewright compile "$1" -o "target/gpu/bench/$2" --optimize --json \
-    | python3 -c "import json,sys; r=json.load(sys.stdin); print('$2 simulated makespan', r['makespan'], 'step', r['step_time'])" \
-    | tee -a target/gpu/bench/simulated.txt
-  rm -f "target/gpu/bench/$2/schedule.svg"
-}
 # The same at 4 ranks, under costs estimated for 4 × H200 from the 2-GPU profiles
 # (specs/mlp-*-r4-*-estimated.toml): what a 4-GPU call's bench runs beside the families.
 for case in "dualpipe 2048" "dualpipe 4096" "dualpipev 2048" "dualpipev 4096"; do

@@ -160,8 +160,9 @@ for plan in target/gpu/bench/*/; do
   fits "$plan" || continue
   name=$(basename "$plan"); ranks=$(ranks_of "$plan")
   modes=${BENCH_MODES:-graph eager copy profile}; [ "$ranks" -gt 1 ] || modes=${modes//copy/}
-  # A program planned for the copy engines (`-opt-copy`) runs with them only.
-  [[ $name == *-opt-copy && -z ${BENCH_MODES:-} ]] && modes=copy
+  # A program planned for the copy engines (`-opt-copy`) runs with them only (its graph
+  # run would use them too: the plan's transport is the runtime's default).
+  [[ $(planned_for "$plan") == copy && -z ${BENCH_MODES:-} ]] && modes=copy
   for mode in ${modes//profile/}; do
     # The graph run ends with 10 replays of each rank's step without its p2p: the ideal.
     # `copy`: the graph run again with the copy-engine transport.
